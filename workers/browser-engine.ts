@@ -1,0 +1,76 @@
+// Browser entry for the engine: onnxruntime-web's WebGPU build, with our own
+// GPUDevice created at the adapter's real limits, or the wasm provider when
+// WebGPU is absent. Only this file knows about bundler URLs and navigator.gpu.
+import * as ort from 'onnxruntime-web/webgpu';
+// the webgpu bundle runs on the asyncify build of the wasm runtime; serve it
+// ourselves so nothing is fetched from a CDN
+import wasmUrl from 'onnxruntime-web/ort-wasm-simd-threaded.asyncify.wasm?url';
+import type { BackendName } from './engine/api/types.ts';
+import { Engine, type EngineOptions } from './engine/engine.ts';
+
+export { ort };
+
+export interface GpuInfo {
+  backend: BackendName;
+  /** "vendor architecture (description)" or why WebGPU is unavailable. */
+  adapter: string;
+  features: string[];
+  limits: { maxBufferSize?: number; maxStorageBufferBindingSize?: number };
+  fallbackReason?: string;
+}
+
+let configured = false;
+function configureOrt(): void {
+  if (configured) return;
+  configured = true;
+  ort.env.wasm.wasmPaths = { wasm: new URL(wasmUrl, self.location.href).href };
+  // threads need cross-origin isolation; one thread works everywhere
+  ort.env.wasm.numThreads = 1;
+  ort.env.logLevel = 'error';
+}
+
+// Limits onnxruntime-web's WebGPU backend asks for when it makes its own device.
+const REQUESTED_LIMITS = [
+  'maxBufferSize',
+  'maxStorageBufferBindingSize',
+  'maxComputeWorkgroupStorageSize',
+  'maxComputeWorkgroupsPerDimension',
+  'maxComputeInvocationsPerWorkgroup',
+  'maxComputeWorkgroupSizeX',
+  'maxComputeWorkgroupSizeY',
+  'maxComputeWorkgroupSizeZ',
+] as const;
+
+let gpu: Promise<GpuInfo> | null = null;
+
+/** Picks WebGPU when an adapter exists (device made at its real limits), else wasm. */
+export function detectGpu(): Promise<GpuInfo> {
+  configureOrt();
+  gpu ??= (async (): Promise<GpuInfo> => {
+    const fallback = (reason: string): GpuInfo => ({ backend: 'wasm', adapter: `none (${reason}); running on wasm`, features: [], limits: {}, fallbackReason: reason });
+    if (!('gpu' in navigator) || !navigator.gpu) return fallback('navigator.gpu is missing');
+    const adapter = await navigator.gpu.requestAdapter({ powerPreference: 'high-performance' }).catch(() => null);
+    if (!adapter) return fallback('no WebGPU adapter');
+    const requiredLimits: Record<string, number> = {};
+    for (const name of REQUESTED_LIMITS) requiredLimits[name] = adapter.limits[name];
+    const requiredFeatures: GPUFeatureName[] = adapter.features.has('shader-f16') ? ['shader-f16'] : [];
+    const device = await adapter.requestDevice({ requiredLimits, requiredFeatures }).catch(() => null);
+    if (!device) return fallback('the adapter refused a device');
+    ort.env.webgpu.device = device;
+    const i = adapter.info;
+    return {
+      backend: 'webgpu',
+      adapter: [i.vendor, i.architecture, i.description].filter(Boolean).join(' ') || 'unknown adapter',
+      features: [...adapter.features].sort(),
+      limits: { maxBufferSize: adapter.limits.maxBufferSize, maxStorageBufferBindingSize: adapter.limits.maxStorageBufferBindingSize },
+    };
+  })();
+  return gpu;
+}
+
+export async function createBrowserEngine(options: Partial<EngineOptions> & { backend?: BackendName } = {}): Promise<{ engine: Engine; gpu: GpuInfo }> {
+  const info = await detectGpu();
+  const backend = options.backend ?? info.backend;
+  const engine = new Engine({ ort: ort as unknown as EngineOptions['ort'], adapter: info.adapter, limits: backend === 'webgpu' ? info.limits : {}, ...options, backend });
+  return { engine, gpu: info };
+}

@@ -1,0 +1,110 @@
+// The engine's public contract: what callers send and what they get back.
+// Everything here is structured-clone friendly, so it crosses the worker boundary as is.
+
+export type BackendName = 'webgpu' | 'wasm';
+
+/** Where a model's files come from. */
+export type ModelSourceSpec =
+  /** Base URL of a folder in Optimum's ONNX layout. */
+  | { kind: 'url'; url: string }
+  /** A Hugging Face repo (or any host with the Hub's `/<repo>/resolve/<revision>/<path>` scheme). */
+  | { kind: 'hub'; repo: string; revision?: string; subfolder?: string; host?: string }
+  /** A folder the user picked in the browser. */
+  | { kind: 'directory'; handle: FileSystemDirectoryHandle; name?: string }
+  /** A folder on disk (Node: CLI and benchmarks). */
+  | { kind: 'path'; path: string };
+
+export interface GenerateRequest {
+  /** Caller-chosen id (for cancel and storage); one is made up when absent. */
+  id?: string;
+  prompt: string;
+  negativePrompt?: string;
+  /** Integer in 0..2^32-1; random when absent (the result's metadata says which). */
+  seed?: number;
+  steps?: number;
+  guidance?: number;
+  width?: number;
+  height?: number;
+}
+
+/** One event shape for downloads and denoising alike (as transformers.js does). */
+export interface ProgressEvent {
+  status: 'initiate' | 'download' | 'done' | 'ready' | 'queued' | 'encoding' | 'step' | 'decoding' | 'complete';
+  /** File being downloaded, for load events. */
+  file?: string;
+  requestId?: string;
+  /** Bytes for downloads, steps for generation. */
+  loaded: number;
+  total: number;
+  /** 0..100 */
+  progress: number;
+  elapsedMs?: number;
+  /** Cheap latent-to-RGB preview: RGBA at latent resolution. */
+  preview?: { width: number; height: number; rgba: Uint8ClampedArray };
+}
+
+export type ProgressCallback = (event: ProgressEvent) => void;
+
+export interface ImageMetadata {
+  id: string;
+  prompt: string;
+  negativePrompt: string;
+  seed: number;
+  steps: number;
+  guidance: number;
+  width: number;
+  height: number;
+  modelId: string;
+  backend: BackendName;
+  timings: { queuedMs: number; encodeMs: number; denoiseMs: number; decodeMs: number; totalMs: number };
+  createdAt: string;
+  /** Normalisations applied, e.g. a prompt truncated to the tokenizer's limit. */
+  warnings: string[];
+}
+
+export interface GenerateResult {
+  id: string;
+  width: number;
+  height: number;
+  rgba: Uint8ClampedArray;
+  png: Uint8Array;
+  metadata: ImageMetadata;
+}
+
+export interface GenerationDefaults {
+  steps: number;
+  guidance: number;
+  width: number;
+  height: number;
+}
+
+export interface ModelInfo {
+  id: string;
+  family: string;
+  backend: BackendName;
+  defaults: GenerationDefaults;
+  /** Image sides must be multiples of `sizeMultiple` within [minSize, maxSize]. */
+  limits: { minSize: number; maxSize: number; sizeMultiple: number };
+  hasT5: boolean;
+  weightBytes: number;
+}
+
+export interface EngineStatus {
+  model: ModelInfo | null;
+  backend: BackendName | null;
+  adapter: string | null;
+  requestsServed: number;
+  requestsFailed: number;
+  requestsCancelled: number;
+  requestsActive: number;
+  requestsQueued: number;
+  /** Bytes of model weights held once for all requests. */
+  weightBytes: number;
+  /** Bytes of per-request state (latents, embeddings) held now. */
+  requestBytes: number;
+  /** Estimated bytes (state + activations) admitted against the budget now. */
+  admittedBytes: number;
+  budgetBytes: number;
+  /** Interleaver cycles run so far. */
+  cycles: number;
+}

@@ -1,0 +1,139 @@
+// The engine's public surface: load / generate / cancel / status. It knows
+// nothing of workers or messaging (workers/engine.worker.ts adapts it) and
+// nothing of the DOM, so the CLI and the benchmark run it in Node unchanged.
+import type { BackendName, EngineStatus, GenerateResult, ModelInfo, ModelSourceSpec, ProgressCallback } from './api/types.ts';
+import { normalizeRequest } from './api/validate.ts';
+import { BusyError, InvalidRequestError, ModelNotLoadedError } from './errors.ts';
+import { DEFAULT_MAX_ACTIVE, DEFAULT_MAX_BATCH, Interleaver, newCounters } from './interleaver/interleaver.ts';
+import { memoryBudget, requestFootprint, type MemoryBudget } from './interleaver/memory-budget.ts';
+import { RequestScope } from './interleaver/request-scope.ts';
+import type { Ort } from './model/component-session.ts';
+import { loadModel, type LoadedModel } from './model/load-model.ts';
+import { openModelFiles, type ModelFiles } from './model/model-files.ts';
+import { CLIP_LENGTH } from './sd3/encode-prompt.ts';
+
+export interface EngineOptions {
+  /** The onnxruntime-web module (node or webgpu build), chosen by the entry point. */
+  ort: Ort;
+  backend: BackendName;
+  /** Human-readable adapter description for status(). */
+  adapter?: string | null;
+  /** WebGPU adapter limits; no single buffer may exceed them. */
+  limits?: { maxBufferSize?: number; maxStorageBufferBindingSize?: number };
+  /** Cap on bytes held by per-request state and activations at once. */
+  memoryCapBytes?: number;
+  maxActive?: number;
+  maxBatch?: number;
+  /** Maps a source to its files; Node entry points add `path` support. */
+  openFiles?: (spec: ModelSourceSpec) => ModelFiles;
+}
+
+export interface LoadModelOptions {
+  /** Skip text_encoder_3 (T5): zeros instead, as SD3 allows; saves memory. */
+  skipT5?: boolean;
+  t5MaxLength?: number;
+}
+
+export interface GenerateOptions {
+  onProgress?: ProgressCallback;
+  signal?: AbortSignal;
+  /** Attach a cheap latent-to-RGB preview to each step event. */
+  preview?: boolean;
+}
+
+const randomSeed = () => crypto.getRandomValues(new Uint32Array(1))[0];
+const newId = () => crypto.randomUUID();
+
+export class Engine {
+  private loaded: LoadedModel | null = null;
+  private interleaver: Interleaver | null = null;
+  private readonly counters = newCounters();
+  readonly budget: MemoryBudget;
+
+  constructor(readonly options: EngineOptions) {
+    this.budget = memoryBudget({ capBytes: options.memoryCapBytes, ...options.limits });
+  }
+
+  /** The loaded model's sessions (benchmarks and tests count runs on them). */
+  get model(): LoadedModel | null {
+    return this.loaded;
+  }
+
+  /**
+   * Loads a model once; every later request shares its sessions. A failed load
+   * leaves the previous model loaded and working.
+   */
+  async load(source: ModelSourceSpec | ModelFiles, onProgress?: ProgressCallback, opts: LoadModelOptions = {}): Promise<ModelInfo> {
+    if (this.interleaver && (this.interleaver.activeCount || this.interleaver.queuedCount)) {
+      throw new BusyError(`cannot switch models while ${this.interleaver.activeCount + this.interleaver.queuedCount} requests run; wait or cancel them first`);
+    }
+    const files = 'read' in source ? source : (this.options.openFiles ?? openModelFiles)(source);
+    const next = await loadModel(files, { ort: this.options.ort, backend: this.options.backend, onProgress, ...opts });
+    const previous = this.loaded;
+    this.loaded = next;
+    this.interleaver = new Interleaver(next, this.options.ort, { budget: this.budget, maxActive: this.options.maxActive ?? DEFAULT_MAX_ACTIVE, maxBatch: this.options.maxBatch ?? DEFAULT_MAX_BATCH }, this.counters);
+    await previous?.release();
+    return next.info;
+  }
+
+  async unload(): Promise<void> {
+    if (this.interleaver) for (const id of this.interleaver.ids()) this.interleaver.cancel(id);
+    await this.interleaver?.idle();
+    await this.loaded?.release();
+    this.loaded = null;
+    this.interleaver = null;
+  }
+
+  /**
+   * Validates and queues a request; resolves with the image. Bad input is
+   * refused before anything is queued, so requests in flight are untouched.
+   */
+  generate(request: unknown, opts: GenerateOptions = {}): Promise<GenerateResult> {
+    try {
+      const { loaded: model, interleaver } = this;
+      if (!model || !interleaver) throw new ModelNotLoadedError();
+      const req = normalizeRequest(request, model.info, newId, randomSeed);
+      if (interleaver.has(req.id)) throw new InvalidRequestError('id', 'an id not used by a queued or running request', req.id);
+      const { transformerConfig: t, vaeConfig: vae } = model;
+      const lh = req.height / vae.scaleFactor;
+      const lw = req.width / vae.scaleFactor;
+      const scheduler = model.scheduler.cloneForRequest({ steps: req.steps, imageSeqLen: (lh / t.patchSize) * (lw / t.patchSize) });
+      const footprint = requestFootprint({ transformer: t, vae, textTokens: CLIP_LENGTH + model.t5MaxLength }, req.width, req.height, req.guidance);
+      const scope = new RequestScope(req, scheduler, footprint, [vae.latentChannels, lh, lw], opts.onProgress, opts.preview ?? false, performance.now());
+      if (opts.signal?.aborted) throw opts.signal.reason ?? new DOMException('aborted', 'AbortError');
+      opts.signal?.addEventListener('abort', () => interleaver.cancel(req.id), { once: true });
+      return interleaver.submit(scope);
+    } catch (e) {
+      return Promise.reject(e);
+    }
+  }
+
+  /** Cancels a queued or running request; false if no such request is in flight. */
+  cancel(id: string): boolean {
+    return this.interleaver?.cancel(id) ?? false;
+  }
+
+  /** Resolves once every queued and running request has ended. */
+  async idle(): Promise<void> {
+    await this.interleaver?.idle();
+  }
+
+  status(): EngineStatus {
+    const il = this.interleaver;
+    return {
+      model: this.loaded?.info ?? null,
+      backend: this.loaded ? this.options.backend : null,
+      adapter: this.options.adapter ?? null,
+      requestsServed: this.counters.served,
+      requestsFailed: this.counters.failed,
+      requestsCancelled: this.counters.cancelled,
+      requestsActive: il?.activeCount ?? 0,
+      requestsQueued: il?.queuedCount ?? 0,
+      weightBytes: this.loaded?.info.weightBytes ?? 0,
+      requestBytes: il?.requestBytes ?? 0,
+      admittedBytes: il?.admittedBytes ?? 0,
+      budgetBytes: this.budget.totalBytes,
+      cycles: this.counters.cycles,
+    };
+  }
+}

@@ -1,0 +1,119 @@
+// Typed, actionable errors. Each says what happened and what to do next;
+// `code` survives structured cloning across the worker boundary.
+
+export type ErrorCode =
+  | 'invalid_request'
+  | 'model_load'
+  | 'model_not_loaded'
+  | 'not_found'
+  | 'cancelled'
+  | 'too_large'
+  | 'inference'
+  | 'busy'
+  | 'device_lost';
+
+export class EngineError extends Error {
+  constructor(
+    readonly code: ErrorCode,
+    message: string,
+  ) {
+    super(message);
+    this.name = new.target.name;
+  }
+
+  /** Plain-object form that crosses postMessage intact. */
+  toJSON() {
+    return { name: this.name, code: this.code, message: this.message, ...this.details() };
+  }
+
+  protected details(): Record<string, unknown> {
+    return {};
+  }
+}
+
+/** A request field is missing, of the wrong type, or out of range. */
+export class InvalidRequestError extends EngineError {
+  constructor(
+    readonly field: string,
+    readonly allowed: string,
+    received: unknown,
+  ) {
+    super('invalid_request', `${field}: expected ${allowed}, got ${describe(received)}`);
+  }
+
+  protected override details() {
+    return { field: this.field, allowed: this.allowed };
+  }
+}
+
+/** A model file could not be fetched or parsed; `file` names it. */
+export class ModelLoadError extends EngineError {
+  constructor(
+    readonly file: string,
+    reason: string,
+  ) {
+    super('model_load', `could not load ${file}: ${reason}`);
+  }
+
+  protected override details() {
+    return { file: this.file };
+  }
+}
+
+export class ModelNotLoadedError extends EngineError {
+  constructor() {
+    super('model_not_loaded', 'no model is loaded: call load() with a model folder, URL or Hub repo first');
+  }
+}
+
+export class NotFoundError extends EngineError {
+  constructor(what: string, id: string) {
+    super('not_found', `${what} ${JSON.stringify(id)} not found`);
+  }
+}
+
+export class CancelledError extends EngineError {
+  constructor(id: string) {
+    super('cancelled', `request ${id} was cancelled`);
+  }
+}
+
+/** A request can never fit the memory budget, whatever else is running. */
+export class TooLargeError extends EngineError {
+  constructor(
+    readonly neededBytes: number,
+    readonly budgetBytes: number,
+    hint: string,
+  ) {
+    super('too_large', `needs ~${formatBytes(neededBytes)} but the memory budget is ${formatBytes(budgetBytes)}; ${hint}`);
+  }
+}
+
+/** A model run failed for one request (for example non-finite latents); others carry on. */
+export class InferenceError extends EngineError {
+  constructor(message: string) {
+    super('inference', message);
+  }
+}
+
+/** The engine cannot do this now (for example switch models while requests run). */
+export class BusyError extends EngineError {
+  constructor(message: string) {
+    super('busy', message);
+  }
+}
+
+export function formatBytes(n: number): string {
+  if (n >= 1024 ** 3) return `${(n / 1024 ** 3).toFixed(1)} GB`;
+  if (n >= 1024 ** 2) return `${(n / 1024 ** 2).toFixed(1)} MB`;
+  if (n >= 1024) return `${(n / 1024).toFixed(1)} KB`;
+  return `${n} B`;
+}
+
+function describe(v: unknown): string {
+  if (typeof v === 'string') return v.length > 40 ? `a string of ${v.length} characters` : JSON.stringify(v);
+  if (typeof v === 'number') return String(v);
+  if (v === null) return 'null';
+  if (Array.isArray(v)) return 'an array';
+  return typeof v === 'object' ? 'an object' : String(v);
+}

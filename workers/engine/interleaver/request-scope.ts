@@ -1,0 +1,86 @@
+// A request's own view over the shared model: its scheduler state, its seeded
+// RNG, its latents and prompt embeddings. Nothing here is shared, and release()
+// drops every per-request tensor the moment the request ends.
+import type { GenerateResult, ProgressCallback } from '../api/types.ts';
+import type { NormalizedRequest } from '../api/validate.ts';
+import { RequestRng } from '../rng.ts';
+import type { RequestSchedulerState } from '../scheduler/flow-match-euler.ts';
+import type { PromptEmbedding } from '../sd3/encode-prompt.ts';
+import type { Footprint } from './memory-budget.ts';
+
+export type Phase = 'queued' | 'denoising' | 'decoding' | 'finished';
+
+export class RequestScope {
+  readonly rng: RequestRng;
+  phase: Phase = 'queued';
+  latents: Float32Array | null = null;
+  cond: PromptEmbedding | null = null;
+  /** Negative-prompt embedding; only with classifier-free guidance. */
+  uncond: PromptEmbedding | null = null;
+  readonly warnings: string[] = [];
+  readonly times = { submitted: 0, admitted: 0, denoiseStart: 0, decodeStart: 0, finished: 0, encodeMs: 0 };
+  /** Interleaver cycle at which the request was admitted and finished (fairness tests read these). */
+  admittedCycle = -1;
+  finishedCycle = -1;
+  readonly result: Promise<GenerateResult>;
+  private settle!: { resolve: (r: GenerateResult) => void; reject: (e: unknown) => void };
+
+  constructor(
+    readonly request: NormalizedRequest,
+    readonly scheduler: RequestSchedulerState,
+    readonly footprint: Footprint,
+    /** Latent grid [channels, h, w]. */
+    readonly latentShape: readonly [number, number, number],
+    readonly onProgress: ProgressCallback | undefined,
+    readonly wantsPreview: boolean,
+    now: number,
+  ) {
+    this.rng = new RequestRng(request.seed);
+    this.times.submitted = now;
+    this.result = new Promise<GenerateResult>((resolve, reject) => (this.settle = { resolve, reject }));
+    // callers may drop the promise after cancelling; never an unhandled rejection
+    this.result.catch(() => undefined);
+  }
+
+  get id(): string {
+    return this.request.id;
+  }
+
+  /** Classifier-free guidance runs two rows (unconditional first); guidance <= 1 runs one. */
+  get guided(): boolean {
+    return this.request.guidance > 1;
+  }
+
+  get rows(): number {
+    return this.guided ? 2 : 1;
+  }
+
+  /** Requests of different sizes never share a transformer run. */
+  get sizeKey(): string {
+    return `${this.request.width}x${this.request.height}`;
+  }
+
+  /** Bytes of per-request tensors held right now. */
+  get heldBytes(): number {
+    const emb = (e: PromptEmbedding | null) => (e ? e.embeds.byteLength + e.pooled.byteLength : 0);
+    return (this.latents?.byteLength ?? 0) + emb(this.cond) + emb(this.uncond);
+  }
+
+  release(): void {
+    this.latents = null;
+    this.cond = null;
+    this.uncond = null;
+  }
+
+  resolve(result: GenerateResult): void {
+    this.phase = 'finished';
+    this.release();
+    this.settle.resolve(result);
+  }
+
+  reject(error: unknown): void {
+    this.phase = 'finished';
+    this.release();
+    this.settle.reject(error);
+  }
+}

@@ -1,0 +1,29 @@
+// ModelFiles over a folder on disk, for Node (CLI, benchmarks, tests). Kept out
+// of the browser bundle: only Node entry points import it.
+import { readFile, stat } from 'node:fs/promises';
+import { basename, join, resolve } from 'node:path';
+import { ModelLoadError } from '../errors.ts';
+import type { ByteProgress, ModelFiles } from './model-files.ts';
+
+export function nodeFolderFiles(folder: string, id?: string): ModelFiles {
+  const root = resolve(folder);
+  return {
+    id: id ?? basename(root),
+    async read(path: string, onProgress?: ByteProgress) {
+      try {
+        const buf = await readFile(join(root, path));
+        const bytes = new Uint8Array(buf.buffer, buf.byteOffset, buf.byteLength);
+        onProgress?.(bytes.byteLength, bytes.byteLength);
+        return bytes;
+      } catch (e) {
+        throw new ModelLoadError(path, `cannot read ${join(root, path)} (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
+      }
+    },
+    async exists(path: string) {
+      return stat(join(root, path)).then(
+        (s) => s.isFile(),
+        () => false,
+      );
+    },
+  };
+}
