@@ -105,6 +105,7 @@ function emptyStatus(): EngineStatus {
     requestBytes: 0,
     admittedBytes: 0,
     budgetBytes: 0,
+    peakAdmittedBytes: 0,
     cycles: 0,
   };
 }

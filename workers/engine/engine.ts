@@ -133,6 +133,7 @@ export class Engine {
       requestBytes: il?.requestBytes ?? 0,
       admittedBytes: il?.admittedBytes ?? 0,
       budgetBytes: this.budget.totalBytes,
+      peakAdmittedBytes: this.counters.peakAdmittedBytes,
       cycles: this.counters.cycles,
     };
   }

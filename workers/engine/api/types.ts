@@ -105,6 +105,8 @@ export interface EngineStatus {
   /** Estimated bytes (state + activations) admitted against the budget now. */
   admittedBytes: number;
   budgetBytes: number;
+  /** Highest admittedBytes ever seen: never above budgetBytes. */
+  peakAdmittedBytes: number;
   /** Interleaver cycles run so far. */
   cycles: number;
 }

@@ -93,7 +93,10 @@ export class Interleaver {
     }
     this.queue.push(scope);
     scope.onProgress?.({ status: 'queued', requestId: scope.id, loaded: 0, total: scope.scheduler.totalSteps, progress: 0 });
-    this.loop ??= this.run().finally(() => (this.loop = null));
+    // start on a microtask, so requests submitted together are admitted together
+    this.loop ??= Promise.resolve()
+      .then(() => this.run())
+      .finally(() => (this.loop = null));
     return scope.result;
   }
 

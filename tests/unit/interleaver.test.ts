@@ -1,0 +1,169 @@
+// The step interleaver: batching across timesteps, fairness, cancellation,
+// and admission by memory.
+import { describe, expect, it } from 'vitest';
+import type { GenerateResult } from '../../workers/engine/api/types.ts';
+import { CancelledError, TooLargeError } from '../../workers/engine/errors.ts';
+import { requestFootprint } from '../../workers/engine/interleaver/memory-budget.ts';
+import { CLIP_LENGTH } from '../../workers/engine/sd3/encode-prompt.ts';
+import { loadTinyEngine, maxPixelDiff, newTinyEngine } from '../helpers/tiny-engine.ts';
+
+const requests = Array.from({ length: 8 }, (_, i) => ({ id: `b${i}`, prompt: `batched prompt ${i}`, seed: 500 + i, steps: 2 + (i % 4), guidance: i % 3 ? 5 : 1 }));
+
+describe('batching', () => {
+  it('requests batched together give the same image as each alone, in fewer transformer runs', async () => {
+    const solo = await loadTinyEngine();
+    const alone: GenerateResult[] = [];
+    for (const r of requests) alone.push(await solo.generate(r));
+
+    const batched = await newTinyEngine({ maxBatch: 8 });
+    const t = batched.model!.transformer;
+    const together = await Promise.all(requests.map((r) => batched.generate(r)));
+    together.forEach((img, i) => expect(maxPixelDiff(img.rgba, alone[i].rgba), requests[i].id).toBeLessThanOrEqual(1));
+    // 8 requests at different timesteps share runs: as many runs as the longest request has steps
+    expect(t.runs).toBe(Math.max(...requests.map((r) => r.steps)));
+    expect(t.rows).toBe(requests.reduce((n, r) => n + r.steps * (r.guidance > 1 ? 2 : 1), 0));
+    // VAE decodes are batched too
+    expect(batched.model!.vaeDecoder.runs).toBeLessThan(requests.length);
+    await batched.unload();
+  });
+
+  it('maxBatch 1 runs one request per transformer run', async () => {
+    const engine = await newTinyEngine({ maxBatch: 1 });
+    await Promise.all(requests.slice(0, 3).map((r) => engine.generate(r)));
+    expect(engine.model!.transformer.runs).toBe(requests.slice(0, 3).reduce((n, r) => n + r.steps, 0));
+    await engine.unload();
+  });
+
+  it('requests of different sizes run in separate batches', async () => {
+    const engine = await newTinyEngine();
+    const t = engine.model!.transformer;
+    await Promise.all([engine.generate({ prompt: 'a', seed: 1, steps: 2, width: 64, height: 64 }), engine.generate({ prompt: 'b', seed: 2, steps: 2, width: 128, height: 64 })]);
+    expect(t.runs).toBe(4);
+    await engine.unload();
+  });
+});
+
+describe('fairness', () => {
+  it('a 4-step request behind 8 long ones finishes within its steps plus a small constant of cycles', async () => {
+    const engine = await newTinyEngine();
+    const long = Array.from({ length: 8 }, (_, i) => engine.generate({ prompt: `long ${i}`, seed: i, steps: 30 }));
+    // let the long ones get going first
+    await new Promise<void>((resolve) => {
+      const poll = () => (engine.status().cycles >= 3 ? resolve() : setTimeout(poll, 1));
+      poll();
+    });
+    const startCycle = engine.status().cycles;
+    const short = await engine.generate({ prompt: 'short', seed: 99, steps: 4 });
+    const cyclesTaken = engine.status().cycles - startCycle;
+    expect(cyclesTaken).toBeLessThanOrEqual(4 + 2);
+    expect(engine.status().requestsActive).toBe(8); // the long ones are still running
+    expect(short.metadata.steps).toBe(4);
+    await Promise.all(long);
+    await engine.unload();
+  });
+});
+
+describe('cancellation', () => {
+  it('cancelling half of 16 running requests frees their bytes; the other 8 finish correctly', async () => {
+    const engine = await newTinyEngine({ maxActive: 16 });
+    const reqs = Array.from({ length: 16 }, (_, i) => ({ id: `c${i}`, prompt: `cancel test ${i}`, seed: 900 + i, steps: 6 }));
+    const results = reqs.map((r) => engine.generate(r));
+    await new Promise<void>((resolve) => {
+      const poll = () => (engine.status().requestBytes > 0 && engine.status().requestsActive === 16 ? resolve() : setTimeout(poll, 1));
+      poll();
+    });
+    const before = engine.status().requestBytes;
+    for (let i = 0; i < 16; i += 2) expect(engine.cancel(`c${i}`)).toBe(true);
+    const after = engine.status().requestBytes;
+    expect(after).toBeLessThan(before * 0.6); // freed at once, not at the end of the cycle
+    const settled = await Promise.allSettled(results);
+    const solo = await loadTinyEngine();
+    for (let i = 0; i < 16; i++) {
+      const s = settled[i];
+      if (i % 2 === 0) {
+        expect(s.status).toBe('rejected');
+        expect((s as PromiseRejectedResult).reason).toBeInstanceOf(CancelledError);
+      } else {
+        expect(s.status).toBe('fulfilled');
+        const alone = await solo.generate(reqs[i]);
+        expect(maxPixelDiff((s as PromiseFulfilledResult<GenerateResult>).value.rgba, alone.rgba)).toBeLessThanOrEqual(1);
+      }
+    }
+    expect(engine.status().requestBytes).toBe(0);
+    expect(engine.status().requestsCancelled).toBe(8);
+    await engine.unload();
+  });
+
+  it('an AbortSignal cancels at the next step boundary', async () => {
+    const engine = await newTinyEngine();
+    const ac = new AbortController();
+    let steps = 0;
+    const p = engine.generate({ prompt: 'abort me', seed: 1, steps: 50 }, {
+      signal: ac.signal,
+      onProgress: (e) => {
+        if (e.status === 'step' && ++steps === 3) ac.abort();
+      },
+    });
+    await expect(p).rejects.toBeInstanceOf(CancelledError);
+    expect(steps).toBe(3);
+    expect(engine.cancel('nope')).toBe(false);
+    await engine.unload();
+  });
+
+  it('progress events carry step, total, elapsed time and a preview', async () => {
+    const engine = await loadTinyEngine();
+    const events: { status: string; loaded: number; total: number; elapsedMs?: number; w?: number }[] = [];
+    await engine.generate({ prompt: 'progress', seed: 1, steps: 3 }, { preview: true, onProgress: (e) => events.push({ status: e.status, loaded: e.loaded, total: e.total, elapsedMs: e.elapsedMs, w: e.preview?.width }) });
+    expect(events.map((e) => e.status)).toEqual(['queued', 'encoding', 'step', 'step', 'step', 'decoding', 'complete']);
+    const stepEvents = events.filter((e) => e.status === 'step');
+    expect(stepEvents.map((e) => [e.loaded, e.total])).toEqual([[1, 3], [2, 3], [3, 3]]);
+    expect(stepEvents.every((e) => e.w === 8 && (e.elapsedMs ?? 0) > 0)).toBe(true);
+  });
+});
+
+describe('admission by memory', () => {
+  const dims = async () => {
+    const m = (await loadTinyEngine()).model!;
+    return { transformer: m.transformerConfig, vae: m.vaeConfig, textTokens: CLIP_LENGTH + m.t5MaxLength };
+  };
+
+  it('never admits beyond the budget; waiting requests show as queued and all finish', async () => {
+    const one = requestFootprint(await dims(), 64, 64, 4.5).totalBytes;
+    const engine = await newTinyEngine({ memoryCapBytes: Math.floor(3.5 * one) });
+    const jobs = Array.from({ length: 10 }, (_, i) => engine.generate({ prompt: `budget ${i}`, seed: i, steps: 3 }));
+    let maxQueued = 0;
+    let maxActive = 0;
+    const poll = setInterval(() => {
+      maxQueued = Math.max(maxQueued, engine.status().requestsQueued);
+      maxActive = Math.max(maxActive, engine.status().requestsActive);
+    }, 1);
+    maxQueued = Math.max(maxQueued, engine.status().requestsQueued);
+    await Promise.all(jobs);
+    clearInterval(poll);
+    expect(maxQueued).toBeGreaterThan(0);
+    expect(maxActive).toBeLessThanOrEqual(3);
+    const il = engine.status();
+    expect(il.requestsServed).toBe(10);
+    expect(il.peakAdmittedBytes).toBeGreaterThan(2 * one);
+    expect(il.peakAdmittedBytes).toBeLessThanOrEqual(il.budgetBytes);
+    await engine.unload();
+  });
+
+  it('a request that could never fit is refused with a clear error, others unaffected', async () => {
+    const small = requestFootprint(await dims(), 64, 64, 4.5).totalBytes;
+    const engine = await newTinyEngine({ memoryCapBytes: 2 * small });
+    const ok = engine.generate({ prompt: 'fits', seed: 1 });
+    const err = await engine.generate({ prompt: 'too big', seed: 1, width: 512, height: 512 }).catch((e) => e);
+    expect(err).toBeInstanceOf(TooLargeError);
+    expect(err.message).toMatch(/needs ~.* but the memory budget is .*; try a smaller size than 512x512/);
+    expect((await ok).metadata.prompt).toBe('fits');
+    expect(engine.status().requestsQueued).toBe(0);
+    await engine.unload();
+  });
+
+  it('a single buffer over the adapter limit is refused too', async () => {
+    const engine = await newTinyEngine({ limits: { maxStorageBufferBindingSize: 64 * 1024 } });
+    await expect(engine.generate({ prompt: 'x', width: 512, height: 512 })).rejects.toThrow(/largest buffer/);
+    await engine.unload();
+  });
+});
