@@ -1,31 +1,47 @@
 // The worker's API: the browser form of the seed server's endpoints
 // (inference, image by id, status), exposed over Comlink by engine.worker.ts.
-// Progress callbacks arrive as Comlink proxies; pixel buffers are transferred.
+// Every accepted request goes into IndexedDB's durable queue before it runs;
+// its image replaces it there when done. Progress callbacks arrive as Comlink
+// proxies; preview pixels are transferred, PNGs travel as Blobs.
 import * as Comlink from 'comlink';
-import type { EngineStatus, GenerateResult, ModelInfo, ModelSourceSpec, ProgressCallback, ProgressEvent } from './engine/api/types.ts';
+import type { BackendName, EngineStatus, ImageMetadata, ModelInfo, ModelSourceSpec, ProgressCallback, ProgressEvent } from './engine/api/types.ts';
 import type { Engine } from './engine/engine.ts';
 import { ModelNotLoadedError } from './engine/errors.ts';
 import { checkTransformerOnBackends, type BackendCheck } from './backend-check.ts';
 import { createBrowserEngine, type GpuInfo } from './browser-engine.ts';
+import { ImageStore, type ImageQuery, type QueuedRequest, type StoredImage } from './store/image-store.ts';
 
 export interface WorkerStatus extends EngineStatus {
   gpu: GpuInfo | null;
 }
 
-/** Errors cross postMessage as plain objects with code, field and message intact. */
-function plainError(e: unknown): Error {
+export interface GenerateReply {
+  id: string;
+  metadata: ImageMetadata;
+}
+
+/** A rejection as it crosses the worker boundary: a plain object, because Comlink
+ * keeps only message/name/stack of Error instances, and the UI needs code and field. */
+export interface WireError {
+  name: string;
+  code?: string;
+  message: string;
+  field?: string;
+  file?: string;
+}
+
+function wireError(e: unknown): WireError {
   if (e && typeof e === 'object' && 'toJSON' in e && typeof (e as { toJSON: unknown }).toJSON === 'function') {
-    const json = (e as { toJSON(): Record<string, unknown> }).toJSON();
-    return Object.assign(new Error(String(json.message)), json);
+    return (e as { toJSON(): WireError }).toJSON();
   }
-  return e instanceof Error ? e : new Error(String(e));
+  return e instanceof Error ? { name: e.name, message: e.message } : { name: 'Error', message: String(e) };
 }
 
 async function guard<T>(f: () => Promise<T>): Promise<T> {
   try {
     return await f();
   } catch (e) {
-    throw plainError(e);
+    throw wireError(e);
   }
 }
 
@@ -41,15 +57,17 @@ function transferProgress(onProgress?: ProgressCallback): ProgressCallback | und
 export class WorkerApi {
   private engine: Engine | null = null;
   private gpu: GpuInfo | null = null;
+  private starting: Promise<void> | null = null;
+  private readonly store = ImageStore.open();
 
-  /** Detects WebGPU (or falls back to wasm) and creates the engine. */
-  async init(): Promise<GpuInfo> {
+  /** Detects WebGPU (or uses wasm: forced, or as the fallback) and creates the engine. */
+  async init(opts: { backend?: BackendName } = {}): Promise<GpuInfo> {
     return guard(async () => {
-      if (!this.engine) {
-        const { engine, gpu } = await createBrowserEngine();
+      this.starting ??= createBrowserEngine({ backend: opts.backend }).then(({ engine, gpu }) => {
         this.engine = engine;
-        this.gpu = gpu;
-      }
+        this.gpu = { ...gpu, backend: engine.options.backend };
+      });
+      await this.starting;
       return this.gpu!;
     });
   }
@@ -63,18 +81,73 @@ export class WorkerApi {
     return guard(async () => (await this.ready()).load(source, onProgress));
   }
 
-  /** Runs one request; resolves with its result, PNG and pixels transferred. */
-  async generate(request: unknown, onProgress?: ProgressCallback, opts: { preview?: boolean } = {}): Promise<GenerateResult> {
+  /**
+   * Accepts a request (bad input is refused here, naming the field), records it
+   * in the durable queue, runs it and stores the image. Resolves with its id.
+   */
+  async generate(request: unknown, onProgress?: ProgressCallback, opts: { preview?: boolean } = {}): Promise<GenerateReply> {
     return guard(async () => {
       const engine = await this.ready();
       if (!engine.model) throw new ModelNotLoadedError();
-      const result = await engine.generate(request, { onProgress: transferProgress(onProgress), preview: opts.preview });
-      return Comlink.transfer(result, [result.rgba.buffer as ArrayBuffer, result.png.buffer as ArrayBuffer]);
+      const req = engine.normalize(request);
+      const store = await this.store;
+      await store.enqueue({ id: req.id, request: req, modelId: engine.model.info.id, acceptedAt: new Date().toISOString() });
+      return this.run(engine, store, req, onProgress, opts.preview);
     });
   }
 
+  /** Accepted requests that have not finished (after a reload or a crash), oldest first. */
+  async pending(): Promise<QueuedRequest[]> {
+    return (await this.store).pending();
+  }
+
+  /** Runs a queued request again from its stored settings: same seed, same image. */
+  async resume(id: string, onProgress?: ProgressCallback, opts: { preview?: boolean } = {}): Promise<GenerateReply> {
+    return guard(async () => {
+      const engine = await this.ready();
+      if (!engine.model) throw new ModelNotLoadedError();
+      const store = await this.store;
+      const entry = (await store.pending()).find((q) => q.id === id);
+      if (!entry) throw new Error(`no queued request ${id}`);
+      return this.run(engine, store, entry.request, onProgress, opts.preview);
+    });
+  }
+
+  private async run(engine: Engine, store: ImageStore, req: QueuedRequest['request'], onProgress?: ProgressCallback, preview?: boolean): Promise<GenerateReply> {
+    let result;
+    try {
+      result = await engine.generate(req, { onProgress: transferProgress(onProgress), preview });
+    } catch (e) {
+      // a cancelled or failed request leaves the queue; only unfinished work is replayed
+      if ((e as { code?: string }).code !== 'device_lost') await store.dequeue(req.id);
+      throw e;
+    }
+    await store.complete({ id: result.id, png: new Blob([result.png as Uint8Array<ArrayBuffer>], { type: 'image/png' }), metadata: result.metadata });
+    return { id: result.id, metadata: result.metadata };
+  }
+
   async cancel(id: string): Promise<boolean> {
-    return this.engine?.cancel(id) ?? false;
+    const cancelled = this.engine?.cancel(id) ?? false;
+    if (!cancelled) await (await this.store).dequeue(id); // queued before a reload, not running now
+    return cancelled;
+  }
+
+  async getImage(id: string): Promise<StoredImage> {
+    return guard(async () => (await this.store).get(id));
+  }
+
+  async listImages(query: ImageQuery = {}): Promise<ImageMetadata[]> {
+    return (await this.store).list(query);
+  }
+
+  async deleteImage(id: string): Promise<void> {
+    return guard(async () => (await this.store).delete(id));
+  }
+
+  /** Wipes every stored image and queued request. */
+  async deleteAllData(): Promise<void> {
+    for (const q of await (await this.store).pending()) this.engine?.cancel(q.id);
+    await (await this.store).clear();
   }
 
   async status(): Promise<WorkerStatus> {
@@ -85,7 +158,7 @@ export class WorkerApi {
   async checkBackends(modelUrl: string): Promise<BackendCheck> {
     return guard(async () => {
       const gpu = await this.init();
-      if (gpu.backend !== 'webgpu') throw new Error(`WebGPU is unavailable here: ${gpu.fallbackReason}`);
+      if (!gpu.limits.maxBufferSize) throw new Error(`WebGPU is unavailable here: ${gpu.fallbackReason}`);
       return checkTransformerOnBackends(modelUrl);
     });
   }

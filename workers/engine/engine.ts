@@ -2,7 +2,7 @@
 // nothing of workers or messaging (workers/engine.worker.ts adapts it) and
 // nothing of the DOM, so the CLI and the benchmark run it in Node unchanged.
 import type { BackendName, EngineStatus, GenerateResult, ModelInfo, ModelSourceSpec, ProgressCallback } from './api/types.ts';
-import { normalizeRequest } from './api/validate.ts';
+import { normalizeRequest, type NormalizedRequest } from './api/validate.ts';
 import { BusyError, InvalidRequestError, ModelNotLoadedError } from './errors.ts';
 import { DEFAULT_MAX_ACTIVE, DEFAULT_MAX_BATCH, Interleaver, newCounters } from './interleaver/interleaver.ts';
 import { memoryBudget, requestFootprint, type MemoryBudget } from './interleaver/memory-budget.ts';
@@ -85,6 +85,15 @@ export class Engine {
   }
 
   /**
+   * Checks a request and fills in every default (a random seed included), so
+   * the result can be stored and replayed to give the same image.
+   */
+  normalize(request: unknown): NormalizedRequest {
+    if (!this.loaded) throw new ModelNotLoadedError();
+    return normalizeRequest(request, this.loaded.info, newId, randomSeed);
+  }
+
+  /**
    * Validates and queues a request; resolves with the image. Bad input is
    * refused before anything is queued, so requests in flight are untouched.
    */
@@ -92,7 +101,7 @@ export class Engine {
     try {
       const { loaded: model, interleaver } = this;
       if (!model || !interleaver) throw new ModelNotLoadedError();
-      const req = normalizeRequest(request, model.info, newId, randomSeed);
+      const req = this.normalize(request);
       if (interleaver.has(req.id)) throw new InvalidRequestError('id', 'an id not used by a queued or running request', req.id);
       const { transformerConfig: t, vaeConfig: vae } = model;
       const lh = req.height / vae.scaleFactor;

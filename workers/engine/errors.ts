@@ -10,6 +10,7 @@ export type ErrorCode =
   | 'too_large'
   | 'inference'
   | 'busy'
+  | 'storage'
   | 'device_lost';
 
 export class EngineError extends Error {

@@ -1,0 +1,216 @@
+// npm run bench: the interleaver against sequential and naive serving, on Node
+// with the wasm backend and the tiny model. Every figure is also given as a
+// ratio to mode (a) from the same run, since this machine is noisy.
+//   (a) sequential: one request at a time through one engine
+//   (b) interleaved, batch size 1
+//   (c) interleaved and batched
+//   (d) naive: a separate set of sessions per request (the "deep copy")
+// Writes bench/results.json and prints a table.
+import { writeFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import type { GenerateRequest } from '../workers/engine/api/types.ts';
+import type { Engine } from '../workers/engine/engine.ts';
+import { createNodeEngine, ort } from '../workers/engine/node.ts';
+import { decodeLatents } from '../workers/engine/sd3/decode.ts';
+import { predictVelocities } from '../workers/engine/sd3/denoise-step.ts';
+import { encodePrompts } from '../workers/engine/sd3/encode-prompt.ts';
+import { RequestRng } from '../workers/engine/rng.ts';
+
+const MODEL = fileURLToPath(new URL('../public/models/tiny-sd3/', import.meta.url));
+const OUT = fileURLToPath(new URL('./results.json', import.meta.url));
+const quick = process.argv.includes('--quick');
+const SIZES = quick ? [64] : [64, 256];
+const NS = quick ? [1, 4] : [1, 4, 8, 16];
+const STEPS = 4;
+const LONG_STEPS = 50; // "a 4-step request that arrives behind 50-step ones"
+const MAX_BATCH = 16;
+
+type Mode = 'a' | 'b' | 'c' | 'd';
+const MODE_NAMES: Record<Mode, string> = { a: 'sequential', b: 'interleaved, batch 1', c: 'interleaved + batched', d: 'naive: sessions per request' };
+
+interface Row {
+  size: number;
+  n: number;
+  mode: Mode;
+  imagesPerSec: number;
+  p50Ms: number;
+  p95Ms: number;
+  /** A 4-step request submitted behind n long (50-step) ones: its completion time. */
+  shortBehindLongMs: number;
+  peakRssMb: number;
+  rssGrowthMb: number;
+  weightMb: number;
+  peakRequestMb: number;
+}
+
+const mb = (b: number) => b / 1024 / 1024;
+const pct = (xs: number[], p: number) => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.min(s.length - 1, Math.ceil((p / 100) * s.length) - 1)];
+};
+
+function rssSampler() {
+  let peak = process.memoryUsage().rss;
+  const t = setInterval(() => (peak = Math.max(peak, process.memoryUsage().rss)), 5);
+  return { stop: () => (clearInterval(t), Math.max(peak, process.memoryUsage().rss)) };
+}
+
+async function engineFor(mode: Mode): Promise<Engine> {
+  const e = createNodeEngine({ maxBatch: mode === 'b' ? 1 : MAX_BATCH, maxActive: 64 });
+  await e.load({ kind: 'path', path: MODEL });
+  return e;
+}
+
+const req = (i: number, size: number, steps = STEPS): GenerateRequest => ({ prompt: `benchmark prompt ${i % 5}`, seed: 1000 + i, steps, width: size, height: size });
+
+/** Runs n requests in a mode; returns latencies and wall time. */
+async function runBatch(mode: Mode, engines: Engine[], reqs: GenerateRequest[]) {
+  const latencies: number[] = [];
+  const t0 = performance.now();
+  const timed = async (e: Engine, r: GenerateRequest) => {
+    const s = performance.now();
+    await e.generate(r);
+    latencies.push(performance.now() - s);
+  };
+  if (mode === 'a') {
+    // each request's latency counts from when all were submitted
+    for (const r of reqs) {
+      await engines[0].generate(r);
+      latencies.push(performance.now() - t0);
+    }
+  } else if (mode === 'd') await Promise.all(reqs.map((r, i) => timed(engines[i], r)));
+  else await Promise.all(reqs.map((r) => timed(engines[0], r)));
+  return { latencies, wallMs: performance.now() - t0 };
+}
+
+async function shortBehindLong(mode: Mode, engines: Engine[], n: number, size: number): Promise<number> {
+  const longs = Array.from({ length: n }, (_, i) => req(100 + i, size, LONG_STEPS));
+  const short = req(999, size, STEPS);
+  const t0 = performance.now();
+  if (mode === 'a') {
+    for (const r of longs) await engines[0].generate(r);
+    await engines[0].generate(short);
+    return performance.now() - t0;
+  }
+  const target = (i: number) => (mode === 'd' ? engines[i] : engines[0]);
+  const pending = longs.map((r, i) => target(i).generate(r));
+  await target(n).generate(short);
+  const done = performance.now() - t0;
+  await Promise.all(pending);
+  return done;
+}
+
+/** The same sessions called back to back by hand, no interleaver: the overhead baseline. */
+async function byHand(engine: Engine, r: GenerateRequest, size: number): Promise<number> {
+  const m = engine.model!;
+  const t0 = performance.now();
+  const [cond, uncond] = await encodePrompts(m, ort, [r.prompt, '']);
+  const lat = size / m.vaeConfig.scaleFactor;
+  const shape = [m.vaeConfig.latentChannels, lat, lat] as const;
+  const latents = new RequestRng(r.seed!).normal(shape[0] * lat * lat);
+  const sched = m.scheduler.cloneForRequest({ steps: r.steps! });
+  while (!sched.done) {
+    const [v] = await predictVelocities(m, ort, [{ latents, timestep: sched.timestep, guidance: m.info.defaults.guidance, uncond, cond }], shape);
+    sched.step(latents, v);
+  }
+  await decodeLatents(m, ort, [latents], lat, lat);
+  return performance.now() - t0;
+}
+
+async function main() {
+  const rows: Row[] = [];
+  const overhead: { size: number; byHandMs: number; engineMs: number; ratio: number }[] = [];
+  for (const size of SIZES) {
+    // overhead: (c) at N=1 against the same sessions by hand, best of 5 each
+    const e = await engineFor('c');
+    for (let i = 0; i < 2; i++) await e.generate(req(i, size)); // warm up
+    const hand: number[] = [];
+    const eng: number[] = [];
+    for (let i = 0; i < 5; i++) {
+      hand.push(await byHand(e, req(i, size), size));
+      const s = performance.now();
+      await e.generate(req(i, size));
+      eng.push(performance.now() - s);
+    }
+    const byHandMs = Math.min(...hand);
+    const engineMs = Math.min(...eng);
+    overhead.push({ size, byHandMs, engineMs, ratio: byHandMs / engineMs });
+    await e.unload();
+
+    for (const n of NS) {
+      for (const mode of ['a', 'b', 'c', 'd'] as Mode[]) {
+        global.gc?.();
+        const rssBefore = process.memoryUsage().rss;
+        const sampler = rssSampler();
+        const engines = mode === 'd' ? await Promise.all(Array.from({ length: n + 1 }, () => engineFor(mode))) : [await engineFor(mode)];
+        await engines[0].generate(req(0, size, 1)); // warm the shapes
+        let peakRequest = 0;
+        const probe = setInterval(() => (peakRequest = Math.max(peakRequest, ...engines.map((x) => x.status().requestBytes))), 2);
+        const { latencies, wallMs } = await runBatch(mode, engines, Array.from({ length: n }, (_, i) => req(i, size)));
+        const short = await shortBehindLong(mode, engines, n, size);
+        clearInterval(probe);
+        const peakRss = sampler.stop();
+        const weightBytes = engines.reduce((s, x) => s + (x.status().weightBytes ?? 0), 0);
+        rows.push({
+          size,
+          n,
+          mode,
+          imagesPerSec: n / (wallMs / 1000),
+          p50Ms: pct(latencies, 50),
+          p95Ms: pct(latencies, 95),
+          shortBehindLongMs: short,
+          peakRssMb: mb(peakRss),
+          rssGrowthMb: mb(peakRss - rssBefore),
+          weightMb: mb(weightBytes),
+          peakRequestMb: mb(peakRequest),
+        });
+        await Promise.all(engines.map((x) => x.unload()));
+        process.stderr.write(`size ${size} N=${n} (${mode}) ${rows.at(-1)!.imagesPerSec.toFixed(2)} img/s\n`);
+      }
+    }
+  }
+
+  const ratio = (r: Row) => rows.find((x) => x.size === r.size && x.n === r.n && x.mode === 'a')!;
+  const table = rows.map((r) => ({
+    size: r.size,
+    N: r.n,
+    mode: `${r.mode} ${MODE_NAMES[r.mode]}`,
+    'img/s': r.imagesPerSec.toFixed(2),
+    'x (a)': (r.imagesPerSec / ratio(r).imagesPerSec).toFixed(2),
+    'p50 ms': r.p50Ms.toFixed(0),
+    'p95 ms': r.p95Ms.toFixed(0),
+    'short ms': r.shortBehindLongMs.toFixed(0),
+    'short: (a)/this': (ratio(r).shortBehindLongMs / r.shortBehindLongMs).toFixed(2),
+    'weights MB': r.weightMb.toFixed(1),
+    'req state MB': r.peakRequestMb.toFixed(2),
+    'RSS +MB': r.rssGrowthMb.toFixed(0),
+  }));
+  console.table(table);
+  console.table(overhead.map((o) => ({ size: o.size, 'by hand ms': o.byHandMs.toFixed(1), 'engine ms': o.engineMs.toFixed(1), 'engine / by hand throughput': o.ratio.toFixed(3) })));
+  const targets = SIZES.map((size) => {
+    const get = (n: number, mode: Mode) => rows.find((r) => r.size === size && r.n === n && r.mode === mode);
+    const a8 = get(8, 'a');
+    const c8 = get(8, 'c');
+    const c1 = get(1, 'c');
+    const c16 = get(16, 'c');
+    const d1 = get(1, 'd');
+    const d16 = get(16, 'd');
+    return {
+      size,
+      overheadRatio: overhead.find((o) => o.size === size)!.ratio,
+      throughputC8OverA8: c8 && a8 ? c8.imagesPerSec / a8.imagesPerSec : null,
+      shortRequestSpeedupC8OverA8: c8 && a8 ? a8.shortBehindLongMs / c8.shortBehindLongMs : null,
+      weightsMbC1toC16: c1 && c16 ? [c1.weightMb, c16.weightMb] : null,
+      requestStateMbC16: c16?.peakRequestMb ?? null,
+      weightsMbD1toD16: d1 && d16 ? [d1.weightMb, d16.weightMb] : null,
+    };
+  });
+  console.table(targets);
+  writeFileSync(OUT, `${JSON.stringify({ date: new Date().toISOString(), machine: { cpus: (await import('node:os')).cpus().length, node: process.version }, backend: 'wasm', model: 'tiny-sd3', steps: STEPS, longSteps: LONG_STEPS, maxBatch: MAX_BATCH, overhead, rows, targets }, null, 2)}\n`);
+  console.log(`wrote ${OUT}`);
+}
+
+main().catch((e) => {
+  console.error(e);
+  process.exit(1);
+});

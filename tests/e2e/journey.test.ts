@@ -1,0 +1,120 @@
+// The app as a person uses it, in Chromium: load the tiny model, run a grid of
+// prompts, find them in the gallery after a reload, reproduce one exactly,
+// cancel a cell, see a bad step count named next to its field, and reload
+// mid-generation to watch the queued work finish. The journey runs on the wasm
+// provider in the same worker code (WebGPU on SwiftShader compiles every new
+// shape for seconds; foundation.test.ts covers webgpu against wasm).
+import { mkdir } from 'node:fs/promises';
+import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { openBrowser, type BrowserSession } from './chromium.ts';
+
+const ARTIFACTS = 'test-results';
+
+describe('the journey in the page', () => {
+  let b: BrowserSession;
+  let url: string;
+  beforeAll(async () => {
+    b = await openBrowser();
+    url = `${inject('baseUrl')}?backend=wasm`;
+    await b.page.goto(url);
+    await b.page.getByTestId('model-label').filter({ hasText: /tiny-sd3/ }).waitFor({ timeout: 60_000 });
+  });
+  afterAll(async () => b?.close());
+
+  const cells = () => b.page.getByTestId('cell');
+  const doneCells = () => b.page.locator('[data-testid="cell"][data-state="done"]');
+  const fill = async (testId: string, value: string) => b.page.getByTestId(testId).fill(value);
+
+  it('loads the tiny model and shows backend and status', async () => {
+    await expect.poll(() => b.page.getByTestId('status-backend').textContent()).toBe('wasm');
+    expect(await b.page.getByTestId('backend').textContent()).toMatch(/WebGPU: .*running on wasm by choice/);
+  });
+
+  it('runs a grid of 6 prompts side by side and shows 6 images', async () => {
+    await fill('prompts', ['a lighthouse', 'a red fox', 'a blue car', 'a green tree', 'a cup of tea', 'a mountain lake'].join('\n'));
+    await fill('steps', '30');
+    await fill('seed', '100');
+    let maxActive = 0;
+    const poll = setInterval(async () => {
+      const v = Number(await b.page.getByTestId('status-active').textContent().catch(() => '0'));
+      maxActive = Math.max(maxActive, v);
+    }, 50);
+    await b.page.getByTestId('generate').click();
+    await expect.poll(() => doneCells().count(), { timeout: 120_000, interval: 250 }).toBe(6);
+    clearInterval(poll);
+    expect(maxActive).toBeGreaterThanOrEqual(4); // several generating together, not one by one
+    await mkdir(ARTIFACTS, { recursive: true });
+    const shot = await b.page.getByTestId('grid').screenshot({ path: `${ARTIFACTS}/grid.png` });
+    expect(shot.byteLength).toBeGreaterThan(5000);
+    // the cells show images, not blanks: each decoded image has many distinct colours
+    const distinct = await b.page.$$eval('[data-testid="cell-image"]', (imgs) =>
+      (imgs as HTMLImageElement[]).map((img) => {
+        const c = document.createElement('canvas');
+        c.width = img.naturalWidth;
+        c.height = img.naturalHeight;
+        const ctx = c.getContext('2d')!;
+        ctx.drawImage(img, 0, 0);
+        const d = ctx.getImageData(0, 0, c.width, c.height).data;
+        const set = new Set<number>();
+        for (let i = 0; i < d.length; i += 4) set.add((d[i] << 16) | (d[i + 1] << 8) | d[i + 2]);
+        return set.size;
+      }),
+    );
+    expect(distinct).toHaveLength(6);
+    expect(Math.min(...distinct)).toBeGreaterThan(50);
+  });
+
+  it('finds them in the gallery after a reload, and reproduce gives identical pixels', async () => {
+    await b.page.reload();
+    await expect.poll(() => b.page.getByTestId('gallery-item').count(), { timeout: 60_000 }).toBe(6);
+    await expect.poll(() => b.page.getByTestId('model-label').textContent(), { timeout: 60_000 }).toMatch(/tiny-sd3/);
+    const first = b.page.getByTestId('gallery-item').first();
+    const originalId = await first.getAttribute('data-id');
+    await first.getByTestId('gallery-reproduce').click();
+    await expect.poll(() => b.page.getByTestId('gallery-item').count(), { timeout: 60_000 }).toBe(7);
+    const same = await b.page.evaluate(async (id) => {
+      const api = (window as unknown as { __engine: { getImage(id: string): Promise<{ png: Blob; metadata: { seed: number; prompt: string } }>; listImages(q: object): Promise<{ id: string }[]> } }).__engine;
+      const original = await api.getImage(id!);
+      const newest = (await api.listImages({ limit: 1 }))[0];
+      const copy = await api.getImage(newest.id);
+      const bytes = async (b: Blob) => new Uint8Array(await b.arrayBuffer()).join(',');
+      return { differentIds: newest.id !== id, samePrompt: copy.metadata.prompt === original.metadata.prompt, sameSeed: copy.metadata.seed === original.metadata.seed, samePng: (await bytes(copy.png)) === (await bytes(original.png)) };
+    }, originalId);
+    expect(same).toEqual({ differentIds: true, samePrompt: true, sameSeed: true, samePng: true });
+  });
+
+  it('cancels one running cell while the others finish; a bad step count is named next to its field', async () => {
+    const before = await doneCells().count();
+    await fill('prompts', ['slow one', 'slow two', 'slow three'].join('\n'));
+    await fill('steps', '200');
+    await b.page.getByTestId('generate').click();
+    const target = b.page.locator('[data-testid="cell"]', { hasText: 'slow two' });
+    await expect.poll(() => target.getAttribute('data-state'), { timeout: 60_000 }).toBe('running');
+    await target.getByTestId('cell-cancel').click();
+    await expect.poll(() => target.getAttribute('data-state'), { timeout: 30_000 }).toBe('cancelled');
+    // bad input while the others run
+    await fill('prompts', 'never runs');
+    await fill('steps', '0');
+    await b.page.getByTestId('generate').click();
+    await expect.poll(() => b.page.getByTestId('error-steps').textContent()).toMatch(/steps: expected an integer in 1\.\.500, got 0/);
+    await expect.poll(() => doneCells().count(), { timeout: 120_000, interval: 250 }).toBe(before + 2);
+    expect(await b.page.locator('[data-testid="cell"]', { hasText: 'never runs' }).count()).toBe(0);
+  });
+
+  it('reloading mid-generation resumes the queued work, which finishes', async () => {
+    const galleryBefore = await b.page.getByTestId('gallery-item').count();
+    await fill('prompts', ['resume a', 'resume b', 'resume c'].join('\n'));
+    await fill('steps', '150');
+    await fill('seed', '4242');
+    await b.page.getByTestId('generate').click();
+    await expect.poll(() => b.page.locator('[data-testid="cell"][data-state="running"]').count(), { timeout: 60_000 }).toBeGreaterThan(0);
+    await b.page.reload();
+    // after the reload the grid shows the resumed requests and they complete
+    await expect.poll(() => cells().count(), { timeout: 60_000 }).toBe(3);
+    await expect.poll(() => doneCells().count(), { timeout: 180_000, interval: 500 }).toBe(3);
+    await expect.poll(() => b.page.getByTestId('gallery-item').count(), { timeout: 30_000 }).toBe(galleryBefore + 3);
+    const seeds = await b.page.$$eval('[data-testid="gallery-item"] .meta', (els) => els.map((e) => e.textContent ?? ''));
+    for (const s of [4242, 4243, 4244]) expect(seeds.some((t) => t.includes(`seed ${s} `))).toBe(true);
+    expect(b.errors.slice(0, 5)).toEqual([]);
+  });
+});

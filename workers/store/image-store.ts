@@ -1,0 +1,122 @@
+// IndexedDB through idb: finished images (PNG Blob + full metadata) and the
+// durable queue of accepted requests. A request is written to the queue before
+// it runs and leaves it in the same transaction that stores its image, so a
+// reload or a crash loses nothing: unfinished entries are replayed from their
+// seed and give the same image.
+import { openDB, type DBSchema, type IDBPDatabase } from 'idb';
+import type { ImageMetadata } from '../engine/api/types.ts';
+import type { NormalizedRequest } from '../engine/api/validate.ts';
+import { EngineError, NotFoundError } from '../engine/errors.ts';
+
+export interface StoredImage {
+  id: string;
+  png: Blob;
+  metadata: ImageMetadata;
+}
+
+export interface QueuedRequest {
+  id: string;
+  request: NormalizedRequest;
+  modelId: string;
+  acceptedAt: string;
+}
+
+export interface ImageQuery {
+  /** Newest first; at most this many (default 100). */
+  limit?: number;
+  /** Case-insensitive substring of the prompt. */
+  text?: string;
+  modelId?: string;
+}
+
+interface Schema extends DBSchema {
+  images: { key: string; value: StoredImage & { createdAt: string }; indexes: { createdAt: string } };
+  queue: { key: string; value: QueuedRequest; indexes: { acceptedAt: string } };
+}
+
+export const DB_NAME = 'sd3-webgpu';
+
+/** Storage is full or refused a write; what was stored before is intact. */
+export class StorageError extends EngineError {
+  constructor(reason: string) {
+    super('storage', `could not save to this browser's storage (${reason}); earlier images are safe. Free space by deleting images, then retry.`);
+  }
+}
+
+function storageError(e: unknown): never {
+  const name = (e as DOMException)?.name;
+  if (name === 'QuotaExceededError') throw new StorageError('quota exceeded');
+  throw new StorageError((e as Error)?.message ?? String(e));
+}
+
+export class ImageStore {
+  private constructor(private readonly db: IDBPDatabase<Schema>) {}
+
+  static async open(name = DB_NAME): Promise<ImageStore> {
+    const db = await openDB<Schema>(name, 1, {
+      upgrade(db) {
+        db.createObjectStore('images', { keyPath: 'id' }).createIndex('createdAt', 'createdAt');
+        db.createObjectStore('queue', { keyPath: 'id' }).createIndex('acceptedAt', 'acceptedAt');
+      },
+    });
+    return new ImageStore(db);
+  }
+
+  /** Records an accepted request before it runs (idempotent: a replay keeps its entry). */
+  async enqueue(entry: QueuedRequest): Promise<void> {
+    await this.db.put('queue', entry).catch(storageError);
+  }
+
+  async dequeue(id: string): Promise<void> {
+    await this.db.delete('queue', id);
+  }
+
+  /** Accepted requests not yet finished, oldest first. */
+  async pending(): Promise<QueuedRequest[]> {
+    return this.db.getAllFromIndex('queue', 'acceptedAt');
+  }
+
+  /** Stores the image and removes its queue entry atomically. */
+  async complete(image: StoredImage): Promise<void> {
+    try {
+      const tx = this.db.transaction(['images', 'queue'], 'readwrite');
+      await Promise.all([tx.objectStore('images').put({ ...image, createdAt: image.metadata.createdAt }), tx.objectStore('queue').delete(image.id), tx.done]);
+    } catch (e) {
+      storageError(e);
+    }
+  }
+
+  async get(id: string): Promise<StoredImage> {
+    const v = await this.db.get('images', id);
+    if (!v) throw new NotFoundError('image', id);
+    return { id: v.id, png: v.png, metadata: v.metadata };
+  }
+
+  async list(query: ImageQuery = {}): Promise<ImageMetadata[]> {
+    const limit = query.limit ?? 100;
+    const text = query.text?.toLowerCase();
+    const out: ImageMetadata[] = [];
+    let cursor = await this.db.transaction('images').store.index('createdAt').openCursor(null, 'prev');
+    while (cursor && out.length < limit) {
+      const m = cursor.value.metadata;
+      if ((!text || m.prompt.toLowerCase().includes(text)) && (!query.modelId || m.modelId === query.modelId)) out.push(m);
+      cursor = await cursor.continue();
+    }
+    return out;
+  }
+
+  async delete(id: string): Promise<void> {
+    if (!(await this.db.getKey('images', id))) throw new NotFoundError('image', id);
+    await this.db.delete('images', id);
+  }
+
+  /** Every image and queued request: the "delete all data" action. */
+  async clear(): Promise<void> {
+    const tx = this.db.transaction(['images', 'queue'], 'readwrite');
+    await Promise.all([tx.objectStore('images').clear(), tx.objectStore('queue').clear(), tx.done]);
+  }
+
+  close(): void {
+    this.db.close();
+  }
+}
