@@ -11,7 +11,7 @@ import { fileURLToPath } from 'node:url';
 import type { GenerateRequest } from '../workers/engine/api/types.ts';
 import type { Engine } from '../workers/engine/engine.ts';
 import { createNodeEngine, ort } from '../workers/engine/node.ts';
-import { decodeLatents } from '../workers/engine/sd3/decode.ts';
+import { decodeLatents, rgbaToPng } from '../workers/engine/sd3/decode.ts';
 import { predictVelocities } from '../workers/engine/sd3/denoise-step.ts';
 import { encodePrompts } from '../workers/engine/sd3/encode-prompt.ts';
 import { RequestRng } from '../workers/engine/rng.ts';
@@ -113,7 +113,8 @@ async function byHand(engine: Engine, r: GenerateRequest, size: number): Promise
     const [v] = await predictVelocities(m, ort, [{ latents, timestep: sched.timestep, guidance: m.info.defaults.guidance, uncond, cond }], shape);
     sched.step(latents, v);
   }
-  await decodeLatents(m, ort, [latents], lat, lat);
+  const [rgba] = await decodeLatents(m, ort, [latents], lat, lat);
+  rgbaToPng(rgba, size, size); // the engine's product is a PNG too
   return performance.now() - t0;
 }
 
