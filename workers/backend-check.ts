@@ -4,6 +4,7 @@
 import type { InferenceSession, Tensor } from 'onnxruntime-web';
 import { ort } from './browser-engine.ts';
 import { UrlModelFiles } from './engine/model/model-files.ts';
+import { deviceQueue } from './engine/model/run-queue.ts';
 import { RequestRng } from './engine/rng.ts';
 
 export interface BackendCheck {
@@ -41,15 +42,18 @@ export async function checkTransformerOnBackends(modelUrl: string, latentSide = 
     const r = await f();
     return [r, performance.now() - t];
   };
+  // the engine may be loading or running: share its queue, one onnxruntime call at a time
+  const queue = deviceQueue(ort);
   const runOn = async (ep: 'webgpu' | 'wasm') => {
-    const [session, create] = await time(() => ort.InferenceSession.create(graph, { executionProviders: [ep] }));
-    const run = () => session.run(feeds) as Promise<InferenceSession.ReturnType>;
-    const [first, firstRun] = await time(run);
-    const [second, secondRun] = await time(run);
+    // timed inside the queue, so waiting for the engine does not count
+    const [session, create] = await queue.run(() => time(() => ort.InferenceSession.create(graph, { executionProviders: [ep] })));
+    const run = () => queue.run(() => time(() => session.run(feeds) as Promise<InferenceSession.ReturnType>));
+    const [first, firstRun] = await run();
+    const [second, secondRun] = await run();
     const data = Float32Array.from(second.out_hidden_states.data as Float32Array);
     const shape = second.out_hidden_states.dims;
     for (const t of [...Object.values(first), ...Object.values(second)]) t.dispose();
-    await session.release();
+    await queue.run(() => session.release());
     return { data, shape, create, firstRun, secondRun };
   };
   // one after the other: never two runs in flight

@@ -1,7 +1,18 @@
-// The foundation in a real browser: the page reports a WebGPU adapter, and the
-// tiny transformer gives the same output on webgpu as on wasm, in the worker.
+// The foundation in a real browser: the page reports a WebGPU adapter; the tiny
+// transformer gives the same output on webgpu as on wasm, in the worker, even
+// while the app is loading its model on webgpu at the same time (WebGPU refuses
+// two session creates at once: both must go through the device queue); and the
+// app generates through the UI on webgpu, matching the Node wasm engine.
+import { decode } from 'fast-png';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { loadTinyEngine, maxPixelDiff } from '../helpers/tiny-engine.ts';
 import { openBrowser, type BrowserSession } from './chromium.ts';
+
+interface PageApi {
+  checkBackends(url: string): Promise<unknown>;
+  listImages(q: object): Promise<{ id: string; seed: number; prompt: string; negativePrompt: string; guidance: number; width: number; height: number; steps: number; backend: string }[]>;
+  getImage(id: string): Promise<{ png: Blob }>;
+}
 
 describe('foundation in Chromium with WebGPU', () => {
   let b: BrowserSession;
@@ -21,16 +32,50 @@ describe('foundation in Chromium with WebGPU', () => {
     await expect.poll(() => b.page.getByTestId('backend').textContent(), { timeout: 60_000 }).toMatch(/^WebGPU: /);
   });
 
-  it('runs the tiny transformer on webgpu in the worker, matching wasm', async () => {
+  it('runs the tiny transformer on webgpu in the worker, matching wasm, while the app loads its model on webgpu', async () => {
+    // started at once: the app's own load is still creating its sessions
     const check = await b.page.evaluate(async () => {
-      const api = (window as unknown as { __engine: { checkBackends(url: string): Promise<unknown> } }).__engine;
-      return api.checkBackends(new URL('models/tiny-sd3/', location.href).href);
+      const api = (window as unknown as { __engine: PageApi }).__engine;
+      try {
+        return await api.checkBackends(new URL('models/tiny-sd3/', location.href).href);
+      } catch (e) {
+        return { error: JSON.stringify(e) }; // a worker error arrives as a plain object
+      }
     });
+    expect(check).not.toHaveProperty('error');
     const c = check as { maxAbsDiff: number; maxAbs: number; finite: boolean; shape: number[]; webgpuMs: Record<string, number> };
     console.log('webgpu vs wasm', JSON.stringify(c));
     expect(c.shape).toEqual([2, 16, 8, 8]);
     expect(c.finite).toBe(true);
     expect(c.maxAbs).toBeGreaterThan(0.01);
     expect(c.maxAbsDiff).toBeLessThan(1e-3 * Math.max(1, c.maxAbs));
+    await b.page.getByTestId('model-label').filter({ hasText: /webgpu$/ }).waitFor({ timeout: 120_000 });
+    expect(await b.page.getByTestId('model-error').count()).toBe(0);
+  });
+
+  it('generates two images through the page on webgpu, matching the wasm engine in Node', async () => {
+    await b.page.getByTestId('prompts').fill('a lighthouse\na red fox');
+    await b.page.getByTestId('steps').fill('2');
+    await b.page.getByTestId('seed').fill('7');
+    await b.page.getByTestId('generate').click();
+    await b.page.locator('[data-testid="cell"][data-state="done"]').nth(1).waitFor({ timeout: 200_000 });
+    const images = await b.page.evaluate(async () => {
+      const api = (window as unknown as { __engine: PageApi }).__engine;
+      const list = await api.listImages({});
+      return Promise.all(list.map(async (m) => ({ ...m, png: Array.from(new Uint8Array(await (await api.getImage(m.id)).png.arrayBuffer())) })));
+    });
+    expect(images).toHaveLength(2);
+    const engine = await loadTinyEngine();
+    for (const img of images) {
+      expect(img.backend).toBe('webgpu');
+      const gpu = decode(Uint8Array.from(img.png));
+      const { prompt, negativePrompt, seed, steps, guidance, width, height } = img;
+      const cpu = await engine.generate({ prompt, negativePrompt, seed, steps, guidance, width, height });
+      // fp32 on two backends: a level or two apart at most, not another image
+      const diff = maxPixelDiff(new Uint8ClampedArray(gpu.data.buffer, gpu.data.byteOffset, gpu.data.byteLength), cpu.rgba);
+      console.log(`webgpu vs wasm pixels (${img.prompt}): max diff ${diff}`);
+      expect(gpu.channels).toBe(4);
+      expect(diff).toBeLessThanOrEqual(3);
+    }
   });
 });

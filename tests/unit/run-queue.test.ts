@@ -42,7 +42,18 @@ describe('RunQueue', () => {
     const m = engine.model!;
     for (const s of [m.clipL.session, m.clipG.session, m.t5!.session, m.transformer, m.vaeDecoder]) {
       expect(s.runs).toBeGreaterThan(0);
-      expect(s.queue.maxInFlight).toBe(1);
+      expect(s.maxInFlight).toBe(1);
     }
+  });
+
+  it('two engines loading and generating at once share one device queue: one onnxruntime call at a time', async () => {
+    // WebGPU refuses a session create while another is in progress, so loads count too
+    const [a, b] = await Promise.all([loadTinyEngine(), loadTinyEngine()]);
+    await Promise.all([a, b].flatMap((e, k) => Array.from({ length: 3 }, (_, i) => e.generate({ prompt: `p${i}`, seed: 10 * k + i, steps: 2 }))));
+    const sessions = [a, b].flatMap((e) => [e.model!.clipL.session, e.model!.transformer, e.model!.vaeDecoder]);
+    const queue = sessions[0].queue;
+    for (const s of sessions) expect(s.queue).toBe(queue);
+    expect(queue.maxInFlight).toBe(1);
+    expect(queue.pending).toBe(0);
   });
 });

@@ -1,5 +1,6 @@
 // One onnxruntime-web session per model component, created once per loaded
-// model and shared by every request; all its runs go through its RunQueue.
+// model and shared by every request; all its runs go through the device queue
+// (see run-queue.ts), and it counts its own calls so tests can see them.
 import type * as ortTypes from 'onnxruntime-web';
 import { RunQueue } from './run-queue.ts';
 
@@ -8,16 +9,20 @@ export type Tensor = ortTypes.Tensor;
 export type Feeds = Record<string, ortTypes.Tensor>;
 
 export class ComponentSession {
-  readonly queue = new RunQueue();
   /** Number of completed runs and of batch rows they carried (guidance tests count these). */
   runs = 0;
   rows = 0;
+  /** Highest number of this session's runs ever in flight at once: 1 unless the queue is broken. */
+  maxInFlight = 0;
+  private inFlight = 0;
 
   constructor(
     readonly name: string,
     private readonly session: ortTypes.InferenceSession,
     /** Bytes of the graph and its external data. */
     readonly weightBytes: number,
+    /** Shared by every session of the same onnxruntime module. */
+    readonly queue: RunQueue,
   ) {}
 
   get inputNames(): readonly string[] {
@@ -38,10 +43,15 @@ export class ComponentSession {
   /** Runs the session behind its queue; the caller owns (and must dispose) the outputs. */
   run(feeds: Feeds, outputNames?: readonly string[]): Promise<Feeds> {
     return this.queue.run(async () => {
-      const out = outputNames ? await this.session.run(feeds, outputNames) : await this.session.run(feeds);
-      this.runs++;
-      this.rows += Object.values(feeds)[0]?.dims[0] ?? 0;
-      return out as Feeds;
+      this.maxInFlight = Math.max(this.maxInFlight, ++this.inFlight);
+      try {
+        const out = outputNames ? await this.session.run(feeds, outputNames) : await this.session.run(feeds);
+        this.runs++;
+        this.rows += Object.values(feeds)[0]?.dims[0] ?? 0;
+        return out as Feeds;
+      } finally {
+        this.inFlight--;
+      }
     });
   }
 

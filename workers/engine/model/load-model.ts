@@ -3,6 +3,7 @@ import type { BackendName, ModelInfo, ProgressCallback } from '../api/types.ts';
 import { ModelLoadError } from '../errors.ts';
 import { FlowMatchEulerScheduler, parseSchedulerConfig } from '../scheduler/flow-match-euler.ts';
 import { ComponentSession, type Ort } from './component-session.ts';
+import { deviceQueue } from './run-queue.ts';
 import { externalDataLocations } from './external-data.ts';
 import type { ModelFiles } from './model-files.ts';
 import { familyDefaults, parseTransformerConfig, parseVaeConfig, penultimateOutput, type TransformerConfig, type VaeConfig } from './model-config.ts';
@@ -59,6 +60,7 @@ const declared = (index: Record<string, unknown>, name: string) => Array.isArray
 export async function loadModel(files: ModelFiles, opts: LoadOptions): Promise<LoadedModel> {
   const { ort, backend, onProgress } = opts;
   const created: ComponentSession[] = [];
+  const queue = deviceQueue(ort);
   const progress = (file: string) => (loaded: number, total: number) => onProgress?.({ status: 'download', file, loaded, total, progress: total ? (100 * loaded) / total : 0 });
 
   const session = async (folder: string): Promise<ComponentSession> => {
@@ -72,16 +74,18 @@ export async function loadModel(files: ModelFiles, opts: LoadOptions): Promise<L
     }
     let s;
     try {
-      s = await ort.InferenceSession.create(graph, {
-        executionProviders: [backend],
-        graphOptimizationLevel: 'all',
-        externalData: externalData.length ? externalData : undefined,
-      });
+      s = await queue.run(() =>
+        ort.InferenceSession.create(graph, {
+          executionProviders: [backend],
+          graphOptimizationLevel: 'all',
+          externalData: externalData.length ? externalData : undefined,
+        }),
+      );
     } catch (e) {
       throw new ModelLoadError(path, `onnxruntime could not create a session (${(e as Error).message ?? e})`);
     }
     const bytes = graph.byteLength + externalData.reduce((a, d) => a + d.data.byteLength, 0);
-    const c = new ComponentSession(folder, s, bytes);
+    const c = new ComponentSession(folder, s, bytes, queue);
     created.push(c);
     onProgress?.({ status: 'done', file: path, loaded: bytes, total: bytes, progress: 100 });
     return c;

@@ -1,6 +1,9 @@
-// One run at a time per session: onnxruntime-web's WebGPU backend is not
-// re-entrant (two run() calls in flight hang the page for good), so every
-// session's calls go through its own FIFO queue.
+// One onnxruntime call at a time. onnxruntime-web's WebGPU backend is not
+// re-entrant: two run() calls in flight on one session hang the page for good,
+// and it refuses to create a session while another is being created ("another
+// WebGPU EP inference session is being created"). So every create, run and
+// release made through one onnxruntime module goes through that module's FIFO
+// device queue (deviceQueue below); each session still counts its own calls.
 
 export class RunQueue {
   private tail: Promise<unknown> = Promise.resolve();
@@ -26,4 +29,13 @@ export class RunQueue {
     this.tail = result.catch(() => undefined);
     return result;
   }
+}
+
+const deviceQueues = new WeakMap<object, RunQueue>();
+
+/** The queue shared by every session of one onnxruntime module (and its device). */
+export function deviceQueue(ort: object): RunQueue {
+  let q = deviceQueues.get(ort);
+  if (!q) deviceQueues.set(ort, (q = new RunQueue()));
+  return q;
 }
