@@ -7,10 +7,12 @@ import { parseArgs } from 'node:util';
 import type { GenerateRequest, GenerateResult } from '../workers/engine/api/types.ts';
 import { EngineError } from '../workers/engine/errors.ts';
 import { createNodeEngine, parseModelArg } from '../workers/engine/node.ts';
+import { defaultNodeCacheFolder, nodeFileCache } from '../workers/engine/model/node-file-cache.ts';
 
 const USAGE = `usage: npm run generate -- --model <folder|url|hf:owner/repo> (--prompt TEXT --out FILE.png | --prompts FILE.txt --out-dir DIR)
   [--negative TEXT] [--seed N] [--steps N] [--guidance G] [--size N | --width N --height N]
-  [--concurrency N] [--max-batch N] [--no-t5]`;
+  [--concurrency N] [--max-batch N] [--no-t5] [--cache-dir DIR | --no-cache]
+  URL and Hub models are cached in --cache-dir (default $SD3_WEBGPU_CACHE or ~/.cache/sd3-webgpu/models).`;
 
 /** A numeric flag: absent stays absent; anything else is handed to the engine, which names the field if bad. */
 const num = (v: string | undefined) => (v === undefined ? undefined : v.trim() === '' ? NaN : Number(v));
@@ -36,6 +38,8 @@ export async function main(argv: string[]): Promise<number> {
         concurrency: { type: 'string', default: '8' },
         'max-batch': { type: 'string' },
         'no-t5': { type: 'boolean', default: false },
+        'cache-dir': { type: 'string' },
+        'no-cache': { type: 'boolean', default: false },
         help: { type: 'boolean', default: false },
       },
       strict: true,
@@ -72,11 +76,12 @@ export async function main(argv: string[]): Promise<number> {
     if (v !== undefined) (base as Record<string, unknown>)[k] = v;
   }
 
-  const engine = createNodeEngine({ maxActive: concurrency, maxBatch });
+  const fileCache = args['no-cache'] ? undefined : nodeFileCache(args['cache-dir'] ?? defaultNodeCacheFolder());
+  const engine = createNodeEngine({ maxActive: concurrency, maxBatch, fileCache });
   let lastFile = '';
   const info = await engine
     .load(parseModelArg(args.model), (e) => {
-      if (e.status === 'done' && e.file !== lastFile) console.error(`loaded ${(lastFile = e.file ?? '')}`);
+      if (e.status === 'done' && e.file !== lastFile) console.error(`loaded ${(lastFile = e.file ?? '')}${e.cached ? ' (cached)' : ''}`);
     }, { skipT5: args['no-t5'] })
     .catch((e: Error) => {
       console.error(`error: ${e.message}`);

@@ -7,6 +7,8 @@ import * as ort from 'onnxruntime-web/webgpu';
 import wasmUrl from 'onnxruntime-web/ort-wasm-simd-threaded.asyncify.wasm?url';
 import type { BackendName } from './engine/api/types.ts';
 import { Engine, type EngineOptions } from './engine/engine.ts';
+import { openModelFiles, type ModelFiles } from './engine/model/model-files.ts';
+import { browserModelCache } from './store/model-cache.ts';
 
 export { ort };
 
@@ -68,9 +70,31 @@ export function detectGpu(): Promise<GpuInfo> {
   return gpu;
 }
 
+/**
+ * Files for a source. The app's own files (the built-in tiny model) are left to
+ * the browser's HTTP cache: caching them again would keep a stale copy after
+ * an update. Other URLs and Hub repos go through the download cache.
+ */
+function openBrowserModelFiles(spec: Parameters<typeof openModelFiles>[0]): ModelFiles {
+  const files = openModelFiles(spec);
+  if (spec.kind === 'url' && new URL(spec.url, self.location.href).origin === self.location.origin) {
+    return { id: files.id, read: (p, cb) => files.read(p, cb), size: (p) => files.size(p), exists: (p) => files.exists(p) };
+  }
+  return files;
+}
+
 export async function createBrowserEngine(options: Partial<EngineOptions> & { backend?: BackendName } = {}): Promise<{ engine: Engine; gpu: GpuInfo }> {
   const info = await detectGpu();
   const backend = options.backend ?? info.backend;
-  const engine = new Engine({ ort: ort as unknown as EngineOptions['ort'], adapter: info.adapter, limits: backend === 'webgpu' ? info.limits : {}, ...options, backend });
+  const engine = new Engine({
+    ort: ort as unknown as EngineOptions['ort'],
+    adapter: info.adapter,
+    limits: backend === 'webgpu' ? info.limits : {},
+    openFiles: openBrowserModelFiles,
+    fileCache: browserModelCache(),
+    ...options,
+    deviceFit: { features: info.features, ...options.deviceFit },
+    backend,
+  });
   return { engine, gpu: info };
 }

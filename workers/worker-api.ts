@@ -5,7 +5,8 @@
 // proxies; preview pixels are transferred, PNGs travel as Blobs.
 import * as Comlink from 'comlink';
 import type { BackendName, EngineStatus, ImageMetadata, ModelInfo, ModelSourceSpec, ProgressCallback, ProgressEvent } from './engine/api/types.ts';
-import type { Engine } from './engine/engine.ts';
+import type { Engine, LoadModelOptions } from './engine/engine.ts';
+import type { CachedModelUsage } from './engine/model/file-cache.ts';
 import { ModelNotLoadedError } from './engine/errors.ts';
 import { checkTransformerOnBackends, type BackendCheck } from './backend-check.ts';
 import { createBrowserEngine, type GpuInfo } from './browser-engine.ts';
@@ -77,8 +78,19 @@ export class WorkerApi {
     return this.engine!;
   }
 
-  async loadModel(source: ModelSourceSpec, onProgress?: ProgressCallback): Promise<ModelInfo> {
-    return guard(async () => (await this.ready()).load(source, onProgress));
+  /** Loads a model (downloads go through the cache); the previous one keeps serving if this fails. */
+  async loadModel(source: ModelSourceSpec, onProgress?: ProgressCallback, opts: LoadModelOptions = {}): Promise<ModelInfo> {
+    return guard(async () => (await this.ready()).load(source, onProgress, opts));
+  }
+
+  /** Space the download cache uses, per model. */
+  async cachedModels(): Promise<CachedModelUsage[]> {
+    return guard(async () => (await this.ready()).options.fileCache?.usage() ?? []);
+  }
+
+  /** Deletes one model's cached files; resolves with the bytes freed. */
+  async deleteCachedModel(modelId: string): Promise<number> {
+    return guard(async () => (await this.ready()).options.fileCache?.deleteModel(modelId) ?? 0);
   }
 
   /**
@@ -144,10 +156,11 @@ export class WorkerApi {
     return guard(async () => (await this.store).delete(id));
   }
 
-  /** Wipes every stored image and queued request. */
+  /** Wipes every stored image, queued request and cached model file. */
   async deleteAllData(): Promise<void> {
     for (const q of await (await this.store).pending()) this.engine?.cancel(q.id);
     await (await this.store).clear();
+    await this.engine?.options.fileCache?.clear();
   }
 
   async status(): Promise<WorkerStatus> {

@@ -14,17 +14,20 @@ export interface ServedRepo {
   folder: string;
 }
 
+export type Fault = number | { truncateAt: number } | { body: Uint8Array };
+
 export interface ModelServer {
   url: string;
   requests: { method: string; path: string }[];
-  /** Files that answer with a status instead of their bytes (fault injection). */
-  faults: Map<string, number>;
+  /** Fault injection per URL path: a status code instead of the file, a body cut
+   * short after N bytes (the connection drops), or other bytes in its place. */
+  faults: Map<string, Fault>;
   close(): Promise<void>;
 }
 
 export async function startModelServer(opts: { root?: string; repos?: ServedRepo[] }): Promise<ModelServer> {
   const requests: { method: string; path: string }[] = [];
-  const faults = new Map<string, number>();
+  const faults = new Map<string, Fault>();
   const resolvePath = (urlPath: string): string | null => {
     for (const r of opts.repos ?? []) {
       const prefix = `/${r.repo}/resolve/${r.revision ?? 'main'}/`;
@@ -37,8 +40,13 @@ export async function startModelServer(opts: { root?: string; repos?: ServedRepo
     requests.push({ method: req.method ?? 'GET', path });
     res.setHeader('Access-Control-Allow-Origin', '*');
     const fault = faults.get(path);
-    if (fault) {
+    if (typeof fault === 'number') {
       res.writeHead(fault).end('injected fault');
+      return;
+    }
+    if (fault && 'body' in fault) {
+      res.writeHead(200, { 'Content-Length': fault.body.byteLength, 'Content-Type': 'application/octet-stream' });
+      res.end(req.method === 'HEAD' ? undefined : fault.body);
       return;
     }
     const file = path.includes('..') ? null : resolvePath(path);
@@ -49,7 +57,12 @@ export async function startModelServer(opts: { root?: string; repos?: ServedRepo
     }
     res.writeHead(200, { 'Content-Length': info.size, 'Content-Type': 'application/octet-stream' });
     if (req.method === 'HEAD') res.end();
-    else createReadStream(file).pipe(res);
+    else if (fault && 'truncateAt' in fault) {
+      // promise the whole file, send part of it, then drop the connection
+      createReadStream(file, { end: fault.truncateAt - 1 })
+        .on('end', () => res.destroy())
+        .pipe(res, { end: false });
+    } else createReadStream(file).pipe(res);
   });
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
   const { port } = server.address() as AddressInfo;

@@ -17,10 +17,12 @@ const json = (v: unknown) => new TextEncoder().encode(`${JSON.stringify(v, null,
 /** Every file of one variant, path -> bytes. Pure: no I/O, so tests can compare two builds. */
 export function tinyModelFiles(variant: 'inline' | 'external'): Files {
   const files: Files = new Map();
-  const graph = (folder: string, g: Graph, external = false) => {
-    const { model, externalData } = g.serialize(external ? { externalDataFile: 'model.onnx_data' } : {});
+  // the external variant covers both conventions: Optimum's model.onnx_data
+  // (transformer) and AMD / Olive's model.onnx.data (CLIP-G)
+  const graph = (folder: string, g: Graph, externalDataFile?: string) => {
+    const { model, externalData } = g.serialize(variant === 'external' && externalDataFile ? { externalDataFile } : {});
     files.set(`${folder}/model.onnx`, model);
-    if (externalData) files.set(`${folder}/model.onnx_data`, externalData);
+    if (externalData) files.set(`${folder}/${externalDataFile}`, externalData);
   };
 
   files.set('model_index.json', json({
@@ -73,7 +75,7 @@ export function tinyModelFiles(variant: 'inline' | 'external'): Files {
       bos_token_id: tok.eosId - 1,
       pad_token_id: 1,
     }));
-    graph(te.folder, buildClipTextEncoder(te, tok.vocabSize, tok.eosId));
+    graph(te.folder, buildClipTextEncoder(te, tok.vocabSize, tok.eosId), te.folder === 'text_encoder_2' ? 'model.onnx.data' : undefined);
   }
 
   const t5 = t5Tokenizer();
@@ -109,7 +111,7 @@ export function tinyModelFiles(variant: 'inline' | 'external'): Files {
     qk_norm: null,
     dual_attention_layers: [],
   }));
-  graph('transformer', buildTransformer(tr), variant === 'external');
+  graph('transformer', buildTransformer(tr), 'model.onnx_data');
 
   const vaeConfig = json({
     _class_name: 'AutoencoderKL',

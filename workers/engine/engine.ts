@@ -8,6 +8,8 @@ import { DEFAULT_MAX_ACTIVE, DEFAULT_MAX_BATCH, Interleaver, newCounters } from 
 import { memoryBudget, requestFootprint, type MemoryBudget } from './interleaver/memory-budget.ts';
 import { RequestScope } from './interleaver/request-scope.ts';
 import type { Ort } from './model/component-session.ts';
+import type { DeviceFit } from './model/device-fit.ts';
+import { CachedModelFiles, isCacheable, type FileCache } from './model/file-cache.ts';
 import { loadModel, type LoadedModel } from './model/load-model.ts';
 import { openModelFiles, type ModelFiles } from './model/model-files.ts';
 import { CLIP_LENGTH } from './sd3/encode-prompt.ts';
@@ -26,12 +28,18 @@ export interface EngineOptions {
   maxBatch?: number;
   /** Maps a source to its files; Node entry points add `path` support. */
   openFiles?: (spec: ModelSourceSpec) => ModelFiles;
+  /** Download cache for URL and Hub sources (Cache Storage in the browser, a folder in Node). */
+  fileCache?: FileCache;
+  /** What the device can hold (memory, largest buffer, features); defaults per backend. */
+  deviceFit?: Partial<DeviceFit>;
 }
 
 export interface LoadModelOptions {
   /** Skip text_encoder_3 (T5): zeros instead, as SD3 allows; saves memory. */
   skipT5?: boolean;
   t5MaxLength?: number;
+  /** Overrides the engine's device fit for this load (tests lower the budget). */
+  fit?: Partial<DeviceFit>;
 }
 
 export interface GenerateOptions {
@@ -67,8 +75,10 @@ export class Engine {
     if (this.interleaver && (this.interleaver.activeCount || this.interleaver.queuedCount)) {
       throw new BusyError(`cannot switch models while ${this.interleaver.activeCount + this.interleaver.queuedCount} requests run; wait or cancel them first`);
     }
-    const files = 'read' in source ? source : (this.options.openFiles ?? openModelFiles)(source);
-    const next = await loadModel(files, { ort: this.options.ort, backend: this.options.backend, onProgress, ...opts });
+    const opened = 'read' in source ? source : (this.options.openFiles ?? openModelFiles)(source);
+    const cache = this.options.fileCache;
+    const files = cache && isCacheable(opened) ? new CachedModelFiles(opened, cache) : opened;
+    const next = await loadModel(files, { ort: this.options.ort, backend: this.options.backend, onProgress, ...opts, fit: { ...this.options.deviceFit, ...opts.fit } });
     const previous = this.loaded;
     this.loaded = next;
     this.interleaver = new Interleaver(next, this.options.ort, { budget: this.budget, maxActive: this.options.maxActive ?? DEFAULT_MAX_ACTIVE, maxBatch: this.options.maxBatch ?? DEFAULT_MAX_BATCH }, this.counters);

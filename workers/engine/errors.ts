@@ -8,6 +8,7 @@ export type ErrorCode =
   | 'not_found'
   | 'cancelled'
   | 'too_large'
+  | 'model_too_large'
   | 'inference'
   | 'busy'
   | 'storage'
@@ -87,6 +88,22 @@ export class TooLargeError extends EngineError {
     hint: string,
   ) {
     super('too_large', `needs ~${formatBytes(neededBytes)} but the memory budget is ${formatBytes(budgetBytes)}; ${hint}`);
+  }
+}
+
+/** A model cannot fit this device: refused before its weights are downloaded. */
+export class ModelTooLargeError extends EngineError {
+  constructor(
+    readonly neededBytes: number,
+    readonly availableBytes: number,
+    detail: string,
+    hint: string,
+  ) {
+    super('model_too_large', `this model needs ~${formatBytes(neededBytes)} of GPU memory (${detail}); this adapter offers ${formatBytes(availableBytes)}. ${hint}`);
+  }
+
+  protected override details() {
+    return { neededBytes: this.neededBytes, availableBytes: this.availableBytes };
   }
 }
 

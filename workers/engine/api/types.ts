@@ -39,6 +39,10 @@ export interface ProgressEvent {
   /** 0..100 */
   progress: number;
   elapsedMs?: number;
+  /** Model loads: bytes over every weight file, planned before the first download. */
+  overall?: { loaded: number; total: number };
+  /** Model loads: this file came from the download cache, not the network. */
+  cached?: boolean;
   /** Cheap latent-to-RGB preview: RGBA at latent resolution. */
   preview?: { width: number; height: number; rgba: Uint8ClampedArray };
 }
@@ -87,6 +91,8 @@ export interface ModelInfo {
   limits: { minSize: number; maxSize: number; sizeMultiple: number };
   hasT5: boolean;
   weightBytes: number;
+  /** Estimated memory for the weights plus one request at the default size. */
+  estimatedBytes: number;
 }
 
 export interface EngineStatus {

@@ -1,11 +1,16 @@
 // Loads a model folder once: configs, tokenizers, and one session per component.
+// It plans first (configs, small graphs and every file's size) so a model that
+// cannot fit this device is refused before its weights are downloaded, and so
+// download progress has a true total from the first byte.
 import type { BackendName, ModelInfo, ProgressCallback } from '../api/types.ts';
 import { ModelLoadError } from '../errors.ts';
+import { CLIP_LENGTH } from '../sd3/encode-prompt.ts';
 import { FlowMatchEulerScheduler, parseSchedulerConfig } from '../scheduler/flow-match-euler.ts';
 import { ComponentSession, type Ort } from './component-session.ts';
 import { deviceQueue } from './run-queue.ts';
-import { externalDataLocations } from './external-data.ts';
-import type { ModelFiles } from './model-files.ts';
+import { checkFileSizes, checkHalfPrecision, checkModelFits, defaultDeviceFit, estimateNeeds, type DeviceFit, type ModelNeeds } from './device-fit.ts';
+import { externalDataLocations, hasHalfPrecisionWeights } from './graph-info.ts';
+import type { ByteProgress, ModelFiles } from './model-files.ts';
 import { familyDefaults, parseTransformerConfig, parseVaeConfig, penultimateOutput, type TransformerConfig, type VaeConfig } from './model-config.ts';
 import { PromptTokenizer } from './tokenizers.ts';
 
@@ -25,6 +30,8 @@ export interface LoadedModel {
   /** Absent when the export has no T5 or it was skipped ("no T5" mode): zeros are used. */
   t5: TextEncoder | null;
   t5MaxLength: number;
+  /** Estimated memory: weights plus one default request. */
+  needs: ModelNeeds;
   transformer: ComponentSession;
   vaeDecoder: ComponentSession;
   transformerConfig: TransformerConfig;
@@ -41,6 +48,8 @@ export interface LoadOptions {
   skipT5?: boolean;
   /** T5 tokens (diffusers' max_sequence_length), at most 512. */
   t5MaxLength?: number;
+  /** What the device can hold; defaults per backend (device-fit.ts). */
+  fit?: Partial<DeviceFit>;
 }
 
 async function readJson(files: ModelFiles, path: string): Promise<Record<string, unknown>> {
@@ -57,21 +66,111 @@ async function readJson(files: ModelFiles, path: string): Promise<Record<string,
 /** Whether model_index.json declares a component (absent or [null, null] means no). */
 const declared = (index: Record<string, unknown>, name: string) => Array.isArray(index[name]) && (index[name] as unknown[])[0] !== null;
 
+/** Graphs up to this size are read while planning (external-data graphs are small). */
+const PLAN_GRAPH_MAX_BYTES = 64 * 1024 ** 2;
+
+interface ComponentPlan {
+  folder: string;
+  graphPath: string;
+  graphSize: number;
+  /** Read while planning when small; else read at load time. */
+  graph: Uint8Array | null;
+  /** External data files: their recorded location and size. */
+  data: { location: string; path: string; size: number }[];
+}
+
+/** Download progress per file and over the whole model, in bytes. */
+class LoadProgress {
+  private readonly planned = new Map<string, number>();
+  private readonly loaded = new Map<string, number>();
+
+  constructor(private readonly onProgress?: ProgressCallback) {}
+
+  plan(path: string, size: number): void {
+    this.planned.set(path, size);
+  }
+
+  private overall() {
+    let loaded = 0;
+    let total = 0;
+    for (const [path, size] of this.planned) {
+      const got = this.loaded.get(path) ?? 0;
+      loaded += got;
+      total += Math.max(size, got);
+    }
+    return { loaded, total };
+  }
+
+  start(path: string): ByteProgress {
+    const size = this.planned.get(path) ?? 0;
+    this.onProgress?.({ status: 'initiate', file: path, loaded: 0, total: size, progress: 0, overall: this.overall() });
+    return (loaded, total) => {
+      this.loaded.set(path, loaded);
+      this.onProgress?.({ status: 'download', file: path, loaded, total, progress: total ? (100 * loaded) / total : 0, overall: this.overall() });
+    };
+  }
+
+  done(path: string, bytes: number, cached: boolean): void {
+    this.planned.set(path, bytes);
+    this.loaded.set(path, bytes);
+    this.onProgress?.({ status: 'done', file: path, loaded: bytes, total: bytes, progress: 100, cached, overall: this.overall() });
+  }
+
+  ready(bytes: number): void {
+    this.onProgress?.({ status: 'ready', loaded: bytes, total: bytes, progress: 100, overall: this.overall() });
+  }
+}
+
 export async function loadModel(files: ModelFiles, opts: LoadOptions): Promise<LoadedModel> {
-  const { ort, backend, onProgress } = opts;
+  const { ort, backend } = opts;
+  const fit = defaultDeviceFit(backend, opts.fit);
   const created: ComponentSession[] = [];
   const queue = deviceQueue(ort);
-  const progress = (file: string) => (loaded: number, total: number) => onProgress?.({ status: 'download', file, loaded, total, progress: total ? (100 * loaded) / total : 0 });
+  const progress = new LoadProgress(opts.onProgress);
+  const cachedPaths = (files as { hits?: Set<string> }).hits;
 
-  const session = async (folder: string): Promise<ComponentSession> => {
-    const path = `${folder}/model.onnx`;
-    onProgress?.({ status: 'initiate', file: path, loaded: 0, total: 0, progress: 0 });
-    const graph = await files.read(path, progress(path));
-    const externalData: { path: string; data: Uint8Array }[] = [];
-    for (const location of externalDataLocations(graph)) {
-      const dataPath = `${folder}/${location}`;
-      externalData.push({ path: location, data: await files.read(dataPath, progress(dataPath)) });
+  const readTracked = async (path: string): Promise<Uint8Array> => {
+    const before = cachedPaths?.has(path) ?? false;
+    const bytes = await files.read(path, progress.start(path));
+    progress.done(path, bytes.byteLength, !before && (cachedPaths?.has(path) ?? false));
+    return bytes;
+  };
+
+  /** Sizes of a component's files; small graphs are read now to find their external data. */
+  const planComponent = async (folder: string): Promise<ComponentPlan> => {
+    const graphPath = `${folder}/model.onnx`;
+    const graphSize = await files.size(graphPath);
+    if (graphSize === null) throw new ModelLoadError(graphPath, 'the file is missing (HTTP 404 or not in the folder)');
+    progress.plan(graphPath, graphSize);
+    checkFileSizes([{ path: graphPath, size: graphSize }], fit);
+    const graph = graphSize <= PLAN_GRAPH_MAX_BYTES ? await readTracked(graphPath) : null;
+    const data: ComponentPlan['data'] = [];
+    if (graph) {
+      let locations: string[];
+      try {
+        locations = externalDataLocations(graph);
+        checkHalfPrecision(graphPath, hasHalfPrecisionWeights(graph), backend, fit);
+      } catch (e) {
+        if (e instanceof ModelLoadError) throw e;
+        throw new ModelLoadError(graphPath, `not an ONNX model (${(e as Error).message})`);
+      }
+      for (const location of locations) {
+        const path = `${folder}/${location}`;
+        const size = await files.size(path);
+        if (size === null) throw new ModelLoadError(path, `the graph's external data file is missing`);
+        progress.plan(path, size);
+        data.push({ location, path, size });
+      }
+      checkFileSizes(data, fit);
     }
+    return { folder, graphPath, graphSize, graph, data };
+  };
+
+  const createSession = async (plan: ComponentPlan): Promise<ComponentSession> => {
+    const graph = plan.graph ?? (await readTracked(plan.graphPath));
+    if (!plan.graph) checkHalfPrecision(plan.graphPath, hasHalfPrecisionWeights(graph), backend, fit);
+    const externalData: { path: string; data: Uint8Array }[] = [];
+    for (const d of plan.data) externalData.push({ path: d.location, data: await readTracked(d.path) });
     let s;
     try {
       s = await queue.run(() =>
@@ -82,12 +181,11 @@ export async function loadModel(files: ModelFiles, opts: LoadOptions): Promise<L
         }),
       );
     } catch (e) {
-      throw new ModelLoadError(path, `onnxruntime could not create a session (${(e as Error).message ?? e})`);
+      throw new ModelLoadError(plan.graphPath, `onnxruntime could not create a session (${(e as Error).message ?? e})`);
     }
     const bytes = graph.byteLength + externalData.reduce((a, d) => a + d.data.byteLength, 0);
-    const c = new ComponentSession(folder, s, bytes, queue);
+    const c = new ComponentSession(plan.folder, s, bytes, queue);
     created.push(c);
-    onProgress?.({ status: 'done', file: path, loaded: bytes, total: bytes, progress: 100 });
     return c;
   };
 
@@ -103,11 +201,22 @@ export async function loadModel(files: ModelFiles, opts: LoadOptions): Promise<L
     const transformerJson = await readJson(files, 'transformer/config.json');
     const transformerConfig = parseTransformerConfig(transformerJson);
     const vaeConfig = parseVaeConfig(await readJson(files, 'vae_decoder/config.json'));
+    const { family, defaults } = familyDefaults(index, transformerJson, transformerConfig, vaeConfig);
+    const withT5 = !opts.skipT5 && declared(index, 'text_encoder_3') && (await files.exists('text_encoder_3/model.onnx'));
+    const t5MaxLength = Math.min(opts.t5MaxLength ?? 256, 512);
+
+    // plan: every weight file's size, before downloading any weights
+    const folders = ['text_encoder', 'text_encoder_2', ...(withT5 ? ['text_encoder_3'] : []), 'transformer', 'vae_decoder'];
+    const plans = new Map<string, ComponentPlan>();
+    for (const folder of folders) plans.set(folder, await planComponent(folder));
+    const plannedBytes = [...plans.values()].reduce((a, p) => a + p.graphSize + p.data.reduce((b, d) => b + d.size, 0), 0);
+    const needs = estimateNeeds(plannedBytes, transformerConfig, vaeConfig, defaults, CLIP_LENGTH + t5MaxLength);
+    checkModelFits(needs, defaults, backend, fit, withT5);
 
     const textEncoder = async (folder: string, tokenizerFolder: string): Promise<TextEncoder> => {
       const config = await readJson(files, `${folder}/config.json`);
       const tokenizer = new PromptTokenizer(await readJson(files, `${tokenizerFolder}/tokenizer.json`), await readJson(files, `${tokenizerFolder}/tokenizer_config.json`));
-      const s = await session(folder);
+      const s = await createSession(plans.get(folder)!);
       const isT5 = folder === 'text_encoder_3';
       const hiddenOutput = isT5 ? 'last_hidden_state' : penultimateOutput(config, folder);
       if (!s.outputNames.includes(hiddenOutput)) throw new ModelLoadError(`${folder}/model.onnx`, `has no output ${hiddenOutput} (outputs: ${s.outputNames.join(', ')})`);
@@ -117,14 +226,13 @@ export async function loadModel(files: ModelFiles, opts: LoadOptions): Promise<L
 
     const clipL = await textEncoder('text_encoder', 'tokenizer');
     const clipG = await textEncoder('text_encoder_2', 'tokenizer_2');
-    const t5 = !opts.skipT5 && declared(index, 'text_encoder_3') && (await files.exists('text_encoder_3/model.onnx')) ? await textEncoder('text_encoder_3', 'tokenizer_3') : null;
+    const t5 = withT5 ? await textEncoder('text_encoder_3', 'tokenizer_3') : null;
     if (clipL.projectionSize + clipG.projectionSize !== transformerConfig.pooledProjectionDim) {
       throw new ModelLoadError('transformer/config.json', `pooled_projection_dim ${transformerConfig.pooledProjectionDim} != CLIP projections ${clipL.projectionSize} + ${clipG.projectionSize}`);
     }
-    const transformer = await session('transformer');
-    const vaeDecoder = await session('vae_decoder');
+    const transformer = await createSession(plans.get('transformer')!);
+    const vaeDecoder = await createSession(plans.get('vae_decoder')!);
 
-    const { family, defaults } = familyDefaults(index, transformerJson, transformerConfig, vaeConfig);
     const sizeMultiple = transformerConfig.patchSize * vaeConfig.scaleFactor;
     const weightBytes = created.reduce((a, c) => a + c.weightBytes, 0);
     const info: ModelInfo = {
@@ -135,14 +243,16 @@ export async function loadModel(files: ModelFiles, opts: LoadOptions): Promise<L
       limits: { minSize: sizeMultiple, maxSize: transformerConfig.posEmbedMaxSize * sizeMultiple, sizeMultiple },
       hasT5: t5 !== null,
       weightBytes,
+      estimatedBytes: needs.totalBytes,
     };
-    onProgress?.({ status: 'ready', loaded: weightBytes, total: weightBytes, progress: 100 });
+    progress.ready(weightBytes);
     return {
       info,
       clipL,
       clipG,
       t5,
-      t5MaxLength: Math.min(opts.t5MaxLength ?? 256, 512),
+      t5MaxLength,
+      needs,
       transformer,
       vaeDecoder,
       transformerConfig,

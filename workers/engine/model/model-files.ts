@@ -12,6 +12,8 @@ export interface ModelFiles {
   read(path: string, onProgress?: ByteProgress): Promise<Uint8Array>;
   /** Whether the file exists, without downloading it. */
   exists(path: string): Promise<boolean>;
+  /** The file's size in bytes without downloading it (0 when the source cannot tell), or null when it is absent. */
+  size(path: string): Promise<number | null>;
 }
 
 export const HUB_HOST = 'https://huggingface.co';
@@ -40,6 +42,11 @@ export class UrlModelFiles implements ModelFiles {
     return new URL(path, this.base).href;
   }
 
+  /** A file's URL is its identity in the download cache. */
+  cacheKey(path: string): string {
+    return this.url(path);
+  }
+
   async read(path: string, onProgress?: ByteProgress): Promise<Uint8Array> {
     let response: Response;
     try {
@@ -48,14 +55,22 @@ export class UrlModelFiles implements ModelFiles {
       throw new ModelLoadError(path, `network error (${(e as Error).message})`);
     }
     if (!response.ok) throw new ModelLoadError(path, `HTTP ${response.status} from ${this.url(path)}`);
-    const total = Number(response.headers.get('content-length') ?? 0);
+    // a compressed response's length is not the body's: then the size is unknown
+    const encoded = (response.headers.get('content-encoding') ?? 'identity') !== 'identity';
+    const total = encoded ? 0 : Number(response.headers.get('content-length') ?? 0);
     if (!response.body) return new Uint8Array(await response.arrayBuffer());
     // stream into one buffer: no second copy when the size is known
     const reader = response.body.getReader();
     let buffer = new Uint8Array(total || 1 << 16);
     let loaded = 0;
     for (;;) {
-      const { done, value } = await reader.read();
+      let chunk: ReadableStreamReadResult<Uint8Array>;
+      try {
+        chunk = await reader.read();
+      } catch (e) {
+        throw new ModelLoadError(path, `download interrupted after ${loaded} of ${total || '?'} bytes (${(e as Error).message}); loading again restarts it`);
+      }
+      const { done, value } = chunk;
       if (done) break;
       if (loaded + value.byteLength > buffer.byteLength) {
         const grown = new Uint8Array(Math.max(buffer.byteLength * 2, loaded + value.byteLength));
@@ -70,13 +85,20 @@ export class UrlModelFiles implements ModelFiles {
     return loaded === buffer.byteLength ? buffer : buffer.slice(0, loaded);
   }
 
-  async exists(path: string): Promise<boolean> {
+  async size(path: string): Promise<number | null> {
+    let r: Response;
     try {
-      const r = await this.fetchFn(this.url(path), { method: 'HEAD' });
-      return r.ok;
+      r = await this.fetchFn(this.url(path), { method: 'HEAD' });
     } catch {
-      return false;
+      return null;
     }
+    if (!r.ok) return null;
+    // the Hub answers an LFS file's HEAD with a redirect; fetch follows it to the real length
+    return Number(r.headers.get('x-linked-size') ?? r.headers.get('content-length') ?? 0) || 0;
+  }
+
+  async exists(path: string): Promise<boolean> {
+    return (await this.size(path)) !== null;
   }
 }
 
@@ -105,11 +127,15 @@ export class DirectoryModelFiles implements ModelFiles {
     }
   }
 
-  async exists(path: string): Promise<boolean> {
+  async size(path: string): Promise<number | null> {
     return this.file(path).then(
-      () => true,
-      () => false,
+      (f) => f.size,
+      () => null,
     );
+  }
+
+  async exists(path: string): Promise<boolean> {
+    return (await this.size(path)) !== null;
   }
 }
 

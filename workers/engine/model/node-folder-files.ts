@@ -19,11 +19,14 @@ export function nodeFolderFiles(folder: string, id?: string): ModelFiles {
         throw new ModelLoadError(path, `cannot read ${join(root, path)} (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
       }
     },
-    async exists(path: string) {
+    async size(path: string) {
       return stat(join(root, path)).then(
-        (s) => s.isFile(),
-        () => false,
+        (s) => (s.isFile() ? s.size : null),
+        () => null,
       );
+    },
+    async exists(path: string) {
+      return (await this.size(path)) !== null;
     },
   };
 }

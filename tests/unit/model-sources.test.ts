@@ -1,0 +1,233 @@
+// Real checkpoints' path, on everything that can be tested offline: a real HTTP
+// server in the Hub's layout (repo, revision, subfolder, both external-data
+// conventions), the download cache (no network on a second load, a truncated
+// entry re-fetched, an interrupted download restarted cleanly), the refusal of
+// a model that cannot fit, sharded external data, and the shader-f16 check.
+import { cp, mkdtemp, readdir, readFile, rm, stat, truncate, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join, relative } from 'node:path';
+import onnxProto from 'onnx-proto';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { ProgressEvent } from '../../workers/engine/api/types.ts';
+import type { Engine } from '../../workers/engine/engine.ts';
+import { ModelLoadError, ModelTooLargeError } from '../../workers/engine/errors.ts';
+import { FileCache } from '../../workers/engine/model/file-cache.ts';
+import { graphInitializers, hasHalfPrecisionWeights, ONNX_DTYPE } from '../../workers/engine/model/graph-info.ts';
+import { nodeCacheBackend } from '../../workers/engine/model/node-file-cache.ts';
+import { createNodeEngine } from '../../workers/engine/node.ts';
+import { reshard } from '../../tools/reshard/reshard.ts';
+import { startModelServer, type ModelServer } from '../helpers/model-server.ts';
+import { loadTinyEngine, maxPixelDiff, TINY_MODEL_DIR, TINY_MODEL_EXTERNAL_DIR } from '../helpers/tiny-engine.ts';
+
+const { onnx } = onnxProto;
+const REPO = 'acme/tiny-sd3-onnx';
+const SUB = 'onnx'; // AMD / TensorStack exports keep the model in a subfolder
+const hub = (server: ModelServer) => ({ kind: 'hub' as const, repo: REPO, subfolder: SUB, host: server.url });
+const weightPath = (p: string) => /\/model\.onnx(_data|\.data)?(\.\d{3})?$/.test(p);
+
+async function filesUnder(dir: string): Promise<string[]> {
+  const out: string[] = [];
+  for (const e of await readdir(dir, { withFileTypes: true, recursive: true })) if (e.isFile()) out.push(relative(dir, join(e.parentPath, e.name)));
+  return out.sort();
+}
+
+describe('Hub layout, cache and device fit', () => {
+  let root: string;
+  let server: ModelServer;
+  let cacheDir: string;
+  let weightBytes: number;
+  const engineWithCache = (opts: Parameters<typeof createNodeEngine>[0] = {}) => createNodeEngine({ fileCache: new FileCache(nodeCacheBackend(cacheDir)), ...opts });
+  const modelGets = () => server.requests.filter((r) => r.method === 'GET');
+
+  beforeAll(async () => {
+    root = await mkdtemp(join(tmpdir(), 'sd3-hub-'));
+    cacheDir = join(root, 'cache');
+    await cp(TINY_MODEL_EXTERNAL_DIR, join(root, 'repo', SUB), { recursive: true });
+    server = await startModelServer({ repos: [{ repo: REPO, folder: join(root, 'repo') }] });
+    weightBytes = 0;
+    for (const f of await filesUnder(join(root, 'repo', SUB))) {
+      if (weightPath(`/${f}`) && !f.startsWith('vae_encoder')) weightBytes += (await stat(join(root, 'repo', SUB, f))).size;
+    }
+  });
+  afterAll(async () => {
+    await server?.close();
+    await rm(root, { recursive: true, force: true });
+  });
+
+  it('loads by repo id from a Hub-layout server (subfolder, both external-data names); progress sums to the total', async () => {
+    const events: ProgressEvent[] = [];
+    const engine = engineWithCache();
+    const info = await engine.load(hub(server), (e) => events.push(e));
+    expect(info.id).toBe(`${REPO}/${SUB}`);
+    expect(info.weightBytes).toBe(weightBytes);
+    // both conventions were fetched under the Hub's resolve scheme
+    const paths = modelGets().map((r) => r.path);
+    expect(paths).toContain(`/${REPO}/resolve/main/${SUB}/transformer/model.onnx_data`);
+    expect(paths).toContain(`/${REPO}/resolve/main/${SUB}/text_encoder_2/model.onnx.data`);
+    // per file: each file's last event carries its full size; together they make the total
+    const done = events.filter((e) => e.status === 'done');
+    expect(done.reduce((a, e) => a + e.loaded, 0)).toBe(weightBytes);
+    const ready = events.at(-1)!;
+    expect(ready).toMatchObject({ status: 'ready', loaded: weightBytes, total: weightBytes, overall: { loaded: weightBytes, total: weightBytes } });
+    // overall: the total is known from the first event and the bytes only grow
+    const overall = events.filter((e) => e.overall).map((e) => e.overall!);
+    const firstDownload = events.findIndex((e) => e.status === 'download');
+    expect(events[firstDownload].overall!.total).toBeGreaterThan(0);
+    for (let i = 1; i < overall.length; i++) expect(overall[i].loaded).toBeGreaterThanOrEqual(overall[i - 1].loaded);
+    const local = await loadTinyEngine();
+    const [a, b] = await Promise.all([engine.generate({ prompt: 'a hub', seed: 5 }), local.generate({ prompt: 'a hub', seed: 5 })]);
+    expect(maxPixelDiff(a.rgba, b.rgba)).toBe(0);
+  });
+
+  it('a second load reads no model file from the network', async () => {
+    server.requests.length = 0;
+    const events: ProgressEvent[] = [];
+    const engine = engineWithCache();
+    await engine.load(hub(server), (e) => events.push(e));
+    expect(server.requests).toEqual([]);
+    expect(events.filter((e) => e.status === 'done').every((e) => e.cached)).toBe(true);
+    expect((await engine.generate({ prompt: 'cached', seed: 1 })).rgba.length).toBeGreaterThan(0);
+  });
+
+  it('a truncated cache entry is detected and fetched again; a corrupt one too', async () => {
+    const cache = new FileCache(nodeCacheBackend(cacheDir));
+    const entries = await cache.backend.list();
+    const dataKey = entries.find((e) => e.key.endsWith('transformer/model.onnx_data'))!.key;
+    const graphKey = entries.find((e) => e.key.endsWith('vae_decoder/model.onnx'))!.key;
+    const { createHash } = await import('node:crypto');
+    const fileOf = (key: string) => join(cacheDir, createHash('sha256').update(key).digest('hex'));
+    await truncate(fileOf(dataKey), 1000);
+    const bytes = await readFile(fileOf(graphKey));
+    bytes[bytes.length >> 1] ^= 0xff; // same size, one flipped byte: only the hash sees it
+    await writeFile(fileOf(graphKey), bytes);
+
+    server.requests.length = 0;
+    const engine = createNodeEngine({ fileCache: cache });
+    await engine.load(hub(server));
+    expect(cache.dropped.sort()).toEqual([dataKey, graphKey].sort());
+    expect(modelGets().map((r) => r.path).sort()).toEqual([new URL(dataKey).pathname, new URL(graphKey).pathname].sort());
+    const local = await loadTinyEngine();
+    const [a, b] = await Promise.all([engine.generate({ prompt: 'healed', seed: 9 }), local.generate({ prompt: 'healed', seed: 9 })]);
+    expect(maxPixelDiff(a.rgba, b.rgba)).toBe(0);
+  });
+
+  it('an interrupted download fails naming the file, stores nothing, and the next load fetches only that file', async () => {
+    const dir = join(root, 'cache-interrupted');
+    const cache = new FileCache(nodeCacheBackend(dir));
+    const path = `/${REPO}/resolve/main/${SUB}/transformer/model.onnx_data`;
+    server.faults.set(path, { truncateAt: 100_000 });
+    const engine = createNodeEngine({ fileCache: cache });
+    const err = await engine.load(hub(server)).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(ModelLoadError);
+    expect((err as ModelLoadError).file).toBe('transformer/model.onnx_data');
+    expect((await cache.backend.list()).some((e) => e.key.endsWith('transformer/model.onnx_data'))).toBe(false);
+
+    server.faults.delete(path);
+    server.requests.length = 0;
+    await engine.load(hub(server));
+    // every other file (graphs, configs, CLIP-G's data) was stored by the failed load
+    expect(modelGets().map((r) => r.path)).toEqual([path]);
+  });
+
+  it('a model that cannot fit is refused before its weights download, with the numbers; the loaded model keeps working', async () => {
+    const engine = await loadTinyEngine();
+    server.requests.length = 0;
+    const err = await createNodeEngine().load(hub(server), undefined, { fit: { memoryBytes: 1_000_000 } }).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(ModelTooLargeError);
+    expect((err as Error).message).toMatch(/needs ~\d+(\.\d)? MB of GPU memory \(.* of weights \+ .* for one 64×64 image\); this adapter offers 976\.6 KB\. Try: load it without T5/);
+    // only configs, graphs (to find their data files) and HEADs: no external weights were fetched
+    expect(modelGets().some((r) => /onnx(_data|\.data)$/.test(r.path))).toBe(false);
+    const sameEngineErr = await engine.load(hub(server), undefined, { fit: { memoryBytes: 1_000_000 } }).catch((e: unknown) => e);
+    expect(sameEngineErr).toBeInstanceOf(ModelTooLargeError);
+    expect(engine.model!.info.id).toBe('tiny-sd3');
+    expect((await engine.generate({ prompt: 'still here', seed: 2 })).rgba.length).toBe(64 * 64 * 4);
+  });
+
+  it('a 404 or a garbage file names the file; the loaded model keeps working', async () => {
+    const engine = createNodeEngine();
+    await engine.load({ kind: 'path', path: TINY_MODEL_DIR });
+    const base = `/${REPO}/resolve/main/${SUB}`;
+    server.faults.set(`${base}/transformer/model.onnx_data`, 404);
+    await expect(engine.load(hub(server))).rejects.toMatchObject({ code: 'model_load', file: 'transformer/model.onnx_data' });
+    server.faults.clear();
+    server.faults.set(`${base}/vae_decoder/model.onnx`, { body: new TextEncoder().encode('<html>Not an ONNX file</html>') });
+    await expect(engine.load(hub(server))).rejects.toMatchObject({ code: 'model_load', file: 'vae_decoder/model.onnx' });
+    server.faults.clear();
+    server.faults.set(`${base}/model_index.json`, { body: new TextEncoder().encode('{"oops": ') });
+    await expect(engine.load(hub(server))).rejects.toMatchObject({ code: 'model_load', file: 'model_index.json' });
+    server.faults.clear();
+    expect(engine.model!.info.id).toBe('tiny-sd3');
+    expect((await engine.generate({ prompt: 'old model', seed: 3 })).rgba.length).toBe(64 * 64 * 4);
+  });
+});
+
+describe('sharded external data', () => {
+  let dir: string;
+  beforeAll(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'sd3-shard-'));
+    await cp(TINY_MODEL_EXTERNAL_DIR, dir, { recursive: true });
+  });
+  afterAll(async () => rm(dir, { recursive: true, force: true }));
+
+  it('a data file over the buffer limit is refused naming it and the re-shard script; re-sharded, the same model gives the same image', async () => {
+    const limit = { maxFileBytes: 300_000 }; // the tiny transformer's data is 458,752 bytes
+    const engine: Engine = createNodeEngine();
+    const err = await engine.load({ kind: 'path', path: dir }, undefined, { fit: limit }).catch((e: unknown) => e);
+    expect(err).toMatchObject({ code: 'model_load', file: 'transformer/model.onnx_data' });
+    expect((err as Error).message).toMatch(/npm run reshard/);
+
+    const reports = await reshard(dir, 200 * 1024);
+    expect(reports.map((r) => [r.component.split('/').at(-1), r.shards.length])).toEqual([
+      ['text_encoder_2', 2],
+      ['transformer', 3],
+    ]);
+    const files = await filesUnder(dir);
+    expect(files).toContain('transformer/model.onnx_data.002');
+    expect(files).not.toContain('transformer/model.onnx_data');
+    for (const r of reports) for (const s of r.shards) expect(s.bytes).toBeLessThanOrEqual(200 * 1024);
+
+    await engine.load({ kind: 'path', path: dir }, undefined, { fit: limit });
+    const local = await loadTinyEngine();
+    const [a, b] = await Promise.all([engine.generate({ prompt: 'sharded', seed: 4 }), local.generate({ prompt: 'sharded', seed: 4 })]);
+    expect(maxPixelDiff(a.rgba, b.rgba)).toBe(0);
+  });
+});
+
+describe('graph inspection and shader-f16', () => {
+  it('reads every initializer, its type and its external reference as onnx-proto does', async () => {
+    for (const dir of [TINY_MODEL_DIR, TINY_MODEL_EXTERNAL_DIR]) {
+      for (const f of (await filesUnder(dir)).filter((p) => p.endsWith('model.onnx'))) {
+        const bytes = new Uint8Array(await readFile(join(dir, f)));
+        const ours = graphInitializers(bytes);
+        const theirs = onnx.ModelProto.decode(bytes).graph!.initializer!;
+        expect(ours.map((t) => t.name)).toEqual(theirs.map((t) => t.name));
+        expect(ours.map((t) => t.dataType)).toEqual(theirs.map((t) => t.dataType));
+        expect(ours.map((t) => t.dims)).toEqual(theirs.map((t) => (t.dims ?? []).map(Number)));
+        expect(ours.map((t) => t.external?.location ?? null)).toEqual(theirs.map((t) => t.externalData?.find((e) => e.key === 'location')?.value ?? null));
+      }
+    }
+    expect(() => graphInitializers(new TextEncoder().encode('<html>'))).toThrow();
+  });
+
+  it('refuses fp16 weights on an adapter without shader-f16, naming the component, before any session', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'sd3-f16-'));
+    try {
+      await cp(TINY_MODEL_DIR, dir, { recursive: true });
+      const path = join(dir, 'vae_decoder', 'model.onnx');
+      const model = onnx.ModelProto.decode(await readFile(path));
+      model.graph!.initializer!.push(onnx.TensorProto.create({ name: 'unused_half', dims: [2], dataType: ONNX_DTYPE.FLOAT16, rawData: new Uint8Array(4) }));
+      const bytes = onnx.ModelProto.encode(model).finish();
+      await writeFile(path, bytes);
+      expect(hasHalfPrecisionWeights(bytes)).toBe(true);
+      expect(hasHalfPrecisionWeights(new Uint8Array(await readFile(join(TINY_MODEL_DIR, 'vae_decoder', 'model.onnx'))))).toBe(false);
+      const gpuWithout = createNodeEngine({ backend: 'webgpu', deviceFit: { features: [] } });
+      const err = await gpuWithout.load({ kind: 'path', path: dir }).catch((e: unknown) => e);
+      expect(err).toMatchObject({ code: 'model_load', file: 'vae_decoder/model.onnx' });
+      expect((err as Error).message).toMatch(/shader-f16/);
+      // on wasm the same files are not refused for it
+      await createNodeEngine().load({ kind: 'path', path: dir });
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+});

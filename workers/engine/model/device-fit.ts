@@ -1,0 +1,78 @@
+// Whether a model can run here, decided from file sizes and config before any
+// weights are downloaded: a clear refusal instead of a crashed tab.
+import type { BackendName, GenerationDefaults } from '../api/types.ts';
+import { ModelLoadError, ModelTooLargeError, formatBytes } from '../errors.ts';
+import { requestFootprint } from '../interleaver/memory-budget.ts';
+import type { TransformerConfig, VaeConfig } from './model-config.ts';
+
+export interface DeviceFit {
+  /** Memory the weights plus one request may use: GPU memory on webgpu, the wasm heap on wasm. */
+  memoryBytes: number;
+  /** Largest file the runtime can take as one buffer. */
+  maxFileBytes: number;
+  /** WebGPU adapter features (`shader-f16` for fp16 weights); ignored on wasm. */
+  features?: readonly string[];
+}
+
+/** wasm32: the whole heap, weights included, lives in 4 GiB of address space. */
+export const WASM_MEMORY_BYTES = 4 * 1024 ** 3;
+/** WebGPU does not tell how much memory a GPU has: assume a common 8 GB card unless told. */
+export const DEFAULT_GPU_MEMORY_BYTES = 8 * 1024 ** 3;
+/** Chrome cannot hold one ArrayBuffer over ~2 GB (Node's readFile has the same limit). */
+export const MAX_BUFFER_BYTES = 2 * 1024 ** 3;
+
+export function defaultDeviceFit(backend: BackendName, over: Partial<DeviceFit> = {}): DeviceFit {
+  return {
+    memoryBytes: over.memoryBytes ?? (backend === 'wasm' ? WASM_MEMORY_BYTES : DEFAULT_GPU_MEMORY_BYTES),
+    maxFileBytes: over.maxFileBytes ?? MAX_BUFFER_BYTES,
+    features: over.features ?? [],
+  };
+}
+
+export interface PlannedFile {
+  path: string;
+  /** Bytes, or 0 when the source could not tell before downloading. */
+  size: number;
+}
+
+/** Refuses any file that would need one buffer larger than the runtime allows. */
+export function checkFileSizes(files: readonly PlannedFile[], fit: DeviceFit): void {
+  for (const f of files) {
+    if (f.size > fit.maxFileBytes) {
+      throw new ModelLoadError(
+        f.path,
+        `it is ${formatBytes(f.size)}, more than the ${formatBytes(fit.maxFileBytes)} one browser buffer can hold; re-shard the export into smaller external-data files with \`npm run reshard -- <model folder>\` (README: "Sharded external data")`,
+      );
+    }
+  }
+}
+
+/** fp16 weights need WebGPU's shader-f16 feature. */
+export function checkHalfPrecision(path: string, halfPrecision: boolean, backend: BackendName, fit: DeviceFit): void {
+  if (backend === 'webgpu' && halfPrecision && !fit.features?.includes('shader-f16')) {
+    throw new ModelLoadError(path, 'it holds float16 weights, but this GPU adapter does not offer the shader-f16 feature; use an fp32 export, or a browser and GPU with shader-f16');
+  }
+}
+
+export interface ModelNeeds {
+  weightBytes: number;
+  /** One request at the model's default size and guidance. */
+  requestBytes: number;
+  totalBytes: number;
+}
+
+export function estimateNeeds(weightBytes: number, t: TransformerConfig, vae: VaeConfig, defaults: GenerationDefaults, textTokens: number): ModelNeeds {
+  const requestBytes = requestFootprint({ transformer: t, vae, textTokens }, defaults.width, defaults.height, defaults.guidance).totalBytes;
+  return { weightBytes, requestBytes, totalBytes: weightBytes + requestBytes };
+}
+
+/** Refuses a model whose weights plus one default request exceed the device's memory. */
+export function checkModelFits(needs: ModelNeeds, defaults: GenerationDefaults, backend: BackendName, fit: DeviceFit, hasT5: boolean): void {
+  if (needs.totalBytes <= fit.memoryBytes) return;
+  const detail = `${formatBytes(needs.weightBytes)} of weights + ${formatBytes(needs.requestBytes)} for one ${defaults.width}×${defaults.height} image`;
+  const hints = [
+    hasT5 ? 'load it without T5 ("no T5" mode) to save memory' : '',
+    backend === 'wasm' ? 'the wasm backend holds everything in 4 GB; use a browser with WebGPU' : 'if your GPU has more memory, raise "GPU memory" in the model settings',
+  ].filter(Boolean);
+  throw new ModelTooLargeError(needs.totalBytes, fit.memoryBytes, detail, `Try: ${hints.join('; or ')}.`);
+}
