@@ -67,7 +67,20 @@ export async function main(argv: string[]): Promise<number> {
     return 2;
   }
 
-  const prompts = args.prompt !== undefined ? [args.prompt] : (await readFile(args.prompts!, 'utf8')).split('\n').map((l) => l.trim()).filter(Boolean);
+  let prompts: string[];
+  if (args.prompt !== undefined) prompts = [args.prompt];
+  else {
+    try {
+      prompts = (await readFile(args.prompts!, 'utf8')).split('\n').map((l) => l.trim()).filter(Boolean);
+    } catch (e) {
+      console.error(`error: --prompts: cannot read ${args.prompts} (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
+      return 2;
+    }
+    if (!prompts.length) {
+      console.error(`error: --prompts: ${args.prompts} has no prompts (one per line)`);
+      return 2;
+    }
+  }
   const base: Omit<GenerateRequest, 'prompt'> = {};
   if (args.negative !== undefined) base.negativePrompt = args.negative;
   const seed = num(args.seed);

@@ -28,7 +28,7 @@ function integerIn(field: string, v: unknown, min: number, max: number, extra?: 
   if (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > max || (extra && !extra(v))) {
     throw new InvalidRequestError(field, `an integer in ${min}..${max}${extraText}`, v);
   }
-  return v;
+  return v + 0; // -0 becomes 0
 }
 
 function text(field: string, v: unknown, allowEmpty: boolean): string {
