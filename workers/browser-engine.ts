@@ -44,6 +44,13 @@ const REQUESTED_LIMITS = [
 ] as const;
 
 let gpu: Promise<GpuInfo> | null = null;
+let device: GPUDevice | null = null;
+
+/** Destroys our GPU device (fault injection); false when there is none. */
+export function loseGpuDevice(): boolean {
+  device?.destroy();
+  return device !== null;
+}
 
 /** Picks WebGPU when an adapter exists (device made at its real limits), else wasm. */
 export function detectGpu(): Promise<GpuInfo> {
@@ -56,7 +63,7 @@ export function detectGpu(): Promise<GpuInfo> {
     const requiredLimits: Record<string, number> = {};
     for (const name of REQUESTED_LIMITS) requiredLimits[name] = adapter.limits[name];
     const requiredFeatures: GPUFeatureName[] = adapter.features.has('shader-f16') ? ['shader-f16'] : [];
-    const device = await adapter.requestDevice({ requiredLimits, requiredFeatures }).catch(() => null);
+    device = await adapter.requestDevice({ requiredLimits, requiredFeatures }).catch(() => null);
     if (!device) return fallback('the adapter refused a device');
     ort.env.webgpu.device = device;
     const i = adapter.info;
@@ -96,5 +103,7 @@ export async function createBrowserEngine(options: Partial<EngineOptions> & { ba
     deviceFit: { features: info.features, ...options.deviceFit },
     backend,
   });
+  // a lost device ends this engine's work; the page restarts the worker and replays
+  if (backend === 'webgpu') void device?.lost.then((lost) => engine.deviceLost(lost.message || lost.reason || 'unknown'));
   return { engine, gpu: info };
 }

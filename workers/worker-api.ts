@@ -9,7 +9,7 @@ import type { Engine, LoadModelOptions } from './engine/engine.ts';
 import type { CachedModelUsage } from './engine/model/file-cache.ts';
 import { ModelNotLoadedError } from './engine/errors.ts';
 import { checkTransformerOnBackends, type BackendCheck } from './backend-check.ts';
-import { createBrowserEngine, type GpuInfo } from './browser-engine.ts';
+import { createBrowserEngine, loseGpuDevice, type GpuInfo } from './browser-engine.ts';
 import { ImageStore, type ImageQuery, type QueuedRequest, type StoredImage } from './store/image-store.ts';
 
 export interface WorkerStatus extends EngineStatus {
@@ -167,6 +167,19 @@ export class WorkerApi {
     return { ...(this.engine?.status() ?? emptyStatus()), gpu: this.gpu };
   }
 
+  /** Fault injection (tests, diagnostics): destroys the GPU device, as a driver reset would. */
+  async simulateDeviceLoss(): Promise<boolean> {
+    return loseGpuDevice();
+  }
+
+  /** Fault injection (tests, diagnostics): the worker dies as if it crashed. */
+  simulateCrash(): void {
+    setTimeout(() => {
+      self.close();
+      throw new Error('simulated worker crash');
+    });
+  }
+
   /** Diagnostic: the tiny transformer on webgpu vs wasm, same inputs. */
   async checkBackends(modelUrl: string): Promise<BackendCheck> {
     return guard(async () => {
@@ -193,5 +206,6 @@ function emptyStatus(): EngineStatus {
     budgetBytes: 0,
     peakAdmittedBytes: 0,
     cycles: 0,
+    deviceLost: null,
   };
 }

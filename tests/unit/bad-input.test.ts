@@ -29,7 +29,7 @@ type Case = { name: string; request: unknown; field: string };
 function cases(): Case[] {
   const out: Case[] = [];
   const add = (field: string, values: unknown[], base: Record<string, unknown> = { prompt: 'x' }) => {
-    for (const v of values) out.push({ name: `${field} = ${describe(v)}`, request: { ...base, [field]: v }, field });
+    for (const v of values) out.push({ name: `${field} = ${show(v)}`, request: { ...base, [field]: v }, field });
   };
   const integerField = (field: string, extraBad: unknown[]) => add(field, [...NOT_NUMBERS, ...NON_FINITE, ...HUGE, ...FRACTIONS, ...extraBad]);
   integerField('steps', [0, -1, LIMITS.steps.max + 1, 1000, ...NEGATIVE]);
@@ -42,12 +42,12 @@ function cases(): Case[] {
   add('id', [...NOT_STRINGS, '', 'has space', 'slash/es', 'x'.repeat(129), '<script>', 'ünïcode', '../etc']);
   for (const key of ['sampler', 'scheduler', 'batch_size', 'Prompt', 'STEPS', '__proto__', 'constructor', 'num_inference_steps', 'guidance_scale', ''])
     out.push({ name: `unknown field ${JSON.stringify(key)}`, request: JSON.parse(`{"prompt":"x",${JSON.stringify(key)}:1}`), field: key });
-  for (const r of [null, undefined, 7, 'a prompt', [], [{ prompt: 'x' }], true, () => ({ prompt: 'x' })]) out.push({ name: `request = ${describe(r)}`, request: r, field: 'request' });
+  for (const r of [null, undefined, 7, 'a prompt', [], [{ prompt: 'x' }], true, () => ({ prompt: 'x' })]) out.push({ name: `request = ${show(r)}`, request: r, field: 'request' });
   out.push({ name: 'missing prompt', request: { steps: 2 }, field: 'prompt' });
   return out;
 }
 
-function describe(v: unknown): string {
+function show(v: unknown): string {
   if (typeof v === 'string') return v.length > 12 ? `string(${v.length})` : JSON.stringify(v);
   if (typeof v === 'bigint') return `${v}n`;
   if (typeof v === 'symbol' || typeof v === 'function') return typeof v;

@@ -3,7 +3,7 @@
 // nothing of the DOM, so the CLI and the benchmark run it in Node unchanged.
 import type { BackendName, EngineStatus, GenerateResult, ModelInfo, ModelSourceSpec, ProgressCallback } from './api/types.ts';
 import { normalizeRequest, type NormalizedRequest } from './api/validate.ts';
-import { BusyError, InvalidRequestError, ModelNotLoadedError } from './errors.ts';
+import { BusyError, DeviceLostError, InvalidRequestError, ModelNotLoadedError } from './errors.ts';
 import { DEFAULT_MAX_ACTIVE, DEFAULT_MAX_BATCH, Interleaver, newCounters } from './interleaver/interleaver.ts';
 import { memoryBudget, requestFootprint, type MemoryBudget } from './interleaver/memory-budget.ts';
 import { RequestScope } from './interleaver/request-scope.ts';
@@ -54,6 +54,7 @@ const newId = () => crypto.randomUUID();
 
 export class Engine {
   private loaded: LoadedModel | null = null;
+  private lostReason: string | null = null;
   private interleaver: Interleaver | null = null;
   private readonly counters = newCounters();
   readonly budget: MemoryBudget;
@@ -110,6 +111,7 @@ export class Engine {
   generate(request: unknown, opts: GenerateOptions = {}): Promise<GenerateResult> {
     try {
       const { loaded: model, interleaver } = this;
+      if (this.lostReason !== null) throw new DeviceLostError(this.lostReason);
       if (!model || !interleaver) throw new ModelNotLoadedError();
       const req = this.normalize(request);
       if (interleaver.has(req.id)) throw new InvalidRequestError('id', 'an id not used by a queued or running request', req.id);
@@ -130,6 +132,19 @@ export class Engine {
   /** Cancels a queued or running request; false if no such request is in flight. */
   cancel(id: string): boolean {
     return this.interleaver?.cancel(id) ?? false;
+  }
+
+  /**
+   * The GPU device is gone. onnxruntime-web binds its WebGPU backend to one
+   * device for the module's life, so this engine cannot continue: every
+   * queued and running request ends with DeviceLostError (their tensors
+   * freed), new ones are refused, and status() says why. The host starts a
+   * fresh engine (the worker restarts) and replays unfinished requests from
+   * their seeds, which gives the same images.
+   */
+  deviceLost(reason: string): number {
+    this.lostReason = reason;
+    return this.interleaver?.failAll(() => new DeviceLostError(reason)) ?? 0;
   }
 
   /** Resolves once every queued and running request has ended. */
@@ -154,6 +169,7 @@ export class Engine {
       budgetBytes: this.budget.totalBytes,
       peakAdmittedBytes: this.counters.peakAdmittedBytes,
       cycles: this.counters.cycles,
+      deviceLost: this.lostReason,
     };
   }
 }

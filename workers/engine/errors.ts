@@ -114,6 +114,14 @@ export class InferenceError extends EngineError {
   }
 }
 
+/** The GPU device is gone (driver reset, another tab, device.destroy()). The
+ * request did not fail on its own: it is replayed from its seed on a new device. */
+export class DeviceLostError extends EngineError {
+  constructor(readonly reason: string) {
+    super('device_lost', `the GPU device was lost (${reason}); the engine restarts on a new device and replays unfinished requests from their seeds`);
+  }
+}
+
 /** The engine cannot do this now (for example switch models while requests run). */
 export class BusyError extends EngineError {
   constructor(message: string) {

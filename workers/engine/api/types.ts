@@ -115,4 +115,6 @@ export interface EngineStatus {
   peakAdmittedBytes: number;
   /** Interleaver cycles run so far. */
   cycles: number;
+  /** Why the GPU device was lost, once it has been: this engine then refuses work. */
+  deviceLost: string | null;
 }

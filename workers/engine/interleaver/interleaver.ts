@@ -108,6 +108,13 @@ export class Interleaver {
     return true;
   }
 
+  /** Ends every queued and running request with an error (device lost); their tensors are freed now. */
+  failAll(error: (id: string) => Error): number {
+    const all = [...this.active, ...this.queue];
+    for (const s of all) this.finish(s, error(s.id));
+    return all.length;
+  }
+
   /** Resolves when no request is queued or active. */
   async idle(): Promise<void> {
     while (this.loop) await this.loop;
