@@ -1,0 +1,109 @@
+// Faults as a person meets them in the page: the GPU device is lost mid-
+// generation (device.destroy() in the worker), the worker crashes, storage is
+// full. Each time the user is told, nothing accepted or stored is lost, and
+// interrupted requests finish from their seeds with the images an undisturbed
+// run gives (compared with the Node engine on wasm).
+import { decode } from 'fast-png';
+import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import type { Page } from 'playwright-core';
+import { loadTinyEngine, maxPixelDiff } from '../helpers/tiny-engine.ts';
+import { openBrowser, type BrowserSession } from './chromium.ts';
+
+interface StoredMeta {
+  id: string;
+  prompt: string;
+  negativePrompt: string;
+  seed: number;
+  steps: number;
+  guidance: number;
+  width: number;
+  height: number;
+}
+type PageApi = { listImages(q: object): Promise<StoredMeta[]>; getImage(id: string): Promise<{ png: Blob }> };
+
+/** Every stored image, decoded, next to the Node engine's image for the same settings. */
+async function compareWithNode(page: Page): Promise<{ prompt: string; diff: number }[]> {
+  const images = await page.evaluate(async () => {
+    const api = (window as unknown as { __engine: PageApi }).__engine;
+    return Promise.all((await api.listImages({})).map(async (m) => ({ ...m, png: Array.from(new Uint8Array(await (await api.getImage(m.id)).png.arrayBuffer())) })));
+  });
+  const engine = await loadTinyEngine();
+  const out = [];
+  for (const { prompt, negativePrompt, seed, steps, guidance, width, height, png } of images) {
+    const img = decode(Uint8Array.from(png));
+    const ref = await engine.generate({ prompt, negativePrompt, seed, steps, guidance, width, height });
+    out.push({ prompt, diff: maxPixelDiff(new Uint8ClampedArray(img.data.buffer, img.data.byteOffset, img.data.byteLength), ref.rgba) });
+  }
+  return out;
+}
+
+async function submit(page: Page, prompts: string[], steps: number, seed: number) {
+  await page.getByTestId('prompts').fill(prompts.join('\n'));
+  await page.getByTestId('steps').fill(String(steps));
+  await page.getByTestId('seed').fill(String(seed));
+  await page.getByTestId('generate').click();
+}
+
+const done = (page: Page) => page.locator('[data-testid="cell"][data-state="done"]');
+
+describe('the GPU device is lost mid-generation (webgpu)', () => {
+  let b: BrowserSession;
+  beforeAll(async () => {
+    b = await openBrowser();
+    await b.page.goto(inject('baseUrl'));
+    await b.page.getByTestId('model-label').filter({ hasText: /webgpu$/ }).waitFor({ timeout: 120_000 });
+  });
+  afterAll(async () => b?.close());
+
+  it('the page says so, restarts the engine on a new device, and the requests finish with their images', async () => {
+    await submit(b.page, ['lost a', 'lost b'], 12, 31);
+    await b.page.locator('[data-testid="cell"][data-state="running"]').first().waitFor({ timeout: 120_000 });
+    expect(await b.page.evaluate(() => (window as unknown as { __engine: { simulateDeviceLoss(): Promise<boolean> } }).__engine.simulateDeviceLoss())).toBe(true);
+    await expect.poll(() => b.page.getByTestId('banner').textContent(), { timeout: 30_000 }).toMatch(/GPU device was lost/);
+    await expect.poll(() => done(b.page).count(), { timeout: 200_000, interval: 500 }).toBe(2);
+    expect(await b.page.getByTestId('banner').textContent()).toMatch(/restarted and resumed/);
+    expect(await b.page.getByTestId('model-label').textContent()).toMatch(/webgpu$/);
+    const diffs = await compareWithNode(b.page);
+    expect(diffs).toHaveLength(2);
+    for (const d of diffs) expect(d.diff, d.prompt).toBeLessThanOrEqual(3); // webgpu vs wasm, fp32
+  });
+});
+
+describe('worker crash and full storage (wasm)', () => {
+  let b: BrowserSession;
+  beforeAll(async () => {
+    b = await openBrowser();
+    await b.page.goto(`${inject('baseUrl')}?backend=wasm`);
+    await b.page.getByTestId('model-label').filter({ hasText: /tiny-sd3/ }).waitFor({ timeout: 60_000 });
+  });
+  afterAll(async () => b?.close());
+
+  it('a crashed worker is noticed and restarted, and the durable queue finishes its work', async () => {
+    await submit(b.page, ['crash a', 'crash b'], 400, 41);
+    await b.page.locator('[data-testid="cell"][data-state="running"]').first().waitFor({ timeout: 60_000 });
+    await b.page.evaluate(() => (window as unknown as { __engine: { simulateCrash(): Promise<void> } }).__engine.simulateCrash());
+    await expect.poll(() => b.page.getByTestId('banner').textContent(), { timeout: 30_000 }).toMatch(/worker crashed/);
+    await expect.poll(() => done(b.page).count(), { timeout: 200_000, interval: 500 }).toBe(2);
+    const diffs = await compareWithNode(b.page);
+    expect(diffs.map((d) => d.prompt).sort()).toEqual(['crash a', 'crash b']);
+    for (const d of diffs) expect(d.diff, d.prompt).toBeLessThanOrEqual(3);
+  });
+
+  it('when storage is full the user is told, stored images stay intact, and work resumes once there is room', async () => {
+    const before = await b.page.getByTestId('gallery-item').count();
+    expect(before).toBe(2);
+    const cdp = await b.context.newCDPSession(b.page);
+    const origin = new URL(inject('baseUrl')).origin;
+    await cdp.send('Storage.overrideQuotaForOrigin', { origin, quotaSize: 1 });
+    await submit(b.page, ['no room'], 2, 51);
+    await expect.poll(() => b.page.getByTestId('banner').textContent(), { timeout: 30_000 }).toMatch(/quota exceeded.*earlier images are safe/);
+    expect(await b.page.getByTestId('cell-error').last().textContent()).toMatch(/quota exceeded/);
+    await b.page.reload();
+    await b.page.getByTestId('model-label').filter({ hasText: /tiny-sd3/ }).waitFor({ timeout: 60_000 });
+    await expect.poll(() => b.page.getByTestId('gallery-item').count(), { timeout: 30_000 }).toBe(before);
+    for (const d of await compareWithNode(b.page)) expect(d.diff).toBeLessThanOrEqual(3); // the PNGs are whole
+    await cdp.send('Storage.overrideQuotaForOrigin', { origin }); // room again
+    await submit(b.page, ['room again'], 2, 52);
+    await expect.poll(() => b.page.getByTestId('gallery-item').count(), { timeout: 60_000 }).toBe(before + 1);
+  });
+});
