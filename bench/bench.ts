@@ -15,10 +15,12 @@ import { decodeLatents, rgbaToPng } from '../workers/engine/sd3/decode.ts';
 import { predictVelocities } from '../workers/engine/sd3/denoise-step.ts';
 import { encodePrompts } from '../workers/engine/sd3/encode-prompt.ts';
 import { RequestRng } from '../workers/engine/rng.ts';
+import { runSoak, soakRequests } from './soak.ts';
 
 const MODEL = fileURLToPath(new URL('../public/models/tiny-sd3/', import.meta.url));
 const OUT = fileURLToPath(new URL('./results.json', import.meta.url));
 const quick = process.argv.includes('--quick');
+const soakOnly = process.argv.includes('--soak');
 const SIZES = quick ? [64] : [64, 256];
 const NS = quick ? [1, 4] : [1, 4, 8, 16];
 const STEPS = 4;
@@ -118,7 +120,75 @@ async function byHand(engine: Engine, r: GenerateRequest, size: number): Promise
   return performance.now() - t0;
 }
 
+/**
+ * The soak: 100 mixed requests (bench/soak.ts) through one engine. A first
+ * round of the same mix warms it up: the wasm heap grows to the mix's high-
+ * water mark and WebAssembly memory never shrinks, so the baseline is taken
+ * after it (RSS after a GC). Two measured rounds follow; if memory returns to
+ * its baseline, RSS after them stays within a few percent of it.
+ */
+async function soak() {
+  const engine = createNodeEngine({ maxActive: 32, maxBatch: MAX_BATCH });
+  await engine.load({ kind: 'path', path: MODEL });
+  const settle = async () => {
+    for (let i = 0; i < 3; i++) {
+      global.gc?.();
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    return process.memoryUsage().rss;
+  };
+  const rssStart = await settle();
+  await runSoak(engine, soakRequests(100, 'warm'));
+  const baseline = await settle();
+  const sampler = rssSampler();
+  const report = await runSoak(engine, soakRequests(100, 'round1'));
+  const afterRound1 = await settle();
+  const report2 = await runSoak(engine, soakRequests(100, 'round2'));
+  const peak = sampler.stop();
+  await engine.idle();
+  const after = await settle();
+  const s = engine.status();
+  const figures = {
+    requests: report.requests + report2.requests,
+    completed: report.completed + report2.completed,
+    cancelled: report.cancelled + report2.cancelled,
+    failed: report.failed + report2.failed,
+    wrongOutcomes: report.wrongOutcome.length + report2.wrongOutcome.length,
+    mismatchedImages: report.mismatched.length + report2.mismatched.length,
+    wallMsRound1: Math.round(report.wallMs),
+    imagesPerSec: report.completed / (report.wallMs / 1000),
+    gcAvailable: typeof global.gc === 'function',
+    rssBeforeWarmupMb: mb(rssStart),
+    rssBaselineMb: mb(baseline),
+    rssAfterRound1Mb: mb(afterRound1),
+    rssAfterRound2Mb: mb(after),
+    rssPeakMb: mb(peak),
+    rssAfterOverBaseline: after / baseline,
+    requestBytesAfter: s.requestBytes,
+    admittedBytesAfter: s.admittedBytes,
+    peakAdmittedMb: mb(s.peakAdmittedBytes),
+    budgetMb: mb(s.budgetBytes),
+  };
+  await engine.unload();
+  return figures;
+}
+
 async function main() {
+  if (soakOnly) {
+    const figures = await soak();
+    console.table([figures]);
+    const { readFileSync } = await import('node:fs');
+    let previous: Record<string, unknown> = {};
+    try {
+      previous = JSON.parse(readFileSync(OUT, 'utf8'));
+    } catch {
+      /* first run */
+    }
+    writeFileSync(OUT, `${JSON.stringify({ ...previous, soak: { date: new Date().toISOString(), ...figures } }, null, 2)}
+`);
+    console.log(`wrote soak figures to ${OUT}`);
+    return;
+  }
   const rows: Row[] = [];
   const overhead: { size: number; byHandMs: number; engineMs: number; ratio: number }[] = [];
   for (const size of SIZES) {
@@ -207,7 +277,9 @@ async function main() {
     };
   });
   console.table(targets);
-  writeFileSync(OUT, `${JSON.stringify({ date: new Date().toISOString(), machine: { cpus: (await import('node:os')).cpus().length, node: process.version }, backend: 'wasm', model: 'tiny-sd3', steps: STEPS, longSteps: LONG_STEPS, maxBatch: MAX_BATCH, overhead, rows, targets }, null, 2)}\n`);
+  const soakFigures = await soak();
+  console.table([soakFigures]);
+  writeFileSync(OUT, `${JSON.stringify({ date: new Date().toISOString(), machine: { cpus: (await import('node:os')).cpus().length, node: process.version }, backend: 'wasm', model: 'tiny-sd3', steps: STEPS, longSteps: LONG_STEPS, maxBatch: MAX_BATCH, overhead, rows, targets, soak: soakFigures }, null, 2)}\n`);
   console.log(`wrote ${OUT}`);
 }
 

@@ -7,7 +7,7 @@ import * as Comlink from 'comlink';
 import type { BackendName, EngineStatus, ImageMetadata, ModelInfo, ModelSourceSpec, ProgressCallback, ProgressEvent } from './engine/api/types.ts';
 import type { Engine, LoadModelOptions } from './engine/engine.ts';
 import type { CachedModelUsage } from './engine/model/file-cache.ts';
-import { ModelNotLoadedError } from './engine/errors.ts';
+import { CancelledError, ModelNotLoadedError } from './engine/errors.ts';
 import { checkTransformerOnBackends, type BackendCheck } from './backend-check.ts';
 import { createBrowserEngine, loseGpuDevice, type GpuInfo } from './browser-engine.ts';
 import { ImageStore, type ImageQuery, type QueuedRequest, type StoredImage } from './store/image-store.ts';
@@ -102,10 +102,25 @@ export class WorkerApi {
       const engine = await this.ready();
       if (!engine.model) throw new ModelNotLoadedError();
       const req = engine.normalize(request);
-      const store = await this.store;
-      await store.enqueue({ id: req.id, request: req, modelId: engine.model.info.id, acceptedAt: new Date().toISOString() });
-      return this.run(engine, store, req, onProgress, opts.preview);
+      // cancellable from now on, even while it is still being written to the queue
+      return this.cancellable(req.id, async (signal) => {
+        const store = await this.store;
+        await store.enqueue({ id: req.id, request: req, modelId: engine.model!.info.id, acceptedAt: new Date().toISOString() });
+        return this.run(engine, store, req, onProgress, opts.preview, signal);
+      });
     });
+  }
+
+  private readonly inFlight = new Map<string, AbortController>();
+
+  private async cancellable<T>(id: string, f: (signal: AbortSignal) => Promise<T>): Promise<T> {
+    const ctl = new AbortController();
+    this.inFlight.set(id, ctl);
+    try {
+      return await f(ctl.signal);
+    } finally {
+      if (this.inFlight.get(id) === ctl) this.inFlight.delete(id);
+    }
   }
 
   /** Accepted requests that have not finished (after a reload or a crash), oldest first. */
@@ -121,14 +136,14 @@ export class WorkerApi {
       const store = await this.store;
       const entry = (await store.pending()).find((q) => q.id === id);
       if (!entry) throw new Error(`no queued request ${id}`);
-      return this.run(engine, store, entry.request, onProgress, opts.preview);
+      return this.cancellable(id, (signal) => this.run(engine, store, entry.request, onProgress, opts.preview, signal));
     });
   }
 
-  private async run(engine: Engine, store: ImageStore, req: QueuedRequest['request'], onProgress?: ProgressCallback, preview?: boolean): Promise<GenerateReply> {
+  private async run(engine: Engine, store: ImageStore, req: QueuedRequest['request'], onProgress?: ProgressCallback, preview?: boolean, signal?: AbortSignal): Promise<GenerateReply> {
     let result;
     try {
-      result = await engine.generate(req, { onProgress: transferProgress(onProgress), preview });
+      result = await engine.generate(req, { onProgress: transferProgress(onProgress), preview, signal });
     } catch (e) {
       // a cancelled or failed request leaves the queue; only unfinished work is replayed
       if ((e as { code?: string }).code !== 'device_lost') await store.dequeue(req.id);
@@ -139,9 +154,13 @@ export class WorkerApi {
   }
 
   async cancel(id: string): Promise<boolean> {
-    const cancelled = this.engine?.cancel(id) ?? false;
-    if (!cancelled) await (await this.store).dequeue(id); // queued before a reload, not running now
-    return cancelled;
+    const ctl = this.inFlight.get(id);
+    if (ctl) {
+      ctl.abort(new CancelledError(id)); // running, or accepted and about to run
+      return true;
+    }
+    await (await this.store).dequeue(id); // queued before a reload, not running now
+    return false;
   }
 
   async getImage(id: string): Promise<StoredImage> {
@@ -158,7 +177,7 @@ export class WorkerApi {
 
   /** Wipes every stored image, queued request and cached model file. */
   async deleteAllData(): Promise<void> {
-    for (const q of await (await this.store).pending()) this.engine?.cancel(q.id);
+    for (const [id, ctl] of this.inFlight) ctl.abort(new CancelledError(id));
     await (await this.store).clear();
     await this.engine?.options.fileCache?.clear();
   }

@@ -1,0 +1,92 @@
+// The soak in the browser: the same 100-request mix as the Node soak
+// (bench/soak.ts) through the worker, with its IndexedDB storage. Each request
+// finishes or is cancelled as asked, each stored image carries its own
+// request's settings, a sample matches the Node engine's image for the same
+// seed, the durable queue is empty, and the engine's memory is back to zero.
+import { decode } from 'fast-png';
+import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { soakRequests, summarize, type SoakOutcome } from '../../bench/soak.ts';
+import type { GenerateResult } from '../../workers/engine/api/types.ts';
+import { loadTinyEngine, maxPixelDiff } from '../helpers/tiny-engine.ts';
+import { openBrowser, type BrowserSession } from './chromium.ts';
+
+describe('soak in the page', () => {
+  let b: BrowserSession;
+  beforeAll(async () => {
+    b = await openBrowser();
+    await b.page.goto(`${inject('baseUrl')}?backend=wasm`);
+    await b.page.getByTestId('model-label').filter({ hasText: /tiny-sd3/ }).waitFor({ timeout: 60_000 });
+  });
+  afterAll(async () => b?.close());
+
+  it('100 mixed requests through the worker: right outcomes, stored with their own settings, nothing left behind', async () => {
+    const requests = soakRequests(100, 'page');
+    const started = Date.now();
+    const raw = await b.page.evaluate(async (reqs) => {
+      type Api = {
+        generate(r: object, cb: unknown): Promise<{ id: string; metadata: Record<string, unknown> }>;
+        cancel(id: string): Promise<boolean>;
+        pending(): Promise<unknown[]>;
+        status(): Promise<{ requestsActive: number; requestsQueued: number; requestBytes: number; admittedBytes: number }>;
+      };
+      const w = window as unknown as { __engine: Api; __Comlink: { proxy<T>(f: T): T } };
+      const api = w.__engine;
+      const outcomes = await Promise.all(
+        reqs.map((r) => {
+          const { cancel, ...req } = r;
+          let asked = false;
+          const p = api.generate(
+            req,
+            w.__Comlink.proxy((e: { status: string }) => {
+              if (cancel === 'mid' && e.status === 'step' && !asked) {
+                asked = true;
+                void api.cancel(r.id);
+              }
+            }),
+          );
+          if (cancel === 'before') void api.cancel(r.id);
+          return p.then(
+            (v) => ({ id: r.id, metadata: v.metadata }),
+            (e: { code?: string; message: string }) => ({ id: r.id, error: { code: e.code, message: e.message } }),
+          );
+        }),
+      );
+      return { outcomes, pending: (await api.pending()).length, status: await api.status() };
+    }, requests);
+    const wallMs = Date.now() - started;
+
+    // the shared checks need results: stored metadata stands in (pixels are compared below)
+    const outcomes: SoakOutcome[] = raw.outcomes.map((o) => {
+      const request = requests.find((r) => r.id === o.id)!;
+      if (!('metadata' in o)) return { request, error: o.error };
+      const m = o.metadata as unknown as GenerateResult['metadata'];
+      return { request, result: { id: o.id, width: m.width, height: m.height, rgba: new Uint8ClampedArray(m.width * m.height * 4), png: new Uint8Array(), metadata: m } };
+    });
+    const report = summarize(outcomes, wallMs);
+    console.log(`browser soak: ${report.completed} done, ${report.cancelled} cancelled in ${wallMs} ms`);
+    expect(report.wrongOutcome).toEqual([]);
+    expect(report.mismatched).toEqual([]);
+    expect(report.failed).toBe(0);
+    expect(report.completed + report.cancelled).toBe(100);
+    expect(raw.pending).toBe(0);
+    expect(raw.status).toMatchObject({ requestsActive: 0, requestsQueued: 0, requestBytes: 0, admittedBytes: 0 });
+
+    // stored images: one per completed request, and a sample equals the Node engine's image
+    const ids = outcomes.filter((o) => o.result).map((o) => o.request.id);
+    const stored = await b.page.evaluate(async (ids) => {
+      const api = (window as unknown as { __engine: { getImage(id: string): Promise<{ png: Blob }>; listImages(q: object): Promise<{ id: string }[]> } }).__engine;
+      const listed = (await api.listImages({ limit: 1000 })).map((m) => m.id);
+      const pngs: Record<string, number[]> = {};
+      for (const id of ids.filter((_, i) => i % 8 === 0)) pngs[id] = Array.from(new Uint8Array(await (await api.getImage(id)).png.arrayBuffer()));
+      return { listed, pngs };
+    }, ids);
+    expect(stored.listed.sort()).toEqual([...ids].sort());
+    const engine = await loadTinyEngine();
+    for (const [id, png] of Object.entries(stored.pngs)) {
+      const { cancel: _, id: __, ...req } = requests.find((r) => r.id === id)!;
+      const ref = await engine.generate(req);
+      const img = decode(Uint8Array.from(png));
+      expect(maxPixelDiff(new Uint8ClampedArray(img.data.buffer, img.data.byteOffset, img.data.byteLength), ref.rgba), id).toBeLessThanOrEqual(3);
+    }
+  });
+});
