@@ -112,6 +112,8 @@ export class WorkerApi {
   }
 
   private readonly inFlight = new Map<string, AbortController>();
+  /** Accepted requests already handed to the engine. */
+  private readonly submitted = new Set<string>();
 
   private async cancellable<T>(id: string, f: (signal: AbortSignal) => Promise<T>): Promise<T> {
     const ctl = new AbortController();
@@ -119,7 +121,10 @@ export class WorkerApi {
     try {
       return await f(ctl.signal);
     } finally {
-      if (this.inFlight.get(id) === ctl) this.inFlight.delete(id);
+      if (this.inFlight.get(id) === ctl) {
+        this.inFlight.delete(id);
+        this.submitted.delete(id);
+      }
     }
   }
 
@@ -143,6 +148,7 @@ export class WorkerApi {
   private async run(engine: Engine, store: ImageStore, req: QueuedRequest['request'], onProgress?: ProgressCallback, preview?: boolean, signal?: AbortSignal): Promise<GenerateReply> {
     let result;
     try {
+      this.submitted.add(req.id);
       result = await engine.generate(req, { onProgress: transferProgress(onProgress), preview, signal });
     } catch (e) {
       // a cancelled or failed request leaves the queue; only unfinished work is replayed
@@ -155,12 +161,14 @@ export class WorkerApi {
 
   async cancel(id: string): Promise<boolean> {
     const ctl = this.inFlight.get(id);
-    if (ctl) {
-      ctl.abort(new CancelledError(id)); // running, or accepted and about to run
-      return true;
+    if (!ctl) {
+      await (await this.store).dequeue(id); // queued before a reload, not running now
+      return false;
     }
-    await (await this.store).dequeue(id); // queued before a reload, not running now
-    return false;
+    if (this.engine?.cancel(id)) return true; // queued or running in the engine
+    if (this.submitted.has(id)) return false; // finished: its image is being stored
+    ctl.abort(new CancelledError(id)); // accepted, not yet in the engine: it never starts
+    return true;
   }
 
   async getImage(id: string): Promise<StoredImage> {

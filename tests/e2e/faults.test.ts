@@ -95,7 +95,14 @@ describe('worker crash and full storage (wasm)', () => {
     const cdp = await b.context.newCDPSession(b.page);
     const origin = new URL(inject('baseUrl')).origin;
     await cdp.send('Storage.overrideQuotaForOrigin', { origin, quotaSize: 1 });
+    const q = await cdp.send('Storage.getUsageAndQuota', { origin });
+    console.log('quota override', JSON.stringify({ usage: q.usage, quota: q.quota, overrideActive: q.overrideActive }));
+    // the page sees the new quota before anything is submitted
+    await expect.poll(() => b.page.evaluate(async () => (await navigator.storage.estimate()).quota), { timeout: 10_000 }).toBe(1);
     await submit(b.page, ['no room'], 2, 51);
+    const cell = b.page.locator('[data-testid="cell"]', { hasText: 'no room' });
+    await expect.poll(() => cell.getAttribute('data-state'), { timeout: 30_000 }).toMatch(/failed|done/);
+    console.log('no-room cell', await cell.getAttribute('data-state'), await cell.textContent());
     await expect.poll(() => b.page.getByTestId('banner').textContent(), { timeout: 30_000 }).toMatch(/quota exceeded.*earlier images are safe/);
     expect(await b.page.getByTestId('cell-error').last().textContent()).toMatch(/quota exceeded/);
     await b.page.reload();

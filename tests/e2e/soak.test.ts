@@ -34,21 +34,20 @@ describe('soak in the page', () => {
       const outcomes = await Promise.all(
         reqs.map((r) => {
           const { cancel, ...req } = r;
-          let asked = false;
+          let cancelled: Promise<boolean> | undefined;
           const p = api.generate(
             req,
             w.__Comlink.proxy((e: { status: string }) => {
-              if (cancel === 'mid' && e.status === 'step' && !asked) {
-                asked = true;
-                void api.cancel(r.id);
-              }
+              if (cancel === 'mid' && e.status === 'step' && !cancelled) cancelled = api.cancel(r.id);
             }),
           );
-          if (cancel === 'before') void api.cancel(r.id);
-          return p.then(
-            (v) => ({ id: r.id, metadata: v.metadata }),
-            (e: { code?: string; message: string }) => ({ id: r.id, error: { code: e.code, message: e.message } }),
-          );
+          if (cancel === 'before') cancelled = api.cancel(r.id);
+          return p
+            .then(
+              (v) => ({ id: r.id, metadata: v.metadata }),
+              (e: { code?: string; message: string }) => ({ id: r.id, error: { code: e.code, message: e.message } }),
+            )
+            .then(async (o) => ({ ...o, cancelAccepted: cancelled ? await cancelled : undefined }));
         }),
       );
       return { outcomes, pending: (await api.pending()).length, status: await api.status() };
@@ -58,9 +57,10 @@ describe('soak in the page', () => {
     // the shared checks need results: stored metadata stands in (pixels are compared below)
     const outcomes: SoakOutcome[] = raw.outcomes.map((o) => {
       const request = requests.find((r) => r.id === o.id)!;
-      if (!('metadata' in o)) return { request, error: o.error };
+      const cancelAccepted = o.cancelAccepted;
+      if (!('metadata' in o)) return { request, error: o.error, cancelAccepted };
       const m = o.metadata as unknown as GenerateResult['metadata'];
-      return { request, result: { id: o.id, width: m.width, height: m.height, rgba: new Uint8ClampedArray(m.width * m.height * 4), png: new Uint8Array(), metadata: m } };
+      return { request, cancelAccepted, result: { id: o.id, width: m.width, height: m.height, rgba: new Uint8ClampedArray(m.width * m.height * 4), png: new Uint8Array(), metadata: m } };
     });
     const report = summarize(outcomes, wallMs);
     console.log(`browser soak: ${report.completed} done, ${report.cancelled} cancelled in ${wallMs} ms`);
