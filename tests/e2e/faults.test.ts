@@ -97,8 +97,23 @@ describe('worker crash and full storage (wasm)', () => {
     await cdp.send('Storage.overrideQuotaForOrigin', { origin, quotaSize: 1 });
     const q = await cdp.send('Storage.getUsageAndQuota', { origin });
     console.log('quota override', JSON.stringify({ usage: q.usage, quota: q.quota, overrideActive: q.overrideActive }));
-    // the page sees the new quota before anything is submitted
-    await expect.poll(() => b.page.evaluate(async () => (await navigator.storage.estimate()).quota), { timeout: 10_000 }).toBe(1);
+    // Chrome applies the override with some delay: probe with a write of our own until it is refused
+    const probe = () =>
+      b.page.evaluate(
+        () =>
+          new Promise<string>((resolve) => {
+            const open = indexedDB.open('quota-probe', 1);
+            open.onupgradeneeded = () => open.result.createObjectStore('s');
+            open.onerror = () => resolve(open.error?.name ?? 'open failed');
+            open.onsuccess = () => {
+              const tx = open.result.transaction('s', 'readwrite');
+              tx.objectStore('s').put(new Uint8Array(256 * 1024), Math.random());
+              tx.oncomplete = () => (open.result.close(), resolve('written'));
+              tx.onabort = () => (open.result.close(), resolve(tx.error?.name ?? 'aborted'));
+            };
+          }),
+      );
+    await expect.poll(probe, { timeout: 30_000, interval: 500 }).toBe('QuotaExceededError');
     await submit(b.page, ['no room'], 2, 51);
     const cell = b.page.locator('[data-testid="cell"]', { hasText: 'no room' });
     await expect.poll(() => cell.getAttribute('data-state'), { timeout: 30_000 }).toMatch(/failed|done/);
