@@ -45,3 +45,14 @@ export async function openBrowser(): Promise<BrowserSession> {
     },
   };
 }
+
+/** A fresh browser on the app once its built-in model is loaded: on wasm (the default here) or webgpu. */
+export async function openApp(baseUrl: string, backend: 'wasm' | 'webgpu' = 'wasm'): Promise<BrowserSession> {
+  const b = await openBrowser();
+  await b.page.goto(backend === 'wasm' ? `${baseUrl}?backend=wasm` : baseUrl);
+  await b.page
+    .getByTestId('model-label')
+    .filter({ hasText: backend === 'wasm' ? /tiny-sd3.* · wasm/ : /tiny-sd3.* · webgpu/ })
+    .waitFor({ timeout: 120_000 });
+  return b;
+}

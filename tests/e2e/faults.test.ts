@@ -6,19 +6,11 @@
 import { decode } from 'fast-png';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import type { Page } from 'playwright-core';
+import type { ImageMetadata } from '../../workers/engine/api/types.ts';
 import { loadTinyEngine, maxPixelDiff } from '../helpers/tiny-engine.ts';
-import { openBrowser, type BrowserSession } from './chromium.ts';
+import { openApp, type BrowserSession } from './chromium.ts';
 
-interface StoredMeta {
-  id: string;
-  prompt: string;
-  negativePrompt: string;
-  seed: number;
-  steps: number;
-  guidance: number;
-  width: number;
-  height: number;
-}
+type StoredMeta = Pick<ImageMetadata, 'id' | 'prompt' | 'negativePrompt' | 'seed' | 'steps' | 'guidance' | 'width' | 'height'>;
 type PageApi = { listImages(q: object): Promise<StoredMeta[]>; getImage(id: string): Promise<{ png: Blob }> };
 
 /** Every stored image, decoded, next to the Node engine's image for the same settings. */
@@ -49,9 +41,7 @@ const done = (page: Page) => page.locator('[data-testid="cell"][data-state="done
 describe('the GPU device is lost mid-generation (webgpu)', () => {
   let b: BrowserSession;
   beforeAll(async () => {
-    b = await openBrowser();
-    await b.page.goto(inject('baseUrl'));
-    await b.page.getByTestId('model-label').filter({ hasText: /webgpu$/ }).waitFor({ timeout: 120_000 });
+    b = await openApp(inject('baseUrl'), 'webgpu');
   });
   afterAll(async () => b?.close());
 
@@ -72,9 +62,7 @@ describe('the GPU device is lost mid-generation (webgpu)', () => {
 describe('worker crash and full storage (wasm)', () => {
   let b: BrowserSession;
   beforeAll(async () => {
-    b = await openBrowser();
-    await b.page.goto(`${inject('baseUrl')}?backend=wasm`);
-    await b.page.getByTestId('model-label').filter({ hasText: /tiny-sd3/ }).waitFor({ timeout: 60_000 });
+    b = await openApp(inject('baseUrl'));
   });
   afterAll(async () => b?.close());
 

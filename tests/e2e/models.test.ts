@@ -11,7 +11,7 @@ import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { formatBytes } from '../../workers/engine/errors.ts';
 import { startModelServer, type ModelServer } from '../helpers/model-server.ts';
 import { TINY_MODEL_EXTERNAL_DIR } from '../helpers/tiny-engine.ts';
-import { openBrowser, type BrowserSession } from './chromium.ts';
+import { openApp, type BrowserSession } from './chromium.ts';
 
 const REPO = 'acme/tiny-sd3-onnx';
 const BROKEN = 'acme/broken-sd3';
@@ -48,9 +48,7 @@ describe('loading real-checkpoint style models in the page', () => {
     await cp(TINY_MODEL_EXTERNAL_DIR, join(root, 'repo', SUB), { recursive: true });
     for (const f of WEIGHT_FILES) weightBytes += (await stat(join(root, 'repo', SUB, f))).size;
     server = await startModelServer({ repos: [{ repo: REPO, folder: join(root, 'repo') }, { repo: BROKEN, folder: join(root, 'repo') }] });
-    b = await openBrowser();
-    await b.page.goto(`${inject('baseUrl')}?backend=wasm`);
-    await label().filter({ hasText: /tiny-sd3/ }).waitFor({ timeout: 60_000 });
+    b = await openApp(inject('baseUrl'));
   });
   afterAll(async () => {
     await b?.close();

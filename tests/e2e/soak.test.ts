@@ -8,14 +8,12 @@ import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { soakRequests, summarize, type SoakOutcome } from '../../bench/soak.ts';
 import type { GenerateResult } from '../../workers/engine/api/types.ts';
 import { loadTinyEngine, maxPixelDiff } from '../helpers/tiny-engine.ts';
-import { openBrowser, type BrowserSession } from './chromium.ts';
+import { openApp, type BrowserSession } from './chromium.ts';
 
 describe('soak in the page', () => {
   let b: BrowserSession;
   beforeAll(async () => {
-    b = await openBrowser();
-    await b.page.goto(`${inject('baseUrl')}?backend=wasm`);
-    await b.page.getByTestId('model-label').filter({ hasText: /tiny-sd3/ }).waitFor({ timeout: 60_000 });
+    b = await openApp(inject('baseUrl'));
   });
   afterAll(async () => b?.close());
 
