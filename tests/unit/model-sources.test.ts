@@ -231,3 +231,13 @@ describe('graph inspection and shader-f16', () => {
     }
   });
 });
+
+describe('device fit defaults', () => {
+  it('wasm keeps its 4 GB whatever GPU memory is set; webgpu takes the setting', async () => {
+    const { defaultDeviceFit, WASM_MEMORY_BYTES, DEFAULT_GPU_MEMORY_BYTES } = await import('../../workers/engine/model/device-fit.ts');
+    expect(defaultDeviceFit('wasm', { memoryBytes: 24 * 1024 ** 3 }).memoryBytes).toBe(WASM_MEMORY_BYTES);
+    expect(defaultDeviceFit('wasm', { memoryBytes: 1e6 }).memoryBytes).toBe(1e6);
+    expect(defaultDeviceFit('webgpu', { memoryBytes: 24 * 1024 ** 3 }).memoryBytes).toBe(24 * 1024 ** 3);
+    expect(defaultDeviceFit('webgpu').memoryBytes).toBe(DEFAULT_GPU_MEMORY_BYTES);
+  });
+});

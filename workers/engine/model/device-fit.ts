@@ -23,7 +23,8 @@ export const MAX_BUFFER_BYTES = 2 * 1024 ** 3;
 
 export function defaultDeviceFit(backend: BackendName, over: Partial<DeviceFit> = {}): DeviceFit {
   return {
-    memoryBytes: over.memoryBytes ?? (backend === 'wasm' ? WASM_MEMORY_BYTES : DEFAULT_GPU_MEMORY_BYTES),
+    // a GPU setting never lifts wasm32's hard 4 GB
+    memoryBytes: backend === 'wasm' ? Math.min(over.memoryBytes ?? WASM_MEMORY_BYTES, WASM_MEMORY_BYTES) : (over.memoryBytes ?? DEFAULT_GPU_MEMORY_BYTES),
     maxFileBytes: over.maxFileBytes ?? MAX_BUFFER_BYTES,
     features: over.features ?? [],
   };
