@@ -104,12 +104,20 @@ export function graphInitializers(model: Uint8Array): InitializerInfo[] {
   return out;
 }
 
-/** Distinct external data files the graph refers to, in order of first use. */
-export function externalDataLocations(model: Uint8Array): string[] {
-  return [...new Set(graphInitializers(model).flatMap((t) => (t.external ? [t.external.location] : [])))];
+export interface GraphSummary {
+  /** Distinct external data files the graph refers to, in order of first use. */
+  externalLocations: string[];
+  /** Whether any weight is stored in half precision (needs WebGPU's `shader-f16`). */
+  halfPrecision: boolean;
 }
 
-/** Whether any weight is stored in half precision (needs WebGPU's `shader-f16`). */
-export function hasHalfPrecisionWeights(model: Uint8Array): boolean {
-  return graphInitializers(model).some((t) => t.dataType === ONNX_DTYPE.FLOAT16);
+/** What the loader checks before creating a session, from one walk over the graph. */
+export function summarizeGraph(model: Uint8Array): GraphSummary {
+  const inits = graphInitializers(model);
+  return {
+    externalLocations: [...new Set(inits.flatMap((t) => (t.external ? [t.external.location] : [])))],
+    halfPrecision: inits.some((t) => t.dataType === ONNX_DTYPE.FLOAT16),
+  };
 }
+
+export const hasHalfPrecisionWeights = (model: Uint8Array): boolean => summarizeGraph(model).halfPrecision;

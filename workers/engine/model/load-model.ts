@@ -9,7 +9,7 @@ import { FlowMatchEulerScheduler, parseSchedulerConfig } from '../scheduler/flow
 import { ComponentSession, type Ort } from './component-session.ts';
 import { deviceQueue } from './run-queue.ts';
 import { checkFileSizes, checkHalfPrecision, checkModelFits, defaultDeviceFit, estimateNeeds, type DeviceFit, type ModelNeeds } from './device-fit.ts';
-import { externalDataLocations, hasHalfPrecisionWeights } from './graph-info.ts';
+import { hasHalfPrecisionWeights, summarizeGraph, type GraphSummary } from './graph-info.ts';
 import type { ByteProgress, ModelFiles } from './model-files.ts';
 import { familyDefaults, parseTransformerConfig, parseVaeConfig, penultimateOutput, type TransformerConfig, type VaeConfig } from './model-config.ts';
 import { PromptTokenizer } from './tokenizers.ts';
@@ -146,15 +146,14 @@ export async function loadModel(files: ModelFiles, opts: LoadOptions): Promise<L
     const graph = graphSize <= PLAN_GRAPH_MAX_BYTES ? await readTracked(graphPath) : null;
     const data: ComponentPlan['data'] = [];
     if (graph) {
-      let locations: string[];
+      let summary: GraphSummary;
       try {
-        locations = externalDataLocations(graph);
-        checkHalfPrecision(graphPath, hasHalfPrecisionWeights(graph), backend, fit);
+        summary = summarizeGraph(graph);
       } catch (e) {
-        if (e instanceof ModelLoadError) throw e;
         throw new ModelLoadError(graphPath, `not an ONNX model (${(e as Error).message})`);
       }
-      for (const location of locations) {
+      checkHalfPrecision(graphPath, summary.halfPrecision, backend, fit);
+      for (const location of summary.externalLocations) {
         const path = `${folder}/${location}`;
         const size = await files.size(path);
         if (size === null) throw new ModelLoadError(path, `the graph's external data file is missing`);
