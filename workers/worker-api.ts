@@ -111,20 +111,16 @@ export class WorkerApi {
     });
   }
 
-  private readonly inFlight = new Map<string, AbortController>();
-  /** Accepted requests already handed to the engine. */
-  private readonly submitted = new Set<string>();
+  /** Accepted requests until they end: how to stop them, and whether the engine has them yet. */
+  private readonly inFlight = new Map<string, { ctl: AbortController; submitted: boolean }>();
 
   private async cancellable<T>(id: string, f: (signal: AbortSignal) => Promise<T>): Promise<T> {
-    const ctl = new AbortController();
-    this.inFlight.set(id, ctl);
+    const entry = { ctl: new AbortController(), submitted: false };
+    this.inFlight.set(id, entry);
     try {
-      return await f(ctl.signal);
+      return await f(entry.ctl.signal);
     } finally {
-      if (this.inFlight.get(id) === ctl) {
-        this.inFlight.delete(id);
-        this.submitted.delete(id);
-      }
+      if (this.inFlight.get(id) === entry) this.inFlight.delete(id);
     }
   }
 
@@ -148,7 +144,8 @@ export class WorkerApi {
   private async run(engine: Engine, store: ImageStore, req: QueuedRequest['request'], onProgress?: ProgressCallback, preview?: boolean, signal?: AbortSignal): Promise<GenerateReply> {
     let result;
     try {
-      this.submitted.add(req.id);
+      const entry = this.inFlight.get(req.id);
+      if (entry) entry.submitted = true;
       result = await engine.generate(req, { onProgress: transferProgress(onProgress), preview, signal });
     } catch (e) {
       // a cancelled or failed request leaves the queue; only unfinished work is replayed
@@ -160,14 +157,14 @@ export class WorkerApi {
   }
 
   async cancel(id: string): Promise<boolean> {
-    const ctl = this.inFlight.get(id);
-    if (!ctl) {
+    const entry = this.inFlight.get(id);
+    if (!entry) {
       await (await this.store).dequeue(id); // queued before a reload, not running now
       return false;
     }
     if (this.engine?.cancel(id)) return true; // queued or running in the engine
-    if (this.submitted.has(id)) return false; // finished: its image is being stored
-    ctl.abort(new CancelledError(id)); // accepted, not yet in the engine: it never starts
+    if (entry.submitted) return false; // finished: its image is being stored
+    entry.ctl.abort(new CancelledError(id)); // accepted, not yet in the engine: it never starts
     return true;
   }
 
@@ -185,7 +182,7 @@ export class WorkerApi {
 
   /** Wipes every stored image, queued request and cached model file. */
   async deleteAllData(): Promise<void> {
-    for (const [id, ctl] of this.inFlight) ctl.abort(new CancelledError(id));
+    for (const [id, { ctl }] of this.inFlight) ctl.abort(new CancelledError(id));
     await (await this.store).clear();
     await this.engine?.options.fileCache?.clear();
   }

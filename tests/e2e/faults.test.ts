@@ -3,29 +3,15 @@
 // full. Each time the user is told, nothing accepted or stored is lost, and
 // interrupted requests finish from their seeds with the images an undisturbed
 // run gives (compared with the Node engine on wasm).
-import { decode } from 'fast-png';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import type { Page } from 'playwright-core';
-import type { ImageMetadata } from '../../workers/engine/api/types.ts';
-import { loadTinyEngine, maxPixelDiff } from '../helpers/tiny-engine.ts';
 import { openApp, type BrowserSession } from './chromium.ts';
+import { diffFromNode, storedImages } from './page-images.ts';
 
-type StoredMeta = Pick<ImageMetadata, 'id' | 'prompt' | 'negativePrompt' | 'seed' | 'steps' | 'guidance' | 'width' | 'height'>;
-type PageApi = { listImages(q: object): Promise<StoredMeta[]>; getImage(id: string): Promise<{ png: Blob }> };
-
-/** Every stored image, decoded, next to the Node engine's image for the same settings. */
+/** Every stored image against the Node engine's image for the same settings. */
 async function compareWithNode(page: Page): Promise<{ prompt: string; diff: number }[]> {
-  const images = await page.evaluate(async () => {
-    const api = (window as unknown as { __engine: PageApi }).__engine;
-    return Promise.all((await api.listImages({})).map(async (m) => ({ ...m, png: Array.from(new Uint8Array(await (await api.getImage(m.id)).png.arrayBuffer())) })));
-  });
-  const engine = await loadTinyEngine();
   const out = [];
-  for (const { prompt, negativePrompt, seed, steps, guidance, width, height, png } of images) {
-    const img = decode(Uint8Array.from(png));
-    const ref = await engine.generate({ prompt, negativePrompt, seed, steps, guidance, width, height });
-    out.push({ prompt, diff: maxPixelDiff(new Uint8ClampedArray(img.data.buffer, img.data.byteOffset, img.data.byteLength), ref.rgba) });
-  }
+  for (const img of await storedImages(page)) out.push({ prompt: img.prompt, diff: (await diffFromNode(img.png, img)).diff });
   return out;
 }
 

@@ -3,15 +3,12 @@
 // while the app is loading its model on webgpu at the same time (WebGPU refuses
 // two session creates at once: both must go through the device queue); and the
 // app generates through the UI on webgpu, matching the Node wasm engine.
-import { decode } from 'fast-png';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
-import { loadTinyEngine, maxPixelDiff } from '../helpers/tiny-engine.ts';
 import { openBrowser, type BrowserSession } from './chromium.ts';
+import { diffFromNode, storedImages } from './page-images.ts';
 
 interface PageApi {
   checkBackends(url: string): Promise<unknown>;
-  listImages(q: object): Promise<{ id: string; seed: number; prompt: string; negativePrompt: string; guidance: number; width: number; height: number; steps: number; backend: string }[]>;
-  getImage(id: string): Promise<{ png: Blob }>;
 }
 
 describe('foundation in Chromium with WebGPU', () => {
@@ -59,22 +56,14 @@ describe('foundation in Chromium with WebGPU', () => {
     await b.page.getByTestId('seed').fill('7');
     await b.page.getByTestId('generate').click();
     await b.page.locator('[data-testid="cell"][data-state="done"]').nth(1).waitFor({ timeout: 200_000 });
-    const images = await b.page.evaluate(async () => {
-      const api = (window as unknown as { __engine: PageApi }).__engine;
-      const list = await api.listImages({});
-      return Promise.all(list.map(async (m) => ({ ...m, png: Array.from(new Uint8Array(await (await api.getImage(m.id)).png.arrayBuffer())) })));
-    });
+    const images = await storedImages(b.page);
     expect(images).toHaveLength(2);
-    const engine = await loadTinyEngine();
     for (const img of images) {
       expect(img.backend).toBe('webgpu');
-      const gpu = decode(Uint8Array.from(img.png));
-      const { prompt, negativePrompt, seed, steps, guidance, width, height } = img;
-      const cpu = await engine.generate({ prompt, negativePrompt, seed, steps, guidance, width, height });
       // fp32 on two backends: a level or two apart at most, not another image
-      const diff = maxPixelDiff(new Uint8ClampedArray(gpu.data.buffer, gpu.data.byteOffset, gpu.data.byteLength), cpu.rgba);
+      const { diff, channels } = await diffFromNode(img.png, img);
       console.log(`webgpu vs wasm pixels (${img.prompt}): max diff ${diff}`);
-      expect(gpu.channels).toBe(4);
+      expect(channels).toBe(4);
       expect(diff).toBeLessThanOrEqual(3);
     }
   });

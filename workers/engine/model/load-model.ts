@@ -9,6 +9,7 @@ import { FlowMatchEulerScheduler, parseSchedulerConfig } from '../scheduler/flow
 import { ComponentSession, type Ort } from './component-session.ts';
 import { deviceQueue } from './run-queue.ts';
 import { checkFileSizes, checkHalfPrecision, checkModelFits, defaultDeviceFit, estimateNeeds, type DeviceFit, type ModelNeeds } from './device-fit.ts';
+import { CachedModelFiles } from './file-cache.ts';
 import { hasHalfPrecisionWeights, summarizeGraph, type GraphSummary } from './graph-info.ts';
 import type { ByteProgress, ModelFiles } from './model-files.ts';
 import { familyDefaults, parseTransformerConfig, parseVaeConfig, penultimateOutput, type TransformerConfig, type VaeConfig } from './model-config.ts';
@@ -127,7 +128,7 @@ export async function loadModel(files: ModelFiles, opts: LoadOptions): Promise<L
   const created: ComponentSession[] = [];
   const queue = deviceQueue(ort);
   const progress = new LoadProgress(opts.onProgress);
-  const cachedPaths = (files as { hits?: Set<string> }).hits;
+  const cachedPaths = files instanceof CachedModelFiles ? files.hits : undefined;
 
   const readTracked = async (path: string): Promise<Uint8Array> => {
     const before = cachedPaths?.has(path) ?? false;
