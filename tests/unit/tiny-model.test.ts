@@ -5,7 +5,7 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import * as ort from 'onnxruntime-web';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { tinyModelFiles } from '../../tools/tiny-model/build.ts';
+import { tinyModelFiles } from '../../tools/model-builder/build.ts';
 import { TINY_MODEL_DIR, TINY_MODEL_EXTERNAL_DIR } from '../helpers/tiny-engine.ts';
 
 ort.env.wasm.numThreads = 1;

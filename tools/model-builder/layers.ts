@@ -1,6 +1,11 @@
-// Neural-network building blocks expressed as ONNX opset-17 subgraphs.
-// Opset 17 has no Gelu and no GroupNormalization: both are composed here.
+// Neural-network building blocks expressed as ONNX opset-17 subgraphs, in the
+// graph's float type (fp32 or fp16). Opset 17 has no Gelu and no
+// GroupNormalization: both are composed here. Attention comes decomposed
+// (MatMul, Softmax, MatMul: what torch.onnx / Optimum export) or fused into
+// onnxruntime's com.microsoft.MultiHeadAttention (what Olive exports carry).
 import { Graph } from './onnx-graph.ts';
+
+export type AttentionKind = 'decomposed' | 'fused';
 
 /** y = x W (+ b); W is [in, out], scaled 1/sqrt(in) so activations stay O(1). */
 export function linear(g: Graph, x: string, name: string, inDim: number, outDim: number, bias = true, gain = 1): string {
@@ -45,6 +50,12 @@ export function geluTanh(g: Graph, x: string): string {
   return g.op('Mul', [g.op('Mul', [x, t]), g.floats([0.5])]);
 }
 
+/** Exact GELU (OpenCLIP bigG's activation): 0.5x(1 + erf(x / sqrt 2)). */
+export function geluErf(g: Graph, x: string): string {
+  const e = g.op('Erf', [g.op('Mul', [x, g.floats([Math.SQRT1_2])])]);
+  return g.op('Mul', [g.op('Mul', [x, g.op('Add', [e, g.floats([1])])]), g.floats([0.5])]);
+}
+
 /** CLIP's quick GELU: x * sigmoid(1.702 x). */
 export const quickGelu = (g: Graph, x: string) => g.op('Mul', [x, g.op('Sigmoid', [g.op('Mul', [x, g.floats([1.702])])])]);
 
@@ -53,15 +64,35 @@ function splitHeads(g: Graph, x: string, heads: number, headDim: number): string
   return g.op('Transpose', [g.op('Reshape', [x, g.ints([0, 0, heads, headDim])])], { perm: [0, 2, 1, 3] });
 }
 
-/** Multi-head scaled dot-product attention over [B,S,D] q/k/v; `mask` is added to the scores. */
-export function attention(g: Graph, q: string, k: string, v: string, heads: number, headDim: number, opts: { mask?: string; scale?: number } = {}): string {
+export interface AttentionOptions {
+  /** Added to the scores, broadcast over batch and heads: [S, T]. */
+  mask?: string;
+  scale?: number;
+  kind?: AttentionKind;
+}
+
+/** Multi-head scaled dot-product attention over [B,S,D] q/k/v; returns [B,S,D]. */
+export function attention(g: Graph, q: string, k: string, v: string, heads: number, headDim: number, opts: AttentionOptions = {}): string {
+  const scale = opts.scale ?? 1 / Math.sqrt(headDim);
+  if (opts.kind === 'fused') {
+    const inputs = [q, k, v];
+    // MultiHeadAttention's inputs: query, key, value, bias, key_padding_mask, attention_bias [1|B, 1|N, S, T]
+    if (opts.mask) inputs.push('', '', g.op('Unsqueeze', [opts.mask, g.ints([0, 1])]));
+    return g.msOp('MultiHeadAttention', inputs, { num_heads: heads, scale: { float: scale } });
+  }
   const qh = splitHeads(g, q, heads, headDim);
   const kt = g.op('Transpose', [g.op('Reshape', [k, g.ints([0, 0, heads, headDim])])], { perm: [0, 2, 3, 1] });
   const vh = splitHeads(g, v, heads, headDim);
-  let scores = g.op('Mul', [g.op('MatMul', [qh, kt]), g.floats([opts.scale ?? 1 / Math.sqrt(headDim)])]);
+  let scores = g.op('Mul', [g.op('MatMul', [qh, kt]), g.floats([scale])]);
   if (opts.mask) scores = g.op('Add', [scores, opts.mask]);
   const out = g.op('MatMul', [g.op('Softmax', [scores], { axis: -1 }), vh]);
   return g.op('Reshape', [g.op('Transpose', [out], { perm: [0, 2, 1, 3] }), g.ints([0, 0, heads * headDim])]);
+}
+
+/** RMSNorm of each head's [hd] slice of a [B,S,H*hd] tensor (SD3.5's qk_norm "rms_norm"). */
+export function headRmsNorm(g: Graph, x: string, name: string, heads: number, headDim: number): string {
+  const perHead = g.op('Reshape', [x, g.ints([0, 0, heads, headDim])]);
+  return g.op('Reshape', [rmsNorm(g, perHead, name, headDim), g.ints([0, 0, heads * headDim])]);
 }
 
 export function conv2d(g: Graph, x: string, name: string, inCh: number, outCh: number, kernel: number, opts: { stride?: number; pads?: number[]; gain?: number } = {}): string {
@@ -91,6 +122,18 @@ export function resnetBlock(g: Graph, x: string, name: string, inCh: number, out
   h = conv2d(g, silu(g, groupNorm(g, h, `${name}.norm2`, outCh, groups)), `${name}.conv2`, outCh, outCh, 3);
   const skip = inCh === outCh ? x : conv2d(g, x, `${name}.conv_shortcut`, inCh, outCh, 1);
   return g.op('Add', [skip, h]);
+}
+
+/** diffusers' VAE mid-block attention: GroupNorm, one head over all pixels, output projection, residual. */
+export function vaeAttention(g: Graph, x: string, name: string, channels: number, groups: number, kind: AttentionKind): string {
+  const h = groupNorm(g, x, `${name}.group_norm`, channels, groups);
+  const tokens = g.op('Transpose', [g.op('Reshape', [h, g.ints([0, channels, -1])])], { perm: [0, 2, 1] }); // [B, HW, C]
+  const q = linear(g, tokens, `${name}.to_q`, channels, channels);
+  const k = linear(g, tokens, `${name}.to_k`, channels, channels);
+  const v = linear(g, tokens, `${name}.to_v`, channels, channels);
+  const o = linear(g, attention(g, q, k, v, 1, channels, { kind }), `${name}.to_out.0`, channels, channels);
+  const back = g.op('Reshape', [g.op('Transpose', [o], { perm: [0, 2, 1] }), g.op('Shape', [x])]);
+  return g.op('Add', [back, x]);
 }
 
 /** Index 1-D int64 `shape` at `i`, keeping a 1-element tensor (for Concat into new shapes). */
