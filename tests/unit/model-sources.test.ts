@@ -232,6 +232,29 @@ describe('graph inspection and shader-f16', () => {
   });
 });
 
+describe('export contract', () => {
+  it('a graph whose input the engine cannot feed is refused at load, naming the file and the input; the loaded model keeps working', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'sd3-contract-'));
+    try {
+      await cp(TINY_MODEL_DIR, dir, { recursive: true });
+      const path = join(dir, 'transformer', 'model.onnx');
+      const model = onnx.ModelProto.decode(await readFile(path));
+      const input = model.graph!.input!.find((i) => i.name === 'timestep')!;
+      input.name = 't';
+      for (const n of model.graph!.node!) n.input = n.input!.map((x) => (x === 'timestep' ? 't' : x));
+      await writeFile(path, onnx.ModelProto.encode(model).finish());
+      const engine = await loadTinyEngine();
+      const err = await engine.load({ kind: 'path', path: dir }).catch((e: unknown) => e);
+      expect(err).toMatchObject({ code: 'model_load', file: 'transformer/model.onnx' });
+      expect((err as Error).message).toMatch(/has no input timestep \(inputs: hidden_states, encoder_hidden_states, pooled_projections, t\)/);
+      expect(engine.model!.info.id).toBe('tiny-sd3');
+      expect((await engine.generate({ prompt: 'still serving', seed: 1, steps: 1 })).rgba.length).toBe(64 * 64 * 4);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+});
+
 describe('device fit defaults', () => {
   it('wasm keeps its 4 GB whatever GPU memory is set; webgpu takes the setting', async () => {
     const { defaultDeviceFit, WASM_MEMORY_BYTES, DEFAULT_GPU_MEMORY_BYTES } = await import('../../workers/engine/model/device-fit.ts');

@@ -1,7 +1,11 @@
 // One onnxruntime-web session per model component, created once per loaded
 // model and shared by every request; all its runs go through the device queue
 // (see run-queue.ts), and it counts its own calls so tests can see them.
+// Element types come from the model: a float32 feed goes in as float16 where
+// the graph declares float16 (fp16 exports), and float16 outputs come back as
+// float32, so the engine's own math is always float32.
 import type * as ortTypes from 'onnxruntime-web';
+import { fromHalf, toHalf } from './float16.ts';
 import { RunQueue } from './run-queue.ts';
 
 export type Ort = typeof ortTypes;
@@ -16,14 +20,20 @@ export class ComponentSession {
   maxInFlight = 0;
   private inFlight = 0;
 
+  /** Inputs the graph declares as float16. */
+  private readonly halfInputs: Set<string>;
+
   constructor(
     readonly name: string,
     private readonly session: ortTypes.InferenceSession,
+    private readonly ort: { Tensor: typeof ortTypes.Tensor },
     /** Bytes of the graph and its external data. */
     readonly weightBytes: number,
     /** Shared by every session of the same onnxruntime module. */
     readonly queue: RunQueue,
-  ) {}
+  ) {
+    this.halfInputs = new Set(session.inputMetadata.filter((m) => m.isTensor && m.type === 'float16').map((m) => m.name));
+  }
 
   get inputNames(): readonly string[] {
     return this.session.inputNames;
@@ -40,15 +50,43 @@ export class ComponentSession {
     return meta.type;
   }
 
+  /** Element type of an output as the session declares it. */
+  outputType(name: string): ortTypes.Tensor.Type {
+    const meta = this.session.outputMetadata.find((m) => m.name === name);
+    if (!meta || !meta.isTensor) throw new Error(`${this.name} has no tensor output ${name}`);
+    return meta.type;
+  }
+
+  /** float32 feeds become float16 where the graph wants float16. */
+  private typedFeeds(feeds: Feeds): Feeds {
+    if (!this.halfInputs.size) return feeds;
+    const out: Feeds = {};
+    for (const [name, t] of Object.entries(feeds)) {
+      out[name] = this.halfInputs.has(name) && t.type === 'float32' ? new this.ort.Tensor('float16', toHalf(t.data as Float32Array), t.dims) : t;
+    }
+    return out;
+  }
+
+  /** float16 outputs become float32 (the float16 tensors are released). */
+  private float32Outputs(outputs: Feeds): Feeds {
+    for (const [name, t] of Object.entries(outputs)) {
+      if (t.type !== 'float16') continue;
+      outputs[name] = new this.ort.Tensor('float32', fromHalf(t.data as ArrayLike<number>), t.dims);
+      t.dispose();
+    }
+    return outputs;
+  }
+
   /** Runs the session behind its queue; the caller owns (and must dispose) the outputs. */
   run(feeds: Feeds, outputNames?: readonly string[]): Promise<Feeds> {
     return this.queue.run(async () => {
       this.maxInFlight = Math.max(this.maxInFlight, ++this.inFlight);
       try {
-        const out = outputNames ? await this.session.run(feeds, outputNames) : await this.session.run(feeds);
+        const typed = this.typedFeeds(feeds);
+        const out = outputNames ? await this.session.run(typed, outputNames) : await this.session.run(typed);
         this.runs++;
         this.rows += Object.values(feeds)[0]?.dims[0] ?? 0;
-        return out as Feeds;
+        return this.float32Outputs(out as Feeds);
       } finally {
         this.inFlight--;
       }

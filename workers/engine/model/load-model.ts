@@ -122,6 +122,33 @@ class LoadProgress {
   }
 }
 
+/** The export contract's inputs and outputs per component, with the element types the engine can feed and read. */
+const FLOATS = ['float32', 'float16'];
+const CONTRACT: Record<string, { inputs: Record<string, string[]>; outputs: Record<string, string[]> }> = {
+  transformer: {
+    inputs: { hidden_states: FLOATS, encoder_hidden_states: FLOATS, pooled_projections: FLOATS, timestep: FLOATS },
+    outputs: { out_hidden_states: FLOATS },
+  },
+  vae_decoder: { inputs: { latent_sample: FLOATS }, outputs: { sample: FLOATS } },
+  text_encoder: { inputs: { input_ids: ['int32', 'int64'] }, outputs: { text_embeds: FLOATS } },
+  text_encoder_2: { inputs: { input_ids: ['int32', 'int64'] }, outputs: { text_embeds: FLOATS } },
+  text_encoder_3: { inputs: { input_ids: ['int32', 'int64'] }, outputs: { last_hidden_state: FLOATS } },
+};
+
+/** A graph whose inputs or outputs the engine cannot feed or read is refused at load, naming the file and the tensor. */
+function checkContract(c: ComponentSession, graphPath: string): void {
+  const contract = CONTRACT[c.name];
+  if (!contract) return;
+  for (const [kind, names] of [['input', contract.inputs], ['output', contract.outputs]] as const) {
+    const present = kind === 'input' ? c.inputNames : c.outputNames;
+    for (const [name, types] of Object.entries(names)) {
+      if (!present.includes(name)) throw new ModelLoadError(graphPath, `has no ${kind} ${name} (${kind}s: ${present.join(', ')}); SD3 exports in Optimum's layout name it so`);
+      const type = kind === 'input' ? c.inputType(name) : c.outputType(name);
+      if (!types.includes(type)) throw new ModelLoadError(graphPath, `${kind} ${name} is ${type}; the engine handles ${types.join(' or ')}`);
+    }
+  }
+}
+
 export async function loadModel(files: ModelFiles, opts: LoadOptions): Promise<LoadedModel> {
   const { ort, backend } = opts;
   const fit = defaultDeviceFit(backend, opts.fit);
@@ -184,8 +211,9 @@ export async function loadModel(files: ModelFiles, opts: LoadOptions): Promise<L
       throw new ModelLoadError(plan.graphPath, `onnxruntime could not create a session (${(e as Error).message ?? e})`);
     }
     const bytes = graph.byteLength + externalData.reduce((a, d) => a + d.data.byteLength, 0);
-    const c = new ComponentSession(plan.folder, s, bytes, queue);
+    const c = new ComponentSession(plan.folder, s, ort, bytes, queue);
     created.push(c);
+    checkContract(c, plan.graphPath);
     return c;
   };
 
