@@ -1,11 +1,20 @@
 // What the loader needs to know about a serialized ONNX graph before handing
-// it to onnxruntime: its weights' element types (fp16 needs `shader-f16`) and
-// where external weights live (file, offset, length). A minimal protobuf walk
-// over ModelProto -> GraphProto -> TensorProto: weight bytes are skipped by
-// length, never copied, so it costs little even on a large inline graph.
+// it to onnxruntime: its weights' element types (fp16 needs `shader-f16`),
+// where external weights live (file, offset, length), and its nodes (for the
+// attention rewrite). A protobuf walk over ModelProto -> GraphProto: weight
+// bytes are skipped by length, never copied, so it costs little even on a
+// large inline graph.
+import { readFields, readInt64, readString, Reader, WIRE, type Field } from './protobuf.ts';
 
 /** TensorProto.DataType values the loader cares about. */
-export const ONNX_DTYPE = { FLOAT: 1, FLOAT16: 10, BFLOAT16: 16 } as const;
+export const ONNX_DTYPE = { FLOAT: 1, INT64: 7, FLOAT16: 10, BFLOAT16: 16 } as const;
+
+/** Field numbers of the ONNX messages read here (onnx.proto). */
+export const MODEL = { graph: 7, opsetImport: 8 } as const;
+export const GRAPH = { node: 1, initializer: 5 } as const;
+export const NODE = { input: 1, output: 2, name: 3, opType: 4, attribute: 5, domain: 7 } as const;
+export const ATTRIBUTE = { name: 1, f: 2, i: 3, type: 20 } as const;
+export const TENSOR = { dims: 1, dataType: 2, name: 8, rawData: 9, externalData: 13, dataLocation: 14 } as const;
 
 export interface ExternalRef {
   location: string;
@@ -21,66 +30,22 @@ export interface InitializerInfo {
   external?: ExternalRef;
 }
 
-const WIRE = { VARINT: 0, I64: 1, LEN: 2, I32: 5 } as const;
-
-class Reader {
-  pos: number;
-  constructor(
-    readonly buf: Uint8Array,
-    start = 0,
-    readonly end = buf.length,
-  ) {
-    this.pos = start;
-  }
-  varint(): number {
-    let result = 0;
-    let mul = 1;
-    for (;;) {
-      if (this.pos >= this.end) throw new Error('truncated varint');
-      const b = this.buf[this.pos++];
-      result += (b & 0x7f) * mul; // arithmetic, not bit ops: values may pass 2^31
-      if (!(b & 0x80)) return result;
-      mul *= 128;
-    }
-  }
-  /** Calls `onField` for each field; LEN fields get a sub-range, others their value. */
-  fields(onField: (field: number, wire: number, value: number, start: number, end: number) => void): void {
-    while (this.pos < this.end) {
-      const key = this.varint();
-      const field = Math.floor(key / 8);
-      const wire = key & 7;
-      if (wire === WIRE.VARINT) onField(field, wire, this.varint(), 0, 0);
-      else if (wire === WIRE.LEN) {
-        const len = this.varint();
-        const start = this.pos;
-        this.pos += len;
-        if (this.pos > this.end) throw new Error('truncated field');
-        onField(field, wire, len, start, this.pos);
-      } else if (wire === WIRE.I64) this.pos += 8;
-      else if (wire === WIRE.I32) this.pos += 4;
-      else throw new Error(`unsupported wire type ${wire}`);
-    }
-  }
-}
-
-const utf8 = new TextDecoder();
-
 function tensorInfo(buf: Uint8Array, start: number, end: number): InitializerInfo {
   const info: InitializerInfo = { name: '', dataType: 0, dims: [] };
   const ext: Record<string, string> = {};
-  new Reader(buf, start, end).fields((field, wire, value, s, e) => {
-    if (field === 1 && wire === WIRE.VARINT) info.dims.push(value);
-    else if (field === 1 && wire === WIRE.LEN) {
-      const r = new Reader(buf, s, e);
-      while (r.pos < e) info.dims.push(r.varint());
-    } else if (field === 2) info.dataType = value;
-    else if (field === 8) info.name = utf8.decode(buf.subarray(s, e));
-    else if (field === 13) {
+  new Reader(buf, start, end).fields((f) => {
+    if (f.field === TENSOR.dims && f.wire === WIRE.VARINT) info.dims.push(f.value);
+    else if (f.field === TENSOR.dims && f.wire === WIRE.LEN) {
+      const r = new Reader(buf, f.dataStart, f.dataEnd);
+      while (r.pos < f.dataEnd) info.dims.push(r.varint());
+    } else if (f.field === TENSOR.dataType) info.dataType = f.value;
+    else if (f.field === TENSOR.name) info.name = readString(buf, f);
+    else if (f.field === TENSOR.externalData) {
       let k = '';
       let v = '';
-      new Reader(buf, s, e).fields((f, _w, _v, ss, ee) => {
-        if (f === 1) k = utf8.decode(buf.subarray(ss, ee));
-        else if (f === 2) v = utf8.decode(buf.subarray(ss, ee));
+      new Reader(buf, f.dataStart, f.dataEnd).fields((e) => {
+        if (e.field === 1) k = readString(buf, e);
+        else if (e.field === 2) v = readString(buf, e);
       });
       ext[k] = v;
     }
@@ -89,18 +54,65 @@ function tensorInfo(buf: Uint8Array, start: number, end: number): InitializerInf
   return info;
 }
 
+/** The GraphProto inside a ModelProto. Throws on a buffer that is not a ModelProto. */
+export function graphField(model: Uint8Array): Field {
+  const graph = readFields(model).find((f) => f.field === MODEL.graph && f.wire === WIRE.LEN);
+  if (!graph) throw new Error('no graph in this file (not an ONNX model)');
+  return graph;
+}
+
 /** Every initializer of the main graph, in order. Throws on a buffer that is not a ModelProto. */
 export function graphInitializers(model: Uint8Array): InitializerInfo[] {
+  const g = graphField(model);
   const out: InitializerInfo[] = [];
-  let sawGraph = false;
-  new Reader(model).fields((field, wire, _v, s, e) => {
-    if (field !== 7 || wire !== WIRE.LEN) return;
-    sawGraph = true;
-    new Reader(model, s, e).fields((gf, gw, _gv, gs, ge) => {
-      if (gf === 5 && gw === WIRE.LEN) out.push(tensorInfo(model, gs, ge));
-    });
+  new Reader(model, g.dataStart, g.dataEnd).fields((f) => {
+    if (f.field === GRAPH.initializer && f.wire === WIRE.LEN) out.push(tensorInfo(model, f.dataStart, f.dataEnd));
   });
-  if (!sawGraph) throw new Error('no graph in this file (not an ONNX model)');
+  return out;
+}
+
+export interface NodeInfo {
+  opType: string;
+  domain: string;
+  inputs: string[];
+  outputs: string[];
+  /** Integer and float attributes by name (what the rewrites read). */
+  ints: Record<string, number>;
+  floats: Record<string, number>;
+  /** The NodeProto field in the model's buffer, to copy it unchanged. */
+  field: Field;
+}
+
+function nodeInfo(buf: Uint8Array, f: Field): NodeInfo {
+  const node: NodeInfo = { opType: '', domain: '', inputs: [], outputs: [], ints: {}, floats: {}, field: f };
+  new Reader(buf, f.dataStart, f.dataEnd).fields((n) => {
+    if (n.field === NODE.input) node.inputs.push(readString(buf, n));
+    else if (n.field === NODE.output) node.outputs.push(readString(buf, n));
+    else if (n.field === NODE.opType) node.opType = readString(buf, n);
+    else if (n.field === NODE.domain) node.domain = readString(buf, n);
+    else if (n.field === NODE.attribute) {
+      let name = '';
+      let i: number | undefined;
+      let fl: number | undefined;
+      new Reader(buf, n.dataStart, n.dataEnd).fields((a) => {
+        if (a.field === ATTRIBUTE.name) name = readString(buf, a);
+        else if (a.field === ATTRIBUTE.i && a.wire === WIRE.VARINT) i = readInt64(buf, a);
+        else if (a.field === ATTRIBUTE.f && a.wire === WIRE.I32) fl = new DataView(buf.buffer, buf.byteOffset + a.start + 1, 4).getFloat32(0, true);
+      });
+      if (i !== undefined) node.ints[name] = i;
+      if (fl !== undefined) node.floats[name] = fl;
+    }
+  });
+  return node;
+}
+
+/** Every node of the main graph, in order. */
+export function graphNodes(model: Uint8Array): NodeInfo[] {
+  const g = graphField(model);
+  const out: NodeInfo[] = [];
+  new Reader(model, g.dataStart, g.dataEnd).fields((f) => {
+    if (f.field === GRAPH.node && f.wire === WIRE.LEN) out.push(nodeInfo(model, f));
+  });
   return out;
 }
 
@@ -109,7 +121,11 @@ export interface GraphSummary {
   externalLocations: string[];
   /** Whether any weight is stored in half precision (needs WebGPU's `shader-f16`). */
   halfPrecision: boolean;
+  /** Bytes of the largest weight: the most a streaming loader holds at once. */
+  largestTensorBytes: number;
 }
+
+const ELEMENT_BYTES: Record<number, number> = { 1: 4, 2: 1, 3: 1, 4: 2, 5: 2, 6: 4, 7: 8, 9: 1, 10: 2, 11: 8, 12: 4, 13: 8, 16: 2 };
 
 /** What the loader checks before creating a session, from one walk over the graph. */
 export function summarizeGraph(model: Uint8Array): GraphSummary {
@@ -117,6 +133,7 @@ export function summarizeGraph(model: Uint8Array): GraphSummary {
   return {
     externalLocations: [...new Set(inits.flatMap((t) => (t.external ? [t.external.location] : [])))],
     halfPrecision: inits.some((t) => t.dataType === ONNX_DTYPE.FLOAT16),
+    largestTensorBytes: Math.max(0, ...inits.map((t) => t.external?.length ?? t.dims.reduce((a, b) => a * b, 1) * (ELEMENT_BYTES[t.dataType] ?? 4))),
   };
 }
 
