@@ -12,7 +12,7 @@ import type { GenerateRequest } from '../workers/engine/api/types.ts';
 import type { Engine } from '../workers/engine/engine.ts';
 import { createNodeEngine, ort } from '../workers/engine/node.ts';
 import { decodeLatents, rgbaToPng } from '../workers/engine/sd3/decode.ts';
-import { predictVelocities } from '../workers/engine/sd3/denoise-step.ts';
+import { combineGuidance, predictRows } from '../workers/engine/sd3/denoise-step.ts';
 import { encodePrompts } from '../workers/engine/sd3/encode-prompt.ts';
 import { RequestRng } from '../workers/engine/rng.ts';
 import { runSoak, soakRequests } from './soak.ts';
@@ -112,8 +112,8 @@ async function byHand(engine: Engine, r: GenerateRequest, size: number): Promise
   const latents = new RequestRng(r.seed!).normal(shape[0] * lat * lat);
   const sched = m.scheduler.cloneForRequest({ steps: r.steps! });
   while (!sched.done) {
-    const [v] = await predictVelocities(m, ort, [{ latents, timestep: sched.timestep, guidance: m.info.defaults.guidance, uncond, cond }], shape);
-    sched.step(latents, v);
+    const [vu, vc] = await predictRows(m, ort, [{ latents, timestep: sched.timestep, embedding: uncond }, { latents, timestep: sched.timestep, embedding: cond }], shape);
+    sched.step(latents, combineGuidance(vu, vc, m.info.defaults.guidance, vu));
   }
   const [rgba] = await decodeLatents(m, ort, [latents], lat, lat);
   rgbaToPng(rgba, size, size); // the engine's product is a PNG too

@@ -1,18 +1,26 @@
 // The CLI on the same engine as the app (Node, onnxruntime-web's wasm backend).
 //   npm run generate -- --model <folder|url|hf:owner/repo> --prompt "..." --seed 7 --steps 4 --size 64 --out out.png
 //   npm run generate -- --model <...> --prompts prompts.txt --concurrency 8 --out-dir out/
+//   npm run generate -- --model <...> --plan [--size N] [--guidance G] [--gpu-memory GB]   (memory plan as JSON, no weights downloaded)
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import type { GenerateRequest, GenerateResult } from '../workers/engine/api/types.ts';
-import { EngineError } from '../workers/engine/errors.ts';
-import { createNodeEngine, parseModelArg } from '../workers/engine/node.ts';
+import { EngineError, ModelTooLargeError } from '../workers/engine/errors.ts';
+import { DEFAULT_MAX_ACTIVE } from '../workers/engine/interleaver/interleaver.ts';
+import { planReport, refusedModelReport } from '../workers/engine/memory/plan-report.ts';
+import { planModel } from '../workers/engine/model/load-model.ts';
+import { createNodeEngine, openNodeModelFiles, parseModelArg } from '../workers/engine/node.ts';
 import { defaultNodeCacheFolder, nodeFileCache } from '../workers/engine/model/node-file-cache.ts';
 
 const USAGE = `usage: npm run generate -- --model <folder|url|hf:owner/repo> (--prompt TEXT --out FILE.png | --prompts FILE.txt --out-dir DIR)
   [--negative TEXT] [--seed N] [--steps N] [--guidance G] [--size N | --width N --height N]
   [--concurrency N] [--max-batch N] [--no-t5] [--cache-dir DIR | --no-cache]
-  URL and Hub models are cached in --cache-dir (default $SD3_WEBGPU_CACHE or ~/.cache/sd3-webgpu/models).`;
+  URL and Hub models are cached in --cache-dir (default $SD3_WEBGPU_CACHE or ~/.cache/sd3-webgpu/models).
+       npm run generate -- --model <...> --plan [--size N | --width N --height N] [--guidance G] [--no-t5]
+  [--gpu-memory GB] [--max-buffer-mb MB] [--backend webgpu|wasm] [--no-f16]
+  prints the memory plan (weights, per-request bytes, largest buffer, how many fit, verdict) as JSON and
+  downloads no weights. It plans for a WebGPU adapter with 8 GB, 1 GiB buffers and shader-f16 unless told.`;
 
 /** A numeric flag: absent stays absent; anything else is handed to the engine, which names the field if bad. */
 const num = (v: string | undefined) => (v === undefined ? undefined : v.trim() === '' ? NaN : Number(v));
@@ -40,6 +48,11 @@ export async function main(argv: string[]): Promise<number> {
         'no-t5': { type: 'boolean', default: false },
         'cache-dir': { type: 'string' },
         'no-cache': { type: 'boolean', default: false },
+        plan: { type: 'boolean', default: false },
+        'gpu-memory': { type: 'string' },
+        'max-buffer-mb': { type: 'string' },
+        backend: { type: 'string', default: 'webgpu' },
+        'no-f16': { type: 'boolean', default: false },
         help: { type: 'boolean', default: false },
       },
       strict: true,
@@ -52,6 +65,7 @@ export async function main(argv: string[]): Promise<number> {
     console.log(USAGE);
     return 0;
   }
+  if (args.plan) return plan(args);
   if (!args.prompt === !args.prompts) {
     console.error(`error: give exactly one of --prompt and --prompts\n${USAGE}`);
     return 2;
@@ -128,6 +142,51 @@ export async function main(argv: string[]): Promise<number> {
   console.error(`done: ${s.requestsServed} images, ${failures} failed`);
   await engine.unload();
   return failures ? 1 : 0;
+}
+
+/** --plan: the memory plan for one request size, as JSON on stdout; exit 0 if it fits, 1 if refused, 2 for bad flags. */
+async function plan(args: { model: string; size?: string; width?: string; height?: string; guidance?: string; 'gpu-memory'?: string; 'max-buffer-mb'?: string; backend: string; 'no-f16': boolean; 'no-t5': boolean }): Promise<number> {
+  const flagError = (flag: string, allowed: string, got: string | undefined) => {
+    console.error(`error: ${flag}: expected ${allowed}, got ${got}`);
+    return 2;
+  };
+  const backend = args.backend;
+  if (backend !== 'webgpu' && backend !== 'wasm') return flagError('--backend', 'webgpu or wasm', backend);
+  const gb = num(args['gpu-memory']);
+  if (gb !== undefined && !(gb > 0 && gb <= 1024)) return flagError('--gpu-memory', 'a number of GB in (0, 1024]', args['gpu-memory']);
+  const bufferMb = num(args['max-buffer-mb']);
+  if (bufferMb !== undefined && !(Number.isInteger(bufferMb) && bufferMb >= 1)) return flagError('--max-buffer-mb', 'an integer >= 1', args['max-buffer-mb']);
+  const files = openNodeModelFiles(parseModelArg(args.model));
+  const fit = {
+    ...(gb !== undefined ? { memoryBytes: Math.round(gb * 1024 ** 3) } : {}),
+    maxBufferBytes: (bufferMb ?? 1024) * 1024 ** 2,
+    maxFileBytes: Infinity, // the browser streams large files (JSPI); the plan is about memory
+    features: args['no-f16'] ? [] : ['shader-f16'],
+  };
+  let p;
+  try {
+    p = await planModel(files, { backend, fit, skipT5: args['no-t5'] });
+  } catch (e) {
+    if (e instanceof ModelTooLargeError) {
+      console.log(JSON.stringify(refusedModelReport(files.id, backend, e), null, 2));
+      return 1;
+    }
+    console.error(`error: ${(e as Error).message}`);
+    return 1;
+  }
+  const size = num(args.size);
+  const width = num(args.width) ?? size ?? p.defaults.width;
+  const height = num(args.height) ?? size ?? p.defaults.height;
+  const guidance = num(args.guidance) ?? p.defaults.guidance;
+  const { minSize, maxSize, sizeMultiple } = p.limits;
+  for (const [flag, v] of [['--width', width], ['--height', height]] as const) {
+    if (!Number.isInteger(v) || v < minSize || v > maxSize || v % sizeMultiple) return flagError(flag, `an integer in ${minSize}..${maxSize}, a multiple of ${sizeMultiple}`, String(v));
+  }
+  if (!(guidance >= 0 && guidance <= 100)) return flagError('--guidance', 'a number in 0..100', args.guidance);
+  const report = planReport(p, width, height, guidance, DEFAULT_MAX_ACTIVE);
+  console.log(JSON.stringify(report, null, 2));
+  console.error(`${report.verdict}: ${report.reason}`);
+  return report.verdict === 'fits' ? 0 : 1;
 }
 
 if (process.argv[1]?.endsWith('generate.ts')) {

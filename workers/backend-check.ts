@@ -2,7 +2,7 @@
 // and reports how far apart the outputs are: the foundation's proof that the
 // WebGPU path computes what the CPU path computes.
 import type { InferenceSession, Tensor } from 'onnxruntime-web';
-import { ort } from './browser-engine.ts';
+import { onnxRuntime, type Ort } from './browser-engine.ts';
 import { UrlModelFiles } from './engine/model/model-files.ts';
 import { deviceQueue } from './engine/model/run-queue.ts';
 import { RequestRng } from './engine/rng.ts';
@@ -18,7 +18,7 @@ export interface BackendCheck {
 }
 
 /** Feeds for the SD3 transformer at batch 2 with two different timesteps. */
-function transformerFeeds(config: Record<string, number>, side: number): Record<string, Tensor> {
+function transformerFeeds(ort: Ort, config: Record<string, number>, side: number): Record<string, Tensor> {
   const rng = new RequestRng(1234);
   const C = config.in_channels ?? 16;
   const joint = config.joint_attention_dim;
@@ -33,10 +33,11 @@ function transformerFeeds(config: Record<string, number>, side: number): Record<
 }
 
 export async function checkTransformerOnBackends(modelUrl: string, latentSide = 8): Promise<BackendCheck> {
+  const { ort } = await onnxRuntime();
   const files = new UrlModelFiles(modelUrl);
   const graph = await files.read('transformer/model.onnx');
   const config = JSON.parse(new TextDecoder().decode(await files.read('transformer/config.json')));
-  const feeds = transformerFeeds(config, latentSide);
+  const feeds = transformerFeeds(ort, config, latentSide);
   const time = async <T>(f: () => Promise<T>): Promise<[T, number]> => {
     const t = performance.now();
     const r = await f();

@@ -1,16 +1,45 @@
-// Browser entry for the engine: onnxruntime-web's WebGPU build, with our own
+// Browser entry for the engine: onnxruntime-web on WebGPU, with our own
 // GPUDevice created at the adapter's real limits, or the wasm provider when
 // WebGPU is absent. Only this file knows about bundler URLs and navigator.gpu.
-import * as ort from 'onnxruntime-web/webgpu';
-// the webgpu bundle runs on the asyncify build of the wasm runtime; serve it
-// ourselves so nothing is fetched from a CDN
-import wasmUrl from 'onnxruntime-web/ort-wasm-simd-threaded.asyncify.wasm?url';
+//
+// Where the browser has JSPI (Chrome 137+), the JSPI build runs: it takes a
+// model's external data as Blobs and reads them tensor by tensor straight into
+// GPU buffers, so a multi-GB file loads without a copy in memory and without
+// re-sharding. Elsewhere the asyncify build takes the data as buffers (one
+// file at most ~2 GB).
+import type * as OrtModule from 'onnxruntime-web';
+// serve the runtimes ourselves so nothing is fetched from a CDN
+import jspiWasmUrl from 'onnxruntime-web/ort-wasm-simd-threaded.jspi.wasm?url';
+import asyncifyWasmUrl from 'onnxruntime-web/ort-wasm-simd-threaded.asyncify.wasm?url';
 import type { BackendName } from './engine/api/types.ts';
 import { Engine, type EngineOptions } from './engine/engine.ts';
 import { openModelFiles, type ModelFiles } from './engine/model/model-files.ts';
 import { browserModelCache } from './store/model-cache.ts';
 
-export { ort };
+export type Ort = typeof OrtModule;
+
+export interface OnnxRuntime {
+  ort: Ort;
+  /** External data streams from Blobs (the JSPI build). */
+  streaming: boolean;
+  build: 'jspi' | 'asyncify';
+}
+
+let runtime: Promise<OnnxRuntime> | null = null;
+
+/** The onnxruntime-web build this browser runs best, configured once. */
+export function onnxRuntime(): Promise<OnnxRuntime> {
+  runtime ??= (async () => {
+    const jspi = typeof (WebAssembly as { Suspending?: unknown }).Suspending === 'function';
+    const ort = (jspi ? await import('onnxruntime-web/jspi') : await import('onnxruntime-web/webgpu')) as unknown as Ort;
+    ort.env.wasm.wasmPaths = { wasm: new URL(jspi ? jspiWasmUrl : asyncifyWasmUrl, self.location.href).href };
+    // threads need cross-origin isolation; one thread works everywhere
+    ort.env.wasm.numThreads = 1;
+    ort.env.logLevel = 'error';
+    return { ort, streaming: jspi, build: jspi ? 'jspi' : 'asyncify' };
+  })();
+  return runtime;
+}
 
 export interface GpuInfo {
   backend: BackendName;
@@ -19,16 +48,8 @@ export interface GpuInfo {
   features: string[];
   limits: { maxBufferSize?: number; maxStorageBufferBindingSize?: number };
   fallbackReason?: string;
-}
-
-let configured = false;
-function configureOrt(): void {
-  if (configured) return;
-  configured = true;
-  ort.env.wasm.wasmPaths = { wasm: new URL(wasmUrl, self.location.href).href };
-  // threads need cross-origin isolation; one thread works everywhere
-  ort.env.wasm.numThreads = 1;
-  ort.env.logLevel = 'error';
+  /** The onnxruntime-web build in use: 'jspi' streams weights from Blobs. */
+  runtime: OnnxRuntime['build'];
 }
 
 // Limits onnxruntime-web's WebGPU backend asks for when it makes its own device.
@@ -54,9 +75,9 @@ export function loseGpuDevice(): boolean {
 
 /** Picks WebGPU when an adapter exists (device made at its real limits), else wasm. */
 export function detectGpu(): Promise<GpuInfo> {
-  configureOrt();
   gpu ??= (async (): Promise<GpuInfo> => {
-    const fallback = (reason: string): GpuInfo => ({ backend: 'wasm', adapter: `none (${reason}); running on wasm`, features: [], limits: {}, fallbackReason: reason });
+    const { ort, build: runtime } = await onnxRuntime();
+    const fallback = (reason: string): GpuInfo => ({ backend: 'wasm', adapter: `none (${reason}); running on wasm`, features: [], limits: {}, fallbackReason: reason, runtime });
     if (!('gpu' in navigator) || !navigator.gpu) return fallback('navigator.gpu is missing');
     const adapter = await navigator.gpu.requestAdapter({ powerPreference: 'high-performance' }).catch(() => null);
     if (!adapter) return fallback('no WebGPU adapter');
@@ -72,6 +93,7 @@ export function detectGpu(): Promise<GpuInfo> {
       adapter: [i.vendor, i.architecture, i.description].filter(Boolean).join(' ') || 'unknown adapter',
       features: [...adapter.features].sort(),
       limits: { maxBufferSize: adapter.limits.maxBufferSize, maxStorageBufferBindingSize: adapter.limits.maxStorageBufferBindingSize },
+      runtime,
     };
   })();
   return gpu;
@@ -85,22 +107,28 @@ export function detectGpu(): Promise<GpuInfo> {
 function openBrowserModelFiles(spec: Parameters<typeof openModelFiles>[0]): ModelFiles {
   const files = openModelFiles(spec);
   if (spec.kind === 'url' && new URL(spec.url, self.location.href).origin === self.location.origin) {
-    return { id: files.id, read: (p, cb) => files.read(p, cb), size: (p) => files.size(p), exists: (p) => files.exists(p) };
+    return { id: files.id, read: (p, cb) => files.read(p, cb), size: (p) => files.size(p), exists: (p) => files.exists(p), stream: files.stream?.bind(files) };
   }
   return files;
 }
 
 export async function createBrowserEngine(options: Partial<EngineOptions> & { backend?: BackendName } = {}): Promise<{ engine: Engine; gpu: GpuInfo }> {
   const info = await detectGpu();
+  const { ort, streaming } = await onnxRuntime();
   const backend = options.backend ?? info.backend;
   const engine = new Engine({
     ort: ort as unknown as EngineOptions['ort'],
+    streaming,
     adapter: info.adapter,
-    limits: backend === 'webgpu' ? info.limits : {},
     openFiles: openBrowserModelFiles,
     fileCache: browserModelCache(),
     ...options,
-    deviceFit: { features: info.features, ...options.deviceFit },
+    deviceFit: {
+      features: info.features,
+      // no single buffer over the adapter's limits: attention is chunked and runs are sized to fit
+      ...(backend === 'webgpu' ? { maxBufferBytes: Math.min(info.limits.maxBufferSize ?? Infinity, info.limits.maxStorageBufferBindingSize ?? Infinity) } : {}),
+      ...options.deviceFit,
+    },
     backend,
   });
   // a lost device ends this engine's work; the page restarts the worker and replays

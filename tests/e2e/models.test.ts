@@ -84,7 +84,7 @@ describe('loading real-checkpoint style models in the page', () => {
   it('a truncated entry in Cache Storage is detected and fetched again', async () => {
     const key = `${server.url}/${REPO}/resolve/main/${SUB}/transformer/model.onnx_data`;
     const cut = await b.page.evaluate(async (key) => {
-      const cache = await caches.open('sd3-webgpu-models-v1');
+      const cache = await caches.open('sd3-webgpu-models-v2');
       const r = await cache.match(key);
       if (!r) return -1;
       const bytes = new Uint8Array(await r.arrayBuffer());
@@ -107,7 +107,7 @@ describe('loading real-checkpoint style models in the page', () => {
     await b.page.locator('details summary', { hasText: 'Memory' }).click();
     await b.page.getByTestId('gpu-memory').fill('0.001');
     await loadFromHub(BROKEN);
-    await expect.poll(() => b.page.getByTestId('model-error').textContent()).toMatch(/this model needs ~.* of GPU memory \(.* of weights \+ .* for one 64×64 image\); this adapter offers 1\.0 MB/);
+    await expect.poll(() => b.page.getByTestId('model-error').textContent()).toMatch(/this model needs ~.* of GPU memory \(.* of weights \+ .* for the smallest image, 16×16; its default is 64×64\); this adapter offers 1\.0 MB/);
     expect(await label().textContent()).toMatch(`${REPO}/${SUB}`);
     await b.page.getByTestId('gpu-memory').fill('8');
     await generateOne('still serving');
@@ -125,7 +125,7 @@ describe('loading real-checkpoint style models in the page', () => {
     const item = b.page.getByTestId('cached-model').filter({ hasText: `${REPO}/${SUB}` });
     await item.getByTestId('cached-delete').click();
     await expect.poll(() => item.count()).toBe(0);
-    const left = await b.page.evaluate(async () => (await (await caches.open('sd3-webgpu-models-v1')).keys()).filter((r) => r.url.includes('tiny-sd3-onnx')).length);
+    const left = await b.page.evaluate(async () => (await (await caches.open('sd3-webgpu-models-v2')).keys()).filter((r) => r.url.includes('tiny-sd3-onnx')).length);
     expect(left).toBe(0);
   });
 });

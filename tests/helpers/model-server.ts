@@ -1,6 +1,7 @@
 // A real HTTP server for model files, as tests need them: a folder served as is,
-// or in the Hub's `/<repo>/resolve/<revision>/<path>` layout. It logs every
-// request so tests can prove what was (and was not) fetched.
+// or in the Hub's `/<repo>/resolve/<revision>/<path>` layout, with byte ranges
+// (`Range: bytes=N-`, as the Hub's storage answers them) unless told not to.
+// It logs every request so tests can prove what was (and was not) fetched.
 import { createReadStream } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import { createServer, type Server } from 'node:http';
@@ -14,19 +15,21 @@ export interface ServedRepo {
   folder: string;
 }
 
-export type Fault = number | { truncateAt: number } | { body: Uint8Array };
+/** A status code instead of the file; the connection dropped when a response reaches byte `truncateAt` of the file (the first `times` responses, default all); or other bytes in its place. */
+export type Fault = number | { truncateAt: number; times?: number } | { body: Uint8Array };
 
 export interface ModelServer {
   url: string;
-  requests: { method: string; path: string }[];
-  /** Fault injection per URL path: a status code instead of the file, a body cut
-   * short after N bytes (the connection drops), or other bytes in its place. */
+  requests: { method: string; path: string; range?: string; status?: number }[];
+  /** Fault injection per URL path. */
   faults: Map<string, Fault>;
+  /** Answer Range requests with 206 (true) or ignore them and send the whole file (false). */
+  ranges: boolean;
   close(): Promise<void>;
 }
 
 export async function startModelServer(opts: { root?: string; repos?: ServedRepo[] }): Promise<ModelServer> {
-  const requests: { method: string; path: string }[] = [];
+  const requests: ModelServer['requests'] = [];
   const faults = new Map<string, Fault>();
   const resolvePath = (urlPath: string): string | null => {
     for (const r of opts.repos ?? []) {
@@ -35,10 +38,13 @@ export async function startModelServer(opts: { root?: string; repos?: ServedRepo
     }
     return opts.root ? join(opts.root, normalize(urlPath)) : null;
   };
+  const state = { ranges: true };
   const server: Server = createServer(async (req, res) => {
     const path = decodeURIComponent(new URL(req.url ?? '/', 'http://x').pathname);
-    requests.push({ method: req.method ?? 'GET', path });
+    const entry: ModelServer['requests'][number] = { method: req.method ?? 'GET', path, ...(req.headers.range ? { range: req.headers.range } : {}) };
+    requests.push(entry);
     res.setHeader('Access-Control-Allow-Origin', '*');
+    res.setHeader('Access-Control-Expose-Headers', 'Content-Range, Content-Length, Last-Modified, Accept-Ranges');
     const fault = faults.get(path);
     if (typeof fault === 'number') {
       res.writeHead(fault).end('injected fault');
@@ -55,14 +61,28 @@ export async function startModelServer(opts: { root?: string; repos?: ServedRepo
       res.writeHead(404).end('not found');
       return;
     }
-    res.writeHead(200, { 'Content-Length': info.size, 'Content-Type': 'application/octet-stream' });
+    const range = state.ranges ? /^bytes=(\d+)-$/.exec(req.headers.range ?? '') : null;
+    const start = range ? Number(range[1]) : 0;
+    if (range && start >= info.size) {
+      res.writeHead(416, { 'Content-Range': `bytes */${info.size}` }).end();
+      return;
+    }
+    entry.status = range ? 206 : 200;
+    res.writeHead(entry.status, {
+      'Content-Length': info.size - start,
+      'Content-Type': 'application/octet-stream',
+      'Last-Modified': info.mtime.toUTCString(),
+      ...(state.ranges ? { 'Accept-Ranges': 'bytes' } : {}),
+      ...(range ? { 'Content-Range': `bytes ${start}-${info.size - 1}/${info.size}` } : {}),
+    });
     if (req.method === 'HEAD') res.end();
-    else if (fault && 'truncateAt' in fault) {
-      // promise the whole file, send part of it, then drop the connection
-      createReadStream(file, { end: fault.truncateAt - 1 })
+    else if (fault && 'truncateAt' in fault && fault.truncateAt > start && (fault.times ?? Infinity) > 0) {
+      if (fault.times !== undefined) fault.times--;
+      // promise the rest of the file, send part of it, then drop the connection
+      createReadStream(file, { start, end: fault.truncateAt - 1 })
         .on('end', () => res.destroy())
         .pipe(res, { end: false });
-    } else createReadStream(file).pipe(res);
+    } else createReadStream(file, { start }).pipe(res);
   });
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
   const { port } = server.address() as AddressInfo;
@@ -70,6 +90,12 @@ export async function startModelServer(opts: { root?: string; repos?: ServedRepo
     url: `http://127.0.0.1:${port}`,
     requests,
     faults,
+    get ranges() {
+      return state.ranges;
+    },
+    set ranges(v: boolean) {
+      state.ranges = v;
+    },
     close: () => new Promise((r) => server.close(() => r())),
   };
 }

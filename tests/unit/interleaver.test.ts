@@ -3,8 +3,8 @@
 import { describe, expect, it } from 'vitest';
 import type { GenerateResult } from '../../workers/engine/api/types.ts';
 import { CancelledError, TooLargeError } from '../../workers/engine/errors.ts';
-import { requestFootprint } from '../../workers/engine/interleaver/memory-budget.ts';
-import { CLIP_LENGTH } from '../../workers/engine/sd3/encode-prompt.ts';
+import { RESERVE_BYTES } from '../../workers/engine/memory/budget.ts';
+import { requestFootprint } from '../../workers/engine/memory/footprint.ts';
 import { loadTinyEngine, maxPixelDiff, newTinyEngine } from '../helpers/tiny-engine.ts';
 
 const requests = Array.from({ length: 8 }, (_, i) => ({ id: `b${i}`, prompt: `batched prompt ${i}`, seed: 500 + i, steps: 2 + (i % 4), guidance: i % 3 ? 5 : 1 }));
@@ -122,48 +122,73 @@ describe('cancellation', () => {
 });
 
 describe('admission by memory', () => {
-  const dims = async () => {
+  /** The tiny model's weights and one 64x64 guided request, as the engine counts them. */
+  const sizes = async () => {
     const m = (await loadTinyEngine()).model!;
-    return { transformer: m.transformerConfig, vae: m.vaeConfig, textTokens: CLIP_LENGTH + m.t5MaxLength };
+    const f = requestFootprint(m.dims, 64, 64, 4.5);
+    return { weights: m.info.weightBytes, f, transient: Math.max(f.row.activationBytes, f.decode.activationBytes) };
   };
 
   it('never admits beyond the budget; waiting requests show as queued and all finish', async () => {
-    const one = requestFootprint(await dims(), 64, 64, 4.5).totalBytes;
-    const engine = await newTinyEngine({ memoryCapBytes: Math.floor(3.5 * one) });
-    const jobs = Array.from({ length: 10 }, (_, i) => engine.generate({ prompt: `budget ${i}`, seed: i, steps: 3 }));
+    const { weights, f, transient } = await sizes();
+    // room for the largest run and the state of three and a half requests
+    const engine = await newTinyEngine({ deviceFit: { memoryBytes: weights + RESERVE_BYTES + transient + Math.floor(3.5 * f.stateBytes) } });
     let maxQueued = 0;
     let maxActive = 0;
-    const poll = setInterval(() => {
+    // every step event reports how many run and how many wait at that moment
+    const watch = () => {
       maxQueued = Math.max(maxQueued, engine.status().requestsQueued);
       maxActive = Math.max(maxActive, engine.status().requestsActive);
-    }, 1);
-    maxQueued = Math.max(maxQueued, engine.status().requestsQueued);
-    await Promise.all(jobs);
-    clearInterval(poll);
+    };
+    await Promise.all(Array.from({ length: 10 }, (_, i) => engine.generate({ prompt: `budget ${i}`, seed: i, steps: 3 }, { onProgress: (e) => e.status === 'step' && watch() })));
     expect(maxQueued).toBeGreaterThan(0);
-    expect(maxActive).toBeLessThanOrEqual(3);
+    expect(maxActive).toBe(3);
     const il = engine.status();
     expect(il.requestsServed).toBe(10);
-    expect(il.peakAdmittedBytes).toBeGreaterThan(2 * one);
+    expect(il.peakAdmittedBytes).toBe(transient + 3 * f.stateBytes);
     expect(il.peakAdmittedBytes).toBeLessThanOrEqual(il.budgetBytes);
     await engine.unload();
   });
 
-  it('a request that could never fit is refused with a clear error, others unaffected', async () => {
-    const small = requestFootprint(await dims(), 64, 64, 4.5).totalBytes;
-    const engine = await newTinyEngine({ memoryCapBytes: 2 * small });
+  it('a request that could never fit is refused naming the largest size that does; others unaffected', async () => {
+    const { weights, f, transient } = await sizes();
+    const engine = await newTinyEngine({ deviceFit: { memoryBytes: weights + RESERVE_BYTES + transient + 2 * f.stateBytes } });
     const ok = engine.generate({ prompt: 'fits', seed: 1 });
     const err = await engine.generate({ prompt: 'too big', seed: 1, width: 512, height: 512 }).catch((e) => e);
     expect(err).toBeInstanceOf(TooLargeError);
-    expect(err.message).toMatch(/needs ~.* but the memory budget is .*; try a smaller size than 512x512/);
+    expect(err.message).toMatch(/512x512 with guidance needs ~.* beside the .* of weights, and .* of the .* GPU memory setting is left; the largest square size that fits is (\d+)x\1, or use guidance <= 1/);
+    const side = Number(/fits is (\d+)x/.exec(err.message)![1]);
+    expect(side).toBeGreaterThanOrEqual(64);
+    expect(side).toBeLessThan(512);
+    // the size it names really runs
+    expect((await engine.generate({ prompt: 'largest', seed: 2, steps: 1, width: side, height: side })).rgba.length).toBe(side * side * 4);
     expect((await ok).metadata.prompt).toBe('fits');
     expect(engine.status().requestsQueued).toBe(0);
     await engine.unload();
   });
 
   it('a single buffer over the adapter limit is refused too', async () => {
-    const engine = await newTinyEngine({ limits: { maxStorageBufferBindingSize: 64 * 1024 } });
-    await expect(engine.generate({ prompt: 'x', width: 512, height: 512 })).rejects.toThrow(/largest buffer/);
+    const engine = await newTinyEngine({ deviceFit: { maxBufferBytes: 256 * 1024 } });
+    // the transformer's attention is cut into query chunks to fit; at 512x512 the VAE's one-head attention cannot
+    expect(engine.model!.dims.transformerChunks).toBe(4);
+    const err = await engine.generate({ prompt: 'x', width: 512, height: 512 }).catch((e) => e);
+    expect(err).toBeInstanceOf(TooLargeError);
+    expect(err.message).toMatch(/^one buffer at 512x512 would be 64\.0 MB, over this adapter's largest buffer \(256\.0 KB\); the largest square size that fits is (\d+)x\1$/);
+    const { width } = err.largestFitting;
+    expect((await engine.generate({ prompt: 'x', width, height: width, steps: 1 })).width).toBe(width);
+    await engine.unload();
+  });
+
+  it('when memory holds one row per run, a guided request runs its two rows in two runs and gives the same image', async () => {
+    const { weights, f } = await sizes();
+    const engine = await newTinyEngine({ deviceFit: { memoryBytes: weights + RESERVE_BYTES + f.stateBytes + Math.max(Math.floor(1.5 * f.row.activationBytes), f.decode.activationBytes) } });
+    const r = { prompt: 'split rows', seed: 77, steps: 3, guidance: 5 };
+    const split = await engine.generate(r);
+    expect(engine.model!.transformer.runs).toBe(2 * r.steps);
+    expect(engine.model!.transformer.rows).toBe(2 * r.steps);
+    expect(engine.status().requestsServed).toBe(1);
+    const whole = await (await loadTinyEngine()).generate(r);
+    expect(maxPixelDiff(split.rgba, whole.rgba)).toBe(0);
     await engine.unload();
   });
 });

@@ -89,7 +89,7 @@ describe('Hub layout, cache and device fit', () => {
     expect((await engine.generate({ prompt: 'cached', seed: 1 })).rgba.length).toBeGreaterThan(0);
   });
 
-  it('a truncated cache entry is detected and fetched again; a corrupt one too', async () => {
+  it('a truncated cache entry is detected on load and fetched again; a corrupt one when the cache is verified', async () => {
     const cache = new FileCache(nodeCacheBackend(cacheDir));
     const entries = await cache.backend.list();
     const dataKey = entries.find((e) => e.key.endsWith('transformer/model.onnx_data'))!.key;
@@ -101,25 +101,93 @@ describe('Hub layout, cache and device fit', () => {
     bytes[bytes.length >> 1] ^= 0xff; // same size, one flipped byte: only the hash sees it
     await writeFile(fileOf(graphKey), bytes);
 
+    // every load checks sizes (cheap): the truncated file is fetched again; a flipped byte inside a weight is not noticed
+    server.requests.length = 0;
+    await createNodeEngine({ fileCache: cache }).load(hub(server));
+    expect(cache.dropped).toEqual([dataKey]);
+    expect(modelGets().map((r) => r.path)).toEqual([new URL(dataKey).pathname]);
+
+    // hashes are checked once when a file is written, and again on request
+    const report = await cache.verify(`${REPO}/${SUB}`);
+    expect(report.checked).toBe(entries.filter((e) => e.meta.modelId === `${REPO}/${SUB}`).length);
+    expect(report.dropped).toEqual([graphKey]);
     server.requests.length = 0;
     const engine = createNodeEngine({ fileCache: cache });
     await engine.load(hub(server));
-    expect(cache.dropped.sort()).toEqual([dataKey, graphKey].sort());
-    expect(modelGets().map((r) => r.path).sort()).toEqual([new URL(dataKey).pathname, new URL(graphKey).pathname].sort());
+    expect(modelGets().map((r) => r.path)).toEqual([new URL(graphKey).pathname]);
     const local = await loadTinyEngine();
     const [a, b] = await Promise.all([engine.generate({ prompt: 'healed', seed: 9 }), local.generate({ prompt: 'healed', seed: 9 })]);
     expect(maxPixelDiff(a.rgba, b.rgba)).toBe(0);
   });
 
-  it('an interrupted download fails naming the file, stores nothing, and the next load fetches only that file', async () => {
+  it('a cached graph that onnxruntime cannot read is checked, found corrupt and fetched again within the same load', async () => {
+    const cache = new FileCache(nodeCacheBackend(cacheDir));
+    const graphKey = (await cache.backend.list()).find((e) => e.key.endsWith('transformer/model.onnx'))!.key;
+    const { createHash } = await import('node:crypto');
+    const file = join(cacheDir, createHash('sha256').update(graphKey).digest('hex'));
+    const bytes = await readFile(file);
+    bytes.fill(0xff, 0, 64); // same size, a broken protobuf header
+    await writeFile(file, bytes);
+    server.requests.length = 0;
+    const engine = createNodeEngine({ fileCache: cache });
+    await engine.load(hub(server));
+    expect(cache.dropped).toEqual([graphKey]);
+    expect(modelGets().map((r) => r.path)).toEqual([new URL(graphKey).pathname]);
+    expect((await engine.generate({ prompt: 'healed graph', seed: 3, steps: 1 })).rgba.length).toBe(64 * 64 * 4);
+  });
+
+  for (const ranges of [true, false]) {
+    it(`a connection cut in the middle of a large file ${ranges ? 'resumes with a Range request' : 'starts over on a server without ranges'}, progress never going back`, async () => {
+      const dir = join(root, `cache-resume-${ranges}`);
+      const cache = new FileCache(nodeCacheBackend(dir));
+      const path = `/${REPO}/resolve/main/${SUB}/transformer/model.onnx_data`;
+      const size = (await stat(join(root, 'repo', SUB, 'transformer/model.onnx_data'))).size;
+      const cut = Math.floor(size / 2);
+      server.faults.set(path, { truncateAt: cut, times: 1 });
+      server.ranges = ranges;
+      server.requests.length = 0;
+      const events: ProgressEvent[] = [];
+      const engine = createNodeEngine({ fileCache: cache });
+      try {
+        await engine.load(hub(server), (e) => events.push(e));
+      } finally {
+        server.faults.delete(path);
+        server.ranges = true;
+      }
+      const gets = modelGets().filter((r) => r.path === path);
+      expect(gets.map((r) => [r.range ?? null, r.status])).toEqual([[null, 200], [`bytes=${cut}-`, ranges ? 206 : 200]]);
+      // the file's progress only grows, from the cut to its end
+      const mine = events.filter((e) => e.file === 'transformer/model.onnx_data' && e.status === 'download').map((e) => e.loaded);
+      expect(mine.length).toBeGreaterThan(1);
+      for (let i = 1; i < mine.length; i++) expect(mine[i]).toBeGreaterThan(mine[i - 1]);
+      expect(mine.at(-1)).toBe(size);
+      expect(mine.some((l) => l === cut)).toBe(true);
+      // stored whole: its recorded hash is the file's own
+      const { createHash } = await import('node:crypto');
+      const meta = (await cache.backend.list()).find((e) => e.key.endsWith('transformer/model.onnx_data'))!.meta;
+      expect(meta.size).toBe(size);
+      expect(meta.sha256).toBe(createHash('sha256').update(await readFile(join(root, 'repo', SUB, 'transformer/model.onnx_data'))).digest('hex'));
+      const local = await loadTinyEngine();
+      const [a, b] = await Promise.all([engine.generate({ prompt: 'resumed', seed: 8 }), local.generate({ prompt: 'resumed', seed: 8 })]);
+      expect(maxPixelDiff(a.rgba, b.rgba)).toBe(0);
+    });
+  }
+
+  it('a download that keeps failing without progress fails naming the file, stores nothing, and the next load fetches only that file', async () => {
     const dir = join(root, 'cache-interrupted');
     const cache = new FileCache(nodeCacheBackend(dir));
     const path = `/${REPO}/resolve/main/${SUB}/transformer/model.onnx_data`;
+    // every answer is cut at the same byte, and the server cannot resume: no attempt gets further
     server.faults.set(path, { truncateAt: 100_000 });
+    server.ranges = false;
+    server.requests.length = 0;
     const engine = createNodeEngine({ fileCache: cache });
     const err = await engine.load(hub(server)).catch((e: unknown) => e);
+    server.ranges = true;
     expect(err).toBeInstanceOf(ModelLoadError);
     expect((err as ModelLoadError).file).toBe('transformer/model.onnx_data');
+    expect((err as Error).message).toMatch(/download interrupted after 100000 of \d+ bytes and 5 attempts without progress/);
+    expect(modelGets().filter((r) => r.path === path)).toHaveLength(5);
     expect((await cache.backend.list()).some((e) => e.key.endsWith('transformer/model.onnx_data'))).toBe(false);
 
     server.faults.delete(path);
@@ -134,7 +202,7 @@ describe('Hub layout, cache and device fit', () => {
     server.requests.length = 0;
     const err = await createNodeEngine().load(hub(server), undefined, { fit: { memoryBytes: 1_000_000 } }).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(ModelTooLargeError);
-    expect((err as Error).message).toMatch(/needs ~\d+(\.\d)? MB of GPU memory \(.* of weights \+ .* for one 64×64 image\); this adapter offers 976\.6 KB\. Try: load it without T5/);
+    expect((err as Error).message).toMatch(/needs ~\d+(\.\d)? MB of GPU memory \(1\.4 MB of weights \+ .* for the smallest image, 16×16; its default is 64×64\); this adapter offers 976\.6 KB\. Try: load it without T5/);
     // only configs, graphs (to find their data files) and HEADs: no external weights were fetched
     expect(modelGets().some((r) => /onnx(_data|\.data)$/.test(r.path))).toBe(false);
     const sameEngineErr = await engine.load(hub(server), undefined, { fit: { memoryBytes: 1_000_000 } }).catch((e: unknown) => e);

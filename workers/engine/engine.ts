@@ -3,34 +3,31 @@
 // nothing of the DOM, so the CLI and the benchmark run it in Node unchanged.
 import type { BackendName, EngineStatus, GenerateResult, ModelInfo, ModelSourceSpec, ProgressCallback } from './api/types.ts';
 import { normalizeRequest, type NormalizedRequest } from './api/validate.ts';
-import { BusyError, DeviceLostError, InvalidRequestError, ModelNotLoadedError } from './errors.ts';
+import { BusyError, DeviceLostError, InvalidRequestError, ModelLoadError, ModelNotLoadedError } from './errors.ts';
 import { DEFAULT_MAX_ACTIVE, DEFAULT_MAX_BATCH, Interleaver, newCounters } from './interleaver/interleaver.ts';
-import { memoryBudget, requestFootprint, type MemoryBudget } from './interleaver/memory-budget.ts';
 import { RequestScope } from './interleaver/request-scope.ts';
+import { requestFootprint } from './memory/footprint.ts';
 import type { Ort } from './model/component-session.ts';
 import type { DeviceFit } from './model/device-fit.ts';
 import { CachedModelFiles, isCacheable, type FileCache } from './model/file-cache.ts';
 import { loadModel, type LoadedModel } from './model/load-model.ts';
 import { openModelFiles, type ModelFiles } from './model/model-files.ts';
-import { CLIP_LENGTH } from './sd3/encode-prompt.ts';
 
 export interface EngineOptions {
   /** The onnxruntime-web module (node or webgpu build), chosen by the entry point. */
   ort: Ort;
   backend: BackendName;
+  /** External data streams from Blobs (onnxruntime-web's JSPI build): no file-size limit, no copy in memory. */
+  streaming?: boolean;
   /** Human-readable adapter description for status(). */
   adapter?: string | null;
-  /** WebGPU adapter limits; no single buffer may exceed them. */
-  limits?: { maxBufferSize?: number; maxStorageBufferBindingSize?: number };
-  /** Cap on bytes held by per-request state and activations at once. */
-  memoryCapBytes?: number;
   maxActive?: number;
   maxBatch?: number;
   /** Maps a source to its files; Node entry points add `path` support. */
   openFiles?: (spec: ModelSourceSpec) => ModelFiles;
   /** Download cache for URL and Hub sources (Cache Storage in the browser, a folder in Node). */
   fileCache?: FileCache;
-  /** What the device can hold (memory, largest buffer, features); defaults per backend. */
+  /** What the device can hold (memory, largest buffer, features): the one memory budget for loads and requests. */
   deviceFit?: Partial<DeviceFit>;
 }
 
@@ -57,11 +54,8 @@ export class Engine {
   private lostReason: string | null = null;
   private interleaver: Interleaver | null = null;
   private readonly counters = newCounters();
-  readonly budget: MemoryBudget;
 
-  constructor(readonly options: EngineOptions) {
-    this.budget = memoryBudget({ capBytes: options.memoryCapBytes, ...options.limits });
-  }
+  constructor(readonly options: EngineOptions) {}
 
   /** The loaded model's sessions (benchmarks and tests count runs on them). */
   get model(): LoadedModel | null {
@@ -78,11 +72,33 @@ export class Engine {
     }
     const opened = 'read' in source ? source : (this.options.openFiles ?? openModelFiles)(source);
     const cache = this.options.fileCache;
-    const files = cache && isCacheable(opened) ? new CachedModelFiles(opened, cache) : opened;
-    const next = await loadModel(files, { ort: this.options.ort, backend: this.options.backend, onProgress, ...opts, fit: { ...this.options.deviceFit, ...opts.fit } });
+    const cacheable = cache && isCacheable(opened) ? opened : null;
+    const streaming = this.options.streaming ?? false;
+    const load = (files: ModelFiles) =>
+      loadModel(files, {
+        ort: this.options.ort,
+        backend: this.options.backend,
+        onProgress,
+        streamExternalData: streaming,
+        ...opts,
+        // a streamed file is never one buffer: only memory limits what loads
+        fit: { ...(streaming ? { maxFileBytes: Infinity } : {}), ...this.options.deviceFit, ...opts.fit },
+      });
+    let next: LoadedModel;
+    if (!cacheable) next = await load(opened);
+    else {
+      const files = new CachedModelFiles(cacheable, cache!);
+      try {
+        next = await load(files);
+      } catch (e) {
+        // the file that failed came from the cache and may have rotted on disk: check its hash, and if it was bad, fetch it again once
+        if (!(e instanceof ModelLoadError) || !files.hits.has(e.file) || !(await cache!.verify(files.id, [cacheable.cacheKey(e.file)])).dropped.length) throw e;
+        next = await load(new CachedModelFiles(cacheable, cache!));
+      }
+    }
     const previous = this.loaded;
     this.loaded = next;
-    this.interleaver = new Interleaver(next, this.options.ort, { budget: this.budget, maxActive: this.options.maxActive ?? DEFAULT_MAX_ACTIVE, maxBatch: this.options.maxBatch ?? DEFAULT_MAX_BATCH }, this.counters);
+    this.interleaver = new Interleaver(next, this.options.ort, { maxActive: this.options.maxActive ?? DEFAULT_MAX_ACTIVE, maxBatch: this.options.maxBatch ?? DEFAULT_MAX_BATCH }, this.counters);
     await previous?.release();
     return next.info;
   }
@@ -119,7 +135,7 @@ export class Engine {
       const lh = req.height / vae.scaleFactor;
       const lw = req.width / vae.scaleFactor;
       const scheduler = model.scheduler.cloneForRequest({ steps: req.steps, imageSeqLen: (lh / t.patchSize) * (lw / t.patchSize) });
-      const footprint = requestFootprint({ transformer: t, vae, textTokens: CLIP_LENGTH + model.t5MaxLength }, req.width, req.height, req.guidance);
+      const footprint = requestFootprint(model.dims, req.width, req.height, req.guidance);
       const scope = new RequestScope(req, scheduler, footprint, [vae.latentChannels, lh, lw], opts.onProgress, opts.preview ?? false, performance.now());
       if (opts.signal?.aborted) throw opts.signal.reason ?? new DOMException('aborted', 'AbortError');
       opts.signal?.addEventListener('abort', () => interleaver.cancel(req.id), { once: true });
@@ -166,7 +182,7 @@ export class Engine {
       weightBytes: this.loaded?.info.weightBytes ?? 0,
       requestBytes: il?.requestBytes ?? 0,
       admittedBytes: il?.admittedBytes ?? 0,
-      budgetBytes: this.budget.totalBytes,
+      budgetBytes: il?.budgetBytes ?? 0,
       peakAdmittedBytes: this.counters.peakAdmittedBytes,
       cycles: this.counters.cycles,
       deviceLost: this.lostReason,

@@ -80,14 +80,21 @@ export class CancelledError extends EngineError {
   }
 }
 
-/** A request can never fit the memory budget, whatever else is running. */
+/** A request can never fit this device (memory beside the weights, or the largest buffer), whatever else is running. */
 export class TooLargeError extends EngineError {
   constructor(
     readonly neededBytes: number,
-    readonly budgetBytes: number,
-    hint: string,
+    readonly limitBytes: number,
+    /** What does not fit and what would. */
+    message: string,
+    /** The largest size of the same shape that fits, when one does. */
+    readonly largestFitting: { width: number; height: number } | null,
   ) {
-    super('too_large', `needs ~${formatBytes(neededBytes)} but the memory budget is ${formatBytes(budgetBytes)}; ${hint}`);
+    super('too_large', message);
+  }
+
+  protected override details() {
+    return { neededBytes: this.neededBytes, limitBytes: this.limitBytes, largestFitting: this.largestFitting };
   }
 }
 

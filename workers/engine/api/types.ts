@@ -91,8 +91,10 @@ export interface ModelInfo {
   limits: { minSize: number; maxSize: number; sizeMultiple: number };
   hasT5: boolean;
   weightBytes: number;
-  /** Estimated memory for the weights plus one request at the default size. */
-  estimatedBytes: number;
+  /** The device memory the weights and requests share (the GPU memory setting on WebGPU). */
+  memoryBytes: number;
+  /** The largest image side (default aspect and guidance) that fits beside the weights; 0 if none. */
+  largestSize: number;
 }
 
 export interface EngineStatus {

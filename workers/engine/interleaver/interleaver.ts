@@ -1,24 +1,27 @@
 // The interleaver owns the model's sessions at run time. Each cycle it:
-//   1. admits queued requests while their memory footprint fits the budget;
+//   1. admits queued requests while their state, plus the largest run any of
+//      them needs, fits the memory budget beside the weights;
 //   2. encodes the prompts of all new arrivals in one batch per text encoder;
 //   3. advances every denoising request by exactly one step (round robin, so a
-//      short request is never stuck behind long ones), batching requests of the
-//      same size into shared transformer runs whatever their timestep;
-//   4. decodes finished latents in batches and resolves their requests.
+//      short request is never stuck behind long ones), packing the rows of
+//      same-size requests into shared transformer runs whatever their
+//      timestep, as many rows per run as memory and the adapter's largest
+//      buffer allow (a guided request's two rows may go to two runs);
+//   4. decodes finished latents in batches sized the same way.
 // Cancellation takes effect at once: the request's tensors are dropped and any
 // run already in flight simply has its rows for that request ignored.
 import type { GenerateResult } from '../api/types.ts';
 import { CancelledError, InferenceError, TooLargeError, formatBytes } from '../errors.ts';
+import { availableBytes, largestFittingSize, refusal } from '../memory/budget.ts';
+import type { RunFootprint } from '../memory/footprint.ts';
 import type { Ort } from '../model/component-session.ts';
 import type { LoadedModel } from '../model/load-model.ts';
 import { decodeLatents, latentPreview, rgbaToPng } from '../sd3/decode.ts';
-import { predictVelocities } from '../sd3/denoise-step.ts';
+import { combineGuidance, predictRows } from '../sd3/denoise-step.ts';
 import { encodePrompts } from '../sd3/encode-prompt.ts';
-import type { MemoryBudget } from './memory-budget.ts';
 import type { RequestScope } from './request-scope.ts';
 
 export interface InterleaverOptions {
-  budget: MemoryBudget;
   /** Requests denoising at once (each still bounded by the memory budget). */
   maxActive: number;
   /** Requests per transformer / VAE run. 1 turns batching off. */
@@ -34,11 +37,13 @@ export interface InterleaverCounters {
   cancelled: number;
   cycles: number;
   transformerRuns: number;
-  /** Highest sum of admitted footprints ever seen: never above the budget. */
+  /** Highest admitted bytes (states plus the largest run) ever seen: never above the budget. */
   peakAdmittedBytes: number;
+  /** Most transformer rows in one run so far. */
+  maxRowsPerRun: number;
 }
 
-export const newCounters = (): InterleaverCounters => ({ served: 0, failed: 0, cancelled: 0, cycles: 0, transformerRuns: 0, peakAdmittedBytes: 0 });
+export const newCounters = (): InterleaverCounters => ({ served: 0, failed: 0, cancelled: 0, cycles: 0, transformerRuns: 0, peakAdmittedBytes: 0, maxRowsPerRun: 0 });
 
 const now = () => performance.now();
 
@@ -67,9 +72,14 @@ export class Interleaver {
     return this.active.reduce((n, s) => n + s.heldBytes, 0);
   }
 
-  /** Bytes admitted against the budget now (footprints of active requests). */
+  /** Bytes admitted against the budget now: every active request's state plus the largest run one of them needs. */
   get admittedBytes(): number {
-    return this.active.reduce((n, s) => n + s.footprint.totalBytes, 0);
+    return admitted(this.active);
+  }
+
+  /** Bytes requests may hold beside the weights. */
+  get budgetBytes(): number {
+    return availableBytes(this.model.budget);
   }
 
   /** Ids of every queued and running request. */
@@ -83,13 +93,18 @@ export class Interleaver {
 
   /** Queues a request; throws TooLargeError if it could never fit, whatever else runs. */
   submit(scope: RequestScope): Promise<GenerateResult> {
-    const { budget } = this.options;
-    const fp = scope.footprint;
-    if (fp.totalBytes > budget.totalBytes) {
-      throw new TooLargeError(fp.totalBytes, budget.totalBytes, `try a smaller size than ${scope.sizeKey}${scope.guided ? ' or guidance <= 1 (one branch instead of two)' : ''}, or raise the memory cap`);
-    }
-    if (fp.largestBufferBytes > budget.maxBufferBytes) {
-      throw new TooLargeError(fp.largestBufferBytes, budget.maxBufferBytes, `one attention buffer at ${scope.sizeKey} exceeds this adapter's largest buffer (${formatBytes(budget.maxBufferBytes)}); try a smaller size`);
+    const { budget, dims, info } = this.model;
+    const no = refusal(budget, scope.footprint);
+    if (no) {
+      const { width, height, guidance } = scope.request;
+      const fits = largestFittingSize(budget, dims, info.limits, width, height, guidance);
+      const largest = fits ? `the largest ${width === height ? 'square ' : ''}size that fits is ${fits.width}x${fits.height}` : 'no size of this shape fits';
+      const why =
+        no.kind === 'buffer'
+          ? `one buffer at ${scope.sizeKey} would be ${formatBytes(no.neededBytes)}, over this adapter's largest buffer (${formatBytes(no.limitBytes)})`
+          : `${scope.sizeKey}${scope.guided ? ' with guidance' : ''} needs ~${formatBytes(no.neededBytes)} beside the ${formatBytes(budget.weightBytes)} of weights, and ${formatBytes(Math.max(0, no.limitBytes))} of the ${formatBytes(budget.memoryBytes)} GPU memory setting is left`;
+      const more = no.kind === 'memory' ? `${scope.guided ? ', or use guidance <= 1 (one row instead of two)' : ''}, or raise the GPU memory setting` : '';
+      throw new TooLargeError(no.neededBytes, no.limitBytes, `${why}; ${largest}${more}`, fits);
     }
     this.queue.push(scope);
     scope.onProgress?.({ status: 'queued', requestId: scope.id, loaded: 0, total: scope.scheduler.totalSteps, progress: 0 });
@@ -155,19 +170,24 @@ export class Interleaver {
   }
 
   private admit(): void {
-    const { budget, maxActive } = this.options;
-    let admitted = this.admittedBytes;
+    const { maxActive } = this.options;
+    const available = availableBytes(this.model.budget);
     // FIFO: a large request at the head is not overtaken forever by small ones
     while (this.queue.length && this.active.length < maxActive) {
       const next = this.queue[0];
-      if (admitted + next.footprint.totalBytes > budget.totalBytes) break;
+      if (admitted([...this.active, next]) > available) break;
       this.queue.shift();
       this.active.push(next);
-      admitted += next.footprint.totalBytes;
       next.times.admitted = now();
       next.admittedCycle = this.counters.cycles;
     }
-    this.counters.peakAdmittedBytes = Math.max(this.counters.peakAdmittedBytes, admitted);
+    this.counters.peakAdmittedBytes = Math.max(this.counters.peakAdmittedBytes, this.admittedBytes);
+  }
+
+  /** How many rows (or images) of one footprint a run may carry now: memory left beside every active state, and the largest buffer. */
+  private runCapacity(per: RunFootprint): number {
+    const free = availableBytes(this.model.budget) - this.active.reduce((n, s) => n + s.footprint.stateBytes, 0);
+    return Math.max(1, Math.min(Math.floor(free / per.activationBytes), Math.floor(this.model.budget.maxBufferBytes / per.largestBufferBytes)));
   }
 
   private async encodeArrivals(): Promise<void> {
@@ -201,78 +221,92 @@ export class Interleaver {
     }
   }
 
-  /** Requests of one size, in arrival order, cut into runs of at most maxBatch requests. */
-  private batches(phase: 'denoising' | 'decoding'): RequestScope[][] {
-    const bySize = new Map<string, RequestScope[]>();
+  /** Active requests in one phase, grouped by image size, in arrival order. */
+  private bySize(phase: 'denoising' | 'decoding'): RequestScope[][] {
+    const groups = new Map<string, RequestScope[]>();
     for (const s of this.active) {
       if (s.phase !== phase) continue;
-      const group = bySize.get(s.sizeKey) ?? [];
+      const group = groups.get(s.sizeKey) ?? [];
       group.push(s);
-      bySize.set(s.sizeKey, group);
+      groups.set(s.sizeKey, group);
     }
-    const out: RequestScope[][] = [];
-    for (const group of bySize.values()) {
-      let chunk: RequestScope[] = [];
-      let rows = 0;
-      for (const s of group) {
-        // also keep each run's largest buffer under the adapter's per-buffer limit
-        const tooBig = (rows + s.rows) * s.footprint.largestBufferBytes > this.options.budget.maxBufferBytes;
-        if (chunk.length && (chunk.length >= this.options.maxBatch || tooBig)) {
-          out.push(chunk);
-          chunk = [];
-          rows = 0;
-        }
-        chunk.push(s);
-        rows += s.rows;
+    return [...groups.values()];
+  }
+
+  /** Cuts items into runs of at most `capacity` items from at most maxBatch requests. */
+  private pack<T extends { scope: RequestScope }>(items: T[], capacity: number): T[][] {
+    const runs: T[][] = [];
+    let run: T[] = [];
+    let scopes = new Set<RequestScope>();
+    for (const item of items) {
+      const newScope = !scopes.has(item.scope);
+      if (run.length && (run.length >= capacity || (newScope && scopes.size >= this.options.maxBatch))) {
+        runs.push(run);
+        run = [];
+        scopes = new Set();
       }
-      if (chunk.length) out.push(chunk);
+      run.push(item);
+      scopes.add(item.scope);
     }
-    return out;
+    if (run.length) runs.push(run);
+    return runs;
   }
 
   private async stepAll(): Promise<void> {
-    for (const batch of this.batches('denoising')) {
-      const live = batch.filter((s) => s.phase === 'denoising');
-      if (!live.length) continue;
-      let velocities: Float32Array[];
-      try {
-        velocities = await predictVelocities(
-          this.model,
-          this.ort,
-          live.map((s) => ({ latents: s.latents!, timestep: s.scheduler.timestep, guidance: s.request.guidance, uncond: s.uncond, cond: s.cond! })),
-          live[0].latentShape,
-        );
-        this.counters.transformerRuns++;
-      } catch (e) {
-        for (const s of live) this.finish(s, new InferenceError(`transformer run failed: ${(e as Error).message}`));
-        continue;
-      }
-      live.forEach((s, i) => {
-        if (s.phase !== 'denoising') return; // cancelled during the run
-        const v = velocities[i];
-        if (!allFinite(v)) {
-          this.finish(s, new InferenceError(`request ${s.id}: non-finite values at step ${s.scheduler.stepIndex + 1}; the request was stopped, others carry on`));
-          return;
+    for (const group of this.bySize('denoising')) {
+      const rows = group.flatMap((scope) => (scope.guided ? [{ scope, branch: 'uncond' as const }, { scope, branch: 'cond' as const }] : [{ scope, branch: 'cond' as const }]));
+      for (const run of this.pack(rows, this.runCapacity(group[0].footprint.row))) {
+        const live = run.filter((r) => r.scope.phase === 'denoising');
+        if (!live.length) continue;
+        let velocities: Float32Array[];
+        try {
+          velocities = await predictRows(
+            this.model,
+            this.ort,
+            live.map(({ scope, branch }) => ({ latents: scope.latents!, timestep: scope.scheduler.timestep, embedding: (branch === 'uncond' ? scope.uncond : scope.cond)! })),
+            live[0].scope.latentShape,
+          );
+          this.counters.transformerRuns++;
+          this.counters.maxRowsPerRun = Math.max(this.counters.maxRowsPerRun, live.length);
+        } catch (e) {
+          for (const { scope } of live) this.finish(scope, new InferenceError(`transformer run failed: ${(e as Error).message}`));
+          continue;
         }
-        s.scheduler.step(s.latents!, v);
-        if (s.scheduler.done) s.phase = 'decoding';
-        const [C, h, w] = s.latentShape;
-        const total = s.scheduler.totalSteps;
-        s.onProgress?.({
-          status: 'step',
-          requestId: s.id,
-          loaded: s.scheduler.stepIndex,
-          total,
-          progress: (100 * s.scheduler.stepIndex) / total,
-          elapsedMs: now() - s.times.submitted,
-          preview: s.wantsPreview ? { width: w, height: h, rgba: latentPreview(s.latents!, C, h, w) } : undefined,
+        live.forEach(({ scope, branch }, i) => {
+          if (scope.phase === 'denoising') scope.velocity[branch] = velocities[i];
         });
-      });
+        for (const scope of new Set(live.map((r) => r.scope))) if (scope.phase === 'denoising' && scope.velocity.cond && (!scope.guided || scope.velocity.uncond)) this.advance(scope);
+      }
     }
   }
 
+  /** Both branches are back: guidance, the finite check, one Euler step, progress. */
+  private advance(s: RequestScope): void {
+    const { uncond, cond } = s.velocity;
+    s.velocity = { uncond: null, cond: null };
+    const v = uncond ? combineGuidance(uncond, cond!, s.request.guidance, uncond) : cond!;
+    if (!allFinite(v)) {
+      this.finish(s, new InferenceError(`request ${s.id}: non-finite values at step ${s.scheduler.stepIndex + 1}; the request was stopped, others carry on`));
+      return;
+    }
+    s.scheduler.step(s.latents!, v);
+    if (s.scheduler.done) s.phase = 'decoding';
+    const [C, h, w] = s.latentShape;
+    const total = s.scheduler.totalSteps;
+    s.onProgress?.({
+      status: 'step',
+      requestId: s.id,
+      loaded: s.scheduler.stepIndex,
+      total,
+      progress: (100 * s.scheduler.stepIndex) / total,
+      elapsedMs: now() - s.times.submitted,
+      preview: s.wantsPreview ? { width: w, height: h, rgba: latentPreview(s.latents!, C, h, w) } : undefined,
+    });
+  }
+
   private async decodeFinished(): Promise<void> {
-    for (const batch of this.batches('decoding')) {
+    const runs = this.bySize('decoding').flatMap((group) => this.pack(group.map((scope) => ({ scope })), this.runCapacity(group[0].footprint.decode)));
+    for (const batch of runs.map((run) => run.map((r) => r.scope))) {
       const started = now();
       for (const s of batch) s.onProgress?.({ status: 'decoding', requestId: s.id, loaded: s.scheduler.totalSteps, total: s.scheduler.totalSteps, progress: 100 });
       const [, h, w] = batch[0].latentShape;
@@ -314,6 +348,17 @@ export class Interleaver {
       });
     }
   }
+}
+
+/** States of every request plus the largest run (a transformer row or a decode) any of them needs: runs never overlap. */
+function admitted(scopes: readonly RequestScope[]): number {
+  let state = 0;
+  let transient = 0;
+  for (const s of scopes) {
+    state += s.footprint.stateBytes;
+    transient = Math.max(transient, s.footprint.row.activationBytes, s.footprint.decode.activationBytes);
+  }
+  return state + transient;
 }
 
 /** A macrotask turn without setTimeout's clamping (1 ms in Node, 4 ms nested in browsers). */

@@ -6,7 +6,7 @@ import type { NormalizedRequest } from '../api/validate.ts';
 import { RequestRng } from '../rng.ts';
 import type { RequestSchedulerState } from '../scheduler/flow-match-euler.ts';
 import type { PromptEmbedding } from '../sd3/encode-prompt.ts';
-import type { Footprint } from './memory-budget.ts';
+import type { RequestFootprint } from '../memory/footprint.ts';
 
 export type Phase = 'queued' | 'denoising' | 'decoding' | 'finished';
 
@@ -17,6 +17,8 @@ export class RequestScope {
   cond: PromptEmbedding | null = null;
   /** Negative-prompt embedding; only with classifier-free guidance. */
   uncond: PromptEmbedding | null = null;
+  /** This step's velocity per branch, as runs return them (a guided request's two rows may come from two runs). */
+  velocity: { uncond: Float32Array | null; cond: Float32Array | null } = { uncond: null, cond: null };
   readonly warnings: string[] = [];
   readonly times = { submitted: 0, admitted: 0, denoiseStart: 0, decodeStart: 0, finished: 0, encodeMs: 0 };
   /** Interleaver cycle at which the request was admitted and finished (fairness tests read these). */
@@ -28,7 +30,7 @@ export class RequestScope {
   constructor(
     readonly request: NormalizedRequest,
     readonly scheduler: RequestSchedulerState,
-    readonly footprint: Footprint,
+    readonly footprint: RequestFootprint,
     /** Latent grid [channels, h, w]. */
     readonly latentShape: readonly [number, number, number],
     readonly onProgress: ProgressCallback | undefined,
@@ -68,6 +70,7 @@ export class RequestScope {
 
   release(): void {
     this.latents = null;
+    this.velocity = { uncond: null, cond: null };
     this.cond = null;
     this.uncond = null;
   }

@@ -1,15 +1,17 @@
-// Whether a model can run here, decided from file sizes and config before any
-// weights are downloaded: a clear refusal instead of a crashed tab.
+// What the device can hold and run, decided from file sizes and configs before
+// any weights are downloaded: a clear refusal instead of a crashed tab.
 import type { BackendName, GenerationDefaults } from '../api/types.ts';
 import { ModelLoadError, ModelTooLargeError, formatBytes } from '../errors.ts';
-import { requestFootprint } from '../interleaver/memory-budget.ts';
-import type { TransformerConfig, VaeConfig } from './model-config.ts';
+import { availableBytes, RESERVE_BYTES, type MemoryBudget } from '../memory/budget.ts';
+import { peakBytes, type RequestFootprint } from '../memory/footprint.ts';
 
 export interface DeviceFit {
-  /** Memory the weights plus one request may use: GPU memory on webgpu, the wasm heap on wasm. */
+  /** Memory the weights plus requests may use: GPU memory on webgpu, the wasm heap on wasm. */
   memoryBytes: number;
-  /** Largest file the runtime can take as one buffer. */
+  /** Largest file the runtime takes as one buffer (streamed Blobs have no such limit). */
   maxFileBytes: number;
+  /** Largest single device buffer (WebGPU adapter limits). */
+  maxBufferBytes: number;
   /** WebGPU adapter features (`shader-f16` for fp16 weights); ignored on wasm. */
   features?: readonly string[];
 }
@@ -26,6 +28,7 @@ export function defaultDeviceFit(backend: BackendName, over: Partial<DeviceFit> 
     // a GPU setting never lifts wasm32's hard 4 GB
     memoryBytes: backend === 'wasm' ? Math.min(over.memoryBytes ?? WASM_MEMORY_BYTES, WASM_MEMORY_BYTES) : (over.memoryBytes ?? DEFAULT_GPU_MEMORY_BYTES),
     maxFileBytes: over.maxFileBytes ?? MAX_BUFFER_BYTES,
+    maxBufferBytes: over.maxBufferBytes ?? MAX_BUFFER_BYTES,
     features: over.features ?? [],
   };
 }
@@ -42,7 +45,7 @@ export function checkFileSizes(files: readonly PlannedFile[], fit: DeviceFit): v
     if (f.size > fit.maxFileBytes) {
       throw new ModelLoadError(
         f.path,
-        `it is ${formatBytes(f.size)}, more than the ${formatBytes(fit.maxFileBytes)} one browser buffer can hold; re-shard the export into smaller external-data files with \`npm run reshard -- <model folder>\` (README: "Sharded external data")`,
+        `it is ${formatBytes(f.size)}, more than the ${formatBytes(fit.maxFileBytes)} one browser buffer can hold; use a browser with JSPI (Chrome 137+), which streams it, or re-shard the export into smaller external-data files with \`npm run reshard -- <model folder>\` (README: "Sharded external data")`,
       );
     }
   }
@@ -55,25 +58,15 @@ export function checkHalfPrecision(path: string, halfPrecision: boolean, backend
   }
 }
 
-export interface ModelNeeds {
-  weightBytes: number;
-  /** One request at the model's default size and guidance. */
-  requestBytes: number;
-  totalBytes: number;
-}
-
-export function estimateNeeds(weightBytes: number, t: TransformerConfig, vae: VaeConfig, defaults: GenerationDefaults, textTokens: number): ModelNeeds {
-  const requestBytes = requestFootprint({ transformer: t, vae, textTokens }, defaults.width, defaults.height, defaults.guidance).totalBytes;
-  return { weightBytes, requestBytes, totalBytes: weightBytes + requestBytes };
-}
-
-/** Refuses a model whose weights plus one default request exceed the device's memory. */
-export function checkModelFits(needs: ModelNeeds, defaults: GenerationDefaults, backend: BackendName, fit: DeviceFit, hasT5: boolean): void {
-  if (needs.totalBytes <= fit.memoryBytes) return;
-  const detail = `${formatBytes(needs.weightBytes)} of weights + ${formatBytes(needs.requestBytes)} for one ${defaults.width}×${defaults.height} image`;
+/** Refuses a model whose weights plus its smallest request cannot fit: larger images are refused per request, naming the largest that fits. */
+export function checkModelFits(budget: MemoryBudget, smallest: RequestFootprint, smallestSide: number, defaults: GenerationDefaults, backend: BackendName, hasT5: boolean): void {
+  const need = peakBytes(smallest);
+  if (need <= availableBytes(budget)) return;
+  const total = budget.weightBytes + RESERVE_BYTES + need;
+  const detail = `${formatBytes(budget.weightBytes)} of weights + ${formatBytes(need + RESERVE_BYTES)} for the smallest image, ${smallestSide}×${smallestSide}; its default is ${defaults.width}×${defaults.height}`;
   const hints = [
     hasT5 ? 'load it without T5 ("no T5" mode) to save memory' : '',
     backend === 'wasm' ? 'the wasm backend holds everything in 4 GB; use a browser with WebGPU' : 'if your GPU has more memory, raise "GPU memory" in the model settings',
   ].filter(Boolean);
-  throw new ModelTooLargeError(needs.totalBytes, fit.memoryBytes, detail, `Try: ${hints.join('; or ')}.`);
+  throw new ModelTooLargeError(total, budget.memoryBytes, detail, `Try: ${hints.join('; or ')}.`);
 }

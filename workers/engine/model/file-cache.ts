@@ -1,10 +1,11 @@
 // A download cache for model files, so a model's gigabytes cross the network
-// once. Each entry records the file's size and SHA-256 when it was stored; a
-// read checks both, so a truncated or corrupt entry is dropped and fetched
-// again. Only complete, verified downloads are ever stored, so an interrupted
-// download leaves nothing behind and the next load starts it cleanly.
+// once. Files stream into storage as they download, hashed (SHA-256) on the
+// way; an entry becomes visible only once complete, so an interrupted
+// download leaves nothing behind. A stored file is checked against its
+// recorded size on every load (cheap) and against its hash when asked
+// (`verify`: reading gigabytes again on every load would cost minutes).
 // Storage itself is pluggable: Cache Storage in the browser
-// (workers/store/cache-storage-files.ts), a folder in Node (node-file-cache.ts).
+// (workers/store/model-cache.ts), a folder in Node (node-file-cache.ts).
 import type { ByteProgress, ModelFiles } from './model-files.ts';
 
 export interface CacheMeta {
@@ -15,14 +16,36 @@ export interface CacheMeta {
   storedAt: string;
 }
 
+/** A complete stored file. */
+export interface StoredFile {
+  meta: CacheMeta;
+  /** The bytes in memory (small files). */
+  bytes(): Promise<Uint8Array>;
+  /** A Blob read from storage as it is consumed (large files: no copy in memory). */
+  blob(): Promise<Blob>;
+  /** The stored bytes as a stream (hash checks). */
+  stream(): AsyncIterable<Uint8Array>;
+}
+
+/** Incremental SHA-256 over a stream: each platform brings its own (node:crypto, hash-wasm). */
+export interface Sha256 {
+  update(chunk: Uint8Array): void;
+  hex(): string;
+}
+
 /** Raw storage under the cache: keys are the files' URLs. */
 export interface CacheBackend {
-  read(key: string): Promise<{ bytes: Uint8Array; meta: CacheMeta } | null>;
+  /** A complete entry whose stored size matches its record, or null. */
+  get(key: string): Promise<StoredFile | null>;
   /** Metadata without reading the bytes. */
   meta(key: string): Promise<CacheMeta | null>;
-  write(key: string, bytes: Uint8Array, meta: CacheMeta): Promise<void>;
+  /** Streams a file into storage, hashing it as it goes; visible only once the whole file is stored. */
+  write(key: string, modelId: string, chunks: AsyncIterable<Uint8Array>): Promise<CacheMeta>;
   remove(key: string): Promise<void>;
   list(): Promise<{ key: string; meta: CacheMeta }[]>;
+  /** Removes everything, half-written files included. */
+  clear(): Promise<void>;
+  sha256(): Promise<Sha256>;
 }
 
 export interface CachedModelUsage {
@@ -31,33 +54,56 @@ export interface CachedModelUsage {
   bytes: number;
 }
 
-async function sha256(bytes: Uint8Array): Promise<string> {
-  const digest = new Uint8Array(await crypto.subtle.digest('SHA-256', bytes as Uint8Array<ArrayBuffer>));
-  return Array.from(digest, (b) => b.toString(16).padStart(2, '0')).join('');
-}
-
 export class FileCache {
-  /** Entries found corrupt and dropped since this cache was opened (keys). */
+  /** Entries found incomplete or corrupt and dropped since this cache was opened (keys). */
   readonly dropped: string[] = [];
 
   constructor(readonly backend: CacheBackend) {}
 
-  /** Verified bytes for a key, or null (a bad entry is removed). */
-  async get(key: string): Promise<Uint8Array | null> {
-    const hit = await this.backend.read(key).catch(() => null);
-    if (!hit) return null;
-    if (hit.bytes.byteLength === hit.meta.size && (await sha256(hit.bytes)) === hit.meta.sha256) return hit.bytes;
+  /** A complete entry, or null (an entry whose size disagrees with its record is removed). */
+  async get(key: string): Promise<StoredFile | null> {
+    const meta = await this.backend.meta(key).catch(() => null);
+    if (!meta) return null;
+    const hit = await this.backend.get(key).catch(() => null);
+    if (hit) return hit;
+    await this.drop(key);
+    return null;
+  }
+
+  private async drop(key: string): Promise<void> {
     this.dropped.push(key);
     await this.backend.remove(key).catch(() => undefined);
-    return null;
   }
 
   async size(key: string): Promise<number | null> {
     return (await this.backend.meta(key).catch(() => null))?.size ?? null;
   }
 
-  async put(key: string, modelId: string, bytes: Uint8Array): Promise<void> {
-    await this.backend.write(key, bytes, { modelId, size: bytes.byteLength, sha256: await sha256(bytes), storedAt: new Date().toISOString() });
+  /** Stores a file from its stream; resolves with its record once every byte is stored. */
+  put(key: string, modelId: string, chunks: AsyncIterable<Uint8Array>): Promise<CacheMeta> {
+    return this.backend.write(key, modelId, chunks);
+  }
+
+  /** Re-reads a model's files (all, or only `keys`) and checks their hashes; bad entries are dropped (the next load fetches them again). */
+  async verify(modelId: string, keys?: readonly string[]): Promise<{ checked: number; dropped: string[] }> {
+    const dropped: string[] = [];
+    let checked = 0;
+    for (const { key, meta } of await this.backend.list()) {
+      if (meta.modelId !== modelId || (keys && !keys.includes(key))) continue;
+      checked++;
+      const hit = await this.backend.get(key).catch(() => null);
+      let ok = false;
+      if (hit) {
+        const h = await this.backend.sha256();
+        for await (const chunk of hit.stream()) h.update(chunk);
+        ok = h.hex() === meta.sha256;
+      }
+      if (!ok) {
+        await this.drop(key);
+        dropped.push(key);
+      }
+    }
+    return { checked, dropped };
   }
 
   /** Space used per cached model, largest first. */
@@ -74,7 +120,7 @@ export class FileCache {
 
   /** Removes every cached file of every model. */
   async clear(): Promise<void> {
-    for (const { key } of await this.backend.list()) await this.backend.remove(key);
+    await this.backend.clear();
   }
 
   /** Removes every cached file of a model; resolves with the bytes freed. */
@@ -89,16 +135,18 @@ export class FileCache {
   }
 }
 
-/** A source whose files have stable URLs (and so can be cached). */
+/** A source whose files have stable URLs and stream (and so can be cached). */
 export interface CacheableModelFiles extends ModelFiles {
   cacheKey(path: string): string;
+  stream(path: string, onProgress?: ByteProgress): AsyncIterable<Uint8Array>;
 }
 
 export function isCacheable(files: ModelFiles): files is CacheableModelFiles {
-  return typeof (files as Partial<CacheableModelFiles>).cacheKey === 'function';
+  const f = files as Partial<CacheableModelFiles>;
+  return typeof f.cacheKey === 'function' && typeof f.stream === 'function';
 }
 
-/** Reads through the cache: hits cost no network, misses are stored once complete. */
+/** Reads through the cache: hits cost no network; misses stream into storage and are read from there. */
 export class CachedModelFiles implements ModelFiles {
   /** Paths served from the cache during this object's life. */
   readonly hits = new Set<string>();
@@ -114,19 +162,37 @@ export class CachedModelFiles implements ModelFiles {
     return this.inner.id;
   }
 
-  async read(path: string, onProgress?: ByteProgress): Promise<Uint8Array> {
+  /** The stored file, downloading it into the cache first when absent; null when storing failed. */
+  private async stored(path: string, onProgress?: ByteProgress): Promise<StoredFile | null> {
     const key = this.inner.cacheKey(path);
     const cached = await this.cache.get(key);
     if (cached) {
       this.hits.add(path);
-      onProgress?.(cached.byteLength, cached.byteLength);
+      onProgress?.(cached.meta.size, cached.meta.size);
       return cached;
     }
-    const bytes = await this.inner.read(path, onProgress);
-    await this.cache.put(key, this.inner.id, bytes).catch((e: unknown) => {
+    const source: { error?: unknown } = {};
+    try {
+      await this.cache.put(key, this.inner.id, watchSource(this.inner.stream(path, onProgress), source));
+    } catch (e) {
+      // a failed download is the download's error (it names the file); a failed write falls back to the network
+      if (source.error !== undefined) throw source.error;
       this.storeErrors.push(`${path}: ${(e as Error).message ?? e}`);
-    });
-    return bytes;
+      return null;
+    }
+    return this.cache.get(key);
+  }
+
+  async read(path: string, onProgress?: ByteProgress): Promise<Uint8Array> {
+    const stored = await this.stored(path, onProgress);
+    return stored ? stored.bytes() : this.inner.read(path, onProgress);
+  }
+
+  async blob(path: string, onProgress?: ByteProgress): Promise<Blob> {
+    const stored = await this.stored(path, onProgress);
+    if (stored) return stored.blob();
+    if (this.inner.blob) return this.inner.blob(path, onProgress);
+    return new Blob([(await this.inner.read(path, onProgress)) as Uint8Array<ArrayBuffer>]);
   }
 
   async size(path: string): Promise<number | null> {
@@ -135,5 +201,15 @@ export class CachedModelFiles implements ModelFiles {
 
   async exists(path: string): Promise<boolean> {
     return (await this.size(path)) !== null;
+  }
+}
+
+/** Passes a stream through, remembering whether it was the source that failed (storage failing stops reading instead). */
+async function* watchSource(chunks: AsyncIterable<Uint8Array>, source: { error?: unknown }): AsyncIterable<Uint8Array> {
+  try {
+    for await (const chunk of chunks) yield chunk;
+  } catch (e) {
+    source.error = e;
+    throw e;
   }
 }

@@ -1,18 +1,21 @@
 // Loads a model folder once: configs, tokenizers, and one session per component.
 // It plans first (configs, small graphs and every file's size) so a model that
 // cannot fit this device is refused before its weights are downloaded, and so
-// download progress has a true total from the first byte.
-import type { BackendName, ModelInfo, ProgressCallback } from '../api/types.ts';
+// download progress has a true total from the first byte. The plan is also
+// what `npm run generate -- --plan` prints.
+import type { BackendName, GenerationDefaults, ModelInfo, ProgressCallback } from '../api/types.ts';
 import { ModelLoadError } from '../errors.ts';
-import { CLIP_LENGTH } from '../sd3/encode-prompt.ts';
+import { largestFittingSize, type MemoryBudget } from '../memory/budget.ts';
+import { attentionChunks, requestFootprint, rowScoreBytes, type ModelDims } from '../memory/footprint.ts';
 import { FlowMatchEulerScheduler, parseSchedulerConfig } from '../scheduler/flow-match-euler.ts';
+import { chunkAttention, findAttention } from './attention-chunks.ts';
 import { ComponentSession, type Ort } from './component-session.ts';
-import { deviceQueue } from './run-queue.ts';
-import { checkFileSizes, checkHalfPrecision, checkModelFits, defaultDeviceFit, estimateNeeds, type DeviceFit, type ModelNeeds } from './device-fit.ts';
+import { checkFileSizes, checkHalfPrecision, checkModelFits, defaultDeviceFit, type DeviceFit } from './device-fit.ts';
 import { CachedModelFiles } from './file-cache.ts';
-import { hasHalfPrecisionWeights, summarizeGraph, type GraphSummary } from './graph-info.ts';
+import { summarizeGraph, type GraphSummary } from './graph-info.ts';
 import type { ByteProgress, ModelFiles } from './model-files.ts';
-import { familyDefaults, parseTransformerConfig, parseVaeConfig, penultimateOutput, type TransformerConfig, type VaeConfig } from './model-config.ts';
+import { CLIP_LENGTH, familyDefaults, parseTransformerConfig, parseVaeConfig, penultimateOutput, type TransformerConfig, type VaeConfig } from './model-config.ts';
+import { deviceQueue } from './run-queue.ts';
 import { PromptTokenizer } from './tokenizers.ts';
 
 export interface TextEncoder {
@@ -31,13 +34,15 @@ export interface LoadedModel {
   /** Absent when the export has no T5 or it was skipped ("no T5" mode): zeros are used. */
   t5: TextEncoder | null;
   t5MaxLength: number;
-  /** Estimated memory: weights plus one default request. */
-  needs: ModelNeeds;
   transformer: ComponentSession;
   vaeDecoder: ComponentSession;
   transformerConfig: TransformerConfig;
   vaeConfig: VaeConfig;
   scheduler: FlowMatchEulerScheduler;
+  /** What the memory estimates need: dimensions, activation dtypes, attention chunks. */
+  dims: ModelDims;
+  /** The device's memory with this model's weights in it. */
+  budget: MemoryBudget;
   release(): Promise<void>;
 }
 
@@ -51,6 +56,8 @@ export interface LoadOptions {
   t5MaxLength?: number;
   /** What the device can hold; defaults per backend (device-fit.ts). */
   fit?: Partial<DeviceFit>;
+  /** Hand external data to onnxruntime as Blobs (JSPI build), read tensor by tensor: never held whole. */
+  streamExternalData?: boolean;
 }
 
 async function readJson(files: ModelFiles, path: string): Promise<Record<string, unknown>> {
@@ -67,17 +74,43 @@ async function readJson(files: ModelFiles, path: string): Promise<Record<string,
 /** Whether model_index.json declares a component (absent or [null, null] means no). */
 const declared = (index: Record<string, unknown>, name: string) => Array.isArray(index[name]) && (index[name] as unknown[])[0] !== null;
 
-/** Graphs up to this size are read while planning (external-data graphs are small). */
+/** Graphs up to this size are read while planning (external-data graphs are small; larger ones carry their weights inline). */
 const PLAN_GRAPH_MAX_BYTES = 64 * 1024 ** 2;
+/** One row's attention scores are cut into query chunks of at most this much. */
+export const ATTENTION_CHUNK_TARGET_BYTES = 128 * 1024 ** 2;
 
-interface ComponentPlan {
+export interface ComponentPlan {
   folder: string;
   graphPath: string;
   graphSize: number;
   /** Read while planning when small; else read at load time. */
   graph: Uint8Array | null;
+  summary: GraphSummary | null;
   /** External data files: their recorded location and size. */
   data: { location: string; path: string; size: number }[];
+  /** Attention sites the chunk rewrite recognises (transformer and VAE decoder). */
+  attentionSites: number;
+  /** Query chunks the loader will cut each attention into (1: unchanged). */
+  chunks: number;
+}
+
+/** Everything known before any weight is downloaded. */
+export interface ModelPlan {
+  id: string;
+  family: string;
+  backend: BackendName;
+  defaults: GenerationDefaults;
+  limits: ModelInfo['limits'];
+  index: Record<string, unknown>;
+  schedulerJson: Record<string, unknown>;
+  transformerConfig: TransformerConfig;
+  vaeConfig: VaeConfig;
+  withT5: boolean;
+  t5MaxLength: number;
+  components: Map<string, ComponentPlan>;
+  dims: ModelDims;
+  budget: MemoryBudget;
+  fit: DeviceFit;
 }
 
 /** Download progress per file and over the whole model, in bytes. */
@@ -149,55 +182,134 @@ function checkContract(c: ComponentSession, graphPath: string): void {
   }
 }
 
-export async function loadModel(files: ModelFiles, opts: LoadOptions): Promise<LoadedModel> {
-  const { ort, backend } = opts;
+const summarize = (path: string, graph: Uint8Array): GraphSummary => {
+  try {
+    return summarizeGraph(graph);
+  } catch (e) {
+    throw new ModelLoadError(path, `not an ONNX model (${(e as Error).message})`);
+  }
+};
+
+/**
+ * Reads configs, small graphs and every weight file's size; decides the
+ * attention chunks and checks the memory budget. Downloads no weights.
+ */
+export async function planModel(files: ModelFiles, opts: Omit<LoadOptions, 'ort'>, progress = new LoadProgress(opts.onProgress), readTracked?: (path: string) => Promise<Uint8Array>): Promise<ModelPlan> {
+  const { backend } = opts;
   const fit = defaultDeviceFit(backend, opts.fit);
-  const created: ComponentSession[] = [];
-  const queue = deviceQueue(ort);
-  const progress = new LoadProgress(opts.onProgress);
-  const cachedPaths = files instanceof CachedModelFiles ? files.hits : undefined;
+  const read = readTracked ?? ((path: string) => files.read(path));
 
-  const readTracked = async (path: string): Promise<Uint8Array> => {
-    const before = cachedPaths?.has(path) ?? false;
-    const bytes = await files.read(path, progress.start(path));
-    progress.done(path, bytes.byteLength, !before && (cachedPaths?.has(path) ?? false));
-    return bytes;
-  };
+  const index = await readJson(files, 'model_index.json');
+  if (!String(index._class_name ?? '').startsWith('StableDiffusion3')) {
+    throw new ModelLoadError('model_index.json', `expected a StableDiffusion3 pipeline, found ${JSON.stringify(index._class_name)}`);
+  }
+  for (const required of ['text_encoder', 'text_encoder_2', 'transformer']) {
+    if (!declared(index, required)) throw new ModelLoadError('model_index.json', `component ${required} is missing`);
+  }
+  const schedulerJson = await readJson(files, 'scheduler/scheduler_config.json');
+  parseSchedulerConfig(schedulerJson);
+  const transformerJson = await readJson(files, 'transformer/config.json');
+  const transformerConfig = parseTransformerConfig(transformerJson);
+  const vaeConfig = parseVaeConfig(await readJson(files, 'vae_decoder/config.json'));
+  const { family, defaults } = familyDefaults(index, transformerJson, transformerConfig, vaeConfig);
+  const withT5 = !opts.skipT5 && declared(index, 'text_encoder_3') && (await files.exists('text_encoder_3/model.onnx'));
+  const t5MaxLength = Math.min(opts.t5MaxLength ?? 256, 512);
+  const sizeMultiple = transformerConfig.patchSize * vaeConfig.scaleFactor;
+  const limits = { minSize: sizeMultiple, maxSize: transformerConfig.posEmbedMaxSize * sizeMultiple, sizeMultiple };
 
-  /** Sizes of a component's files; small graphs are read now to find their external data. */
+  /** Sizes of a component's files; small graphs are read now to find their external data and attention. */
   const planComponent = async (folder: string): Promise<ComponentPlan> => {
     const graphPath = `${folder}/model.onnx`;
     const graphSize = await files.size(graphPath);
     if (graphSize === null) throw new ModelLoadError(graphPath, 'the file is missing (HTTP 404 or not in the folder)');
     progress.plan(graphPath, graphSize);
-    checkFileSizes([{ path: graphPath, size: graphSize }], fit);
-    const graph = graphSize <= PLAN_GRAPH_MAX_BYTES ? await readTracked(graphPath) : null;
-    const data: ComponentPlan['data'] = [];
+    const graph = graphSize <= PLAN_GRAPH_MAX_BYTES ? await read(graphPath) : null;
+    const plan: ComponentPlan = { folder, graphPath, graphSize, graph, summary: null, data: [], attentionSites: 0, chunks: 1 };
     if (graph) {
-      let summary: GraphSummary;
-      try {
-        summary = summarizeGraph(graph);
-      } catch (e) {
-        throw new ModelLoadError(graphPath, `not an ONNX model (${(e as Error).message})`);
-      }
-      checkHalfPrecision(graphPath, summary.halfPrecision, backend, fit);
-      for (const location of summary.externalLocations) {
-        const path = `${folder}/${location}`;
-        const size = await files.size(path);
-        if (size === null) throw new ModelLoadError(path, `the graph's external data file is missing`);
-        progress.plan(path, size);
-        data.push({ location, path, size });
-      }
-      checkFileSizes(data, fit);
+      plan.summary = summarize(graphPath, graph);
+      checkHalfPrecision(graphPath, plan.summary.halfPrecision, backend, fit);
+      plan.data = await sizeExternalData(files, folder, plan.summary.externalLocations, progress);
+      checkFileSizes(plan.data, fit);
+      if (folder === 'transformer' || folder === 'vae_decoder') plan.attentionSites = findAttention(graph).length;
+    } else {
+      // an inline graph over the limit is one file the runtime must take whole
+      checkFileSizes([{ path: graphPath, size: graphSize }], fit);
     }
-    return { folder, graphPath, graphSize, graph, data };
+    return plan;
   };
 
-  const createSession = async (plan: ComponentPlan): Promise<ComponentSession> => {
-    const graph = plan.graph ?? (await readTracked(plan.graphPath));
-    if (!plan.graph) checkHalfPrecision(plan.graphPath, hasHalfPrecisionWeights(graph), backend, fit);
-    const externalData: { path: string; data: Uint8Array }[] = [];
-    for (const d of plan.data) externalData.push({ path: d.location, data: await readTracked(d.path) });
+  const folders = ['text_encoder', 'text_encoder_2', ...(withT5 ? ['text_encoder_3'] : []), 'transformer', 'vae_decoder'];
+  const components = new Map<string, ComponentPlan>();
+  for (const folder of folders) components.set(folder, await planComponent(folder));
+  const weightBytes = [...components.values()].reduce((a, p) => a + p.graphSize + p.data.reduce((b, d) => b + d.size, 0), 0);
+
+  // activations are as wide as the weights: fp16 graphs compute in fp16 (an fp16-I/O graph over fp32 weights computes in fp32)
+  const bytesOf = (c: ComponentPlan) => (c.summary?.halfPrecision ? 2 : 4);
+  const transformer = components.get('transformer')!;
+  const vae = components.get('vae_decoder')!;
+  const dims: ModelDims = {
+    transformer: transformerConfig,
+    vae: vaeConfig,
+    textTokens: CLIP_LENGTH + t5MaxLength,
+    transformerBytes: bytesOf(transformer),
+    vaeBytes: bytesOf(vae),
+    transformerChunks: 1,
+    vaeChunks: 1,
+  };
+  // cut attention so one row's scores at the model's default size stay small and within the adapter's buffers
+  const target = Math.min(ATTENTION_CHUNK_TARGET_BYTES, fit.maxBufferBytes);
+  if (transformer.attentionSites) transformer.chunks = dims.transformerChunks = attentionChunks(rowScoreBytes(dims, defaults.width, defaults.height), target);
+  if (vae.attentionSites) {
+    const latentPixels = (defaults.width / vaeConfig.scaleFactor) * (defaults.height / vaeConfig.scaleFactor);
+    vae.chunks = dims.vaeChunks = attentionChunks(latentPixels * latentPixels * dims.vaeBytes, target);
+  }
+
+  const budget: MemoryBudget = { memoryBytes: fit.memoryBytes, weightBytes, maxBufferBytes: fit.maxBufferBytes };
+  checkModelFits(budget, requestFootprint(dims, limits.minSize, limits.minSize, 0), limits.minSize, defaults, backend, withT5);
+  return { id: files.id, family, backend, defaults, limits, index, schedulerJson, transformerConfig, vaeConfig, withT5, t5MaxLength, components, dims, budget, fit };
+}
+
+async function sizeExternalData(files: ModelFiles, folder: string, locations: string[], progress: LoadProgress): Promise<ComponentPlan['data']> {
+  const data: ComponentPlan['data'] = [];
+  for (const location of locations) {
+    const path = `${folder}/${location}`;
+    const size = await files.size(path);
+    if (size === null) throw new ModelLoadError(path, `the graph's external data file is missing`);
+    progress.plan(path, size);
+    data.push({ location, path, size });
+  }
+  return data;
+}
+
+export async function loadModel(files: ModelFiles, opts: LoadOptions): Promise<LoadedModel> {
+  const { ort, backend } = opts;
+  const created: ComponentSession[] = [];
+  const queue = deviceQueue(ort);
+  const progress = new LoadProgress(opts.onProgress);
+  const cachedPaths = files instanceof CachedModelFiles ? files.hits : undefined;
+
+  const tracked = async <T extends Uint8Array | Blob>(path: string, get: (onProgress: ByteProgress) => Promise<T>): Promise<T> => {
+    const before = cachedPaths?.has(path) ?? false;
+    const data = await get(progress.start(path));
+    progress.done(path, data instanceof Blob ? data.size : data.byteLength, !before && (cachedPaths?.has(path) ?? false));
+    return data;
+  };
+  const readTracked = (path: string) => tracked(path, (p) => files.read(path, p));
+  // external data as a Blob where the source has one and the runtime streams it; bytes otherwise
+  const dataTracked = (path: string) => (opts.streamExternalData && files.blob ? tracked(path, (p) => files.blob!(path, p)) : readTracked(path));
+
+  const createSession = async (plan: ComponentPlan, fit: DeviceFit): Promise<ComponentSession> => {
+    let graph = plan.graph ?? (await readTracked(plan.graphPath));
+    if (!plan.graph) {
+      // a large inline graph is summarised only now: its fp16 weights and any external data it also has
+      const summary = summarize(plan.graphPath, graph);
+      checkHalfPrecision(plan.graphPath, summary.halfPrecision, backend, fit);
+      plan.data = await sizeExternalData(files, plan.folder, summary.externalLocations, progress);
+      checkFileSizes(plan.data, fit);
+    }
+    if (plan.chunks > 1) graph = chunkAttention(graph, plan.chunks).model;
+    const externalData: { path: string; data: Uint8Array | Blob }[] = [];
+    for (const d of plan.data) externalData.push({ path: d.location, data: await dataTracked(d.path) });
     let s;
     try {
       s = await queue.run(() =>
@@ -210,7 +322,7 @@ export async function loadModel(files: ModelFiles, opts: LoadOptions): Promise<L
     } catch (e) {
       throw new ModelLoadError(plan.graphPath, `onnxruntime could not create a session (${(e as Error).message ?? e})`);
     }
-    const bytes = graph.byteLength + externalData.reduce((a, d) => a + d.data.byteLength, 0);
+    const bytes = plan.graphSize + plan.data.reduce((a, d) => a + d.size, 0);
     const c = new ComponentSession(plan.folder, s, ort, bytes, queue);
     created.push(c);
     checkContract(c, plan.graphPath);
@@ -218,33 +330,13 @@ export async function loadModel(files: ModelFiles, opts: LoadOptions): Promise<L
   };
 
   try {
-    const index = await readJson(files, 'model_index.json');
-    if (!String(index._class_name ?? '').startsWith('StableDiffusion3')) {
-      throw new ModelLoadError('model_index.json', `expected a StableDiffusion3 pipeline, found ${JSON.stringify(index._class_name)}`);
-    }
-    for (const required of ['text_encoder', 'text_encoder_2', 'transformer']) {
-      if (!declared(index, required)) throw new ModelLoadError('model_index.json', `component ${required} is missing`);
-    }
-    const scheduler = new FlowMatchEulerScheduler(parseSchedulerConfig(await readJson(files, 'scheduler/scheduler_config.json')));
-    const transformerJson = await readJson(files, 'transformer/config.json');
-    const transformerConfig = parseTransformerConfig(transformerJson);
-    const vaeConfig = parseVaeConfig(await readJson(files, 'vae_decoder/config.json'));
-    const { family, defaults } = familyDefaults(index, transformerJson, transformerConfig, vaeConfig);
-    const withT5 = !opts.skipT5 && declared(index, 'text_encoder_3') && (await files.exists('text_encoder_3/model.onnx'));
-    const t5MaxLength = Math.min(opts.t5MaxLength ?? 256, 512);
-
-    // plan: every weight file's size, before downloading any weights
-    const folders = ['text_encoder', 'text_encoder_2', ...(withT5 ? ['text_encoder_3'] : []), 'transformer', 'vae_decoder'];
-    const plans = new Map<string, ComponentPlan>();
-    for (const folder of folders) plans.set(folder, await planComponent(folder));
-    const plannedBytes = [...plans.values()].reduce((a, p) => a + p.graphSize + p.data.reduce((b, d) => b + d.size, 0), 0);
-    const needs = estimateNeeds(plannedBytes, transformerConfig, vaeConfig, defaults, CLIP_LENGTH + t5MaxLength);
-    checkModelFits(needs, defaults, backend, fit, withT5);
+    const plan = await planModel(files, opts, progress, readTracked);
+    const { components, transformerConfig, vaeConfig, defaults } = plan;
 
     const textEncoder = async (folder: string, tokenizerFolder: string): Promise<TextEncoder> => {
       const config = await readJson(files, `${folder}/config.json`);
       const tokenizer = new PromptTokenizer(await readJson(files, `${tokenizerFolder}/tokenizer.json`), await readJson(files, `${tokenizerFolder}/tokenizer_config.json`));
-      const s = await createSession(plans.get(folder)!);
+      const s = await createSession(components.get(folder)!, plan.fit);
       const isT5 = folder === 'text_encoder_3';
       const hiddenOutput = isT5 ? 'last_hidden_state' : penultimateOutput(config, folder);
       if (!s.outputNames.includes(hiddenOutput)) throw new ModelLoadError(`${folder}/model.onnx`, `has no output ${hiddenOutput} (outputs: ${s.outputNames.join(', ')})`);
@@ -254,24 +346,26 @@ export async function loadModel(files: ModelFiles, opts: LoadOptions): Promise<L
 
     const clipL = await textEncoder('text_encoder', 'tokenizer');
     const clipG = await textEncoder('text_encoder_2', 'tokenizer_2');
-    const t5 = withT5 ? await textEncoder('text_encoder_3', 'tokenizer_3') : null;
+    const t5 = plan.withT5 ? await textEncoder('text_encoder_3', 'tokenizer_3') : null;
     if (clipL.projectionSize + clipG.projectionSize !== transformerConfig.pooledProjectionDim) {
       throw new ModelLoadError('transformer/config.json', `pooled_projection_dim ${transformerConfig.pooledProjectionDim} != CLIP projections ${clipL.projectionSize} + ${clipG.projectionSize}`);
     }
-    const transformer = await createSession(plans.get('transformer')!);
-    const vaeDecoder = await createSession(plans.get('vae_decoder')!);
+    const transformer = await createSession(components.get('transformer')!, plan.fit);
+    const vaeDecoder = await createSession(components.get('vae_decoder')!, plan.fit);
 
-    const sizeMultiple = transformerConfig.patchSize * vaeConfig.scaleFactor;
     const weightBytes = created.reduce((a, c) => a + c.weightBytes, 0);
+    const budget = { ...plan.budget, weightBytes };
+    const largest = largestFittingSize(budget, plan.dims, plan.limits, defaults.width, defaults.height, defaults.guidance);
     const info: ModelInfo = {
       id: files.id,
-      family,
+      family: plan.family,
       backend,
       defaults,
-      limits: { minSize: sizeMultiple, maxSize: transformerConfig.posEmbedMaxSize * sizeMultiple, sizeMultiple },
+      limits: plan.limits,
       hasT5: t5 !== null,
       weightBytes,
-      estimatedBytes: needs.totalBytes,
+      memoryBytes: budget.memoryBytes,
+      largestSize: largest?.width ?? 0,
     };
     progress.ready(weightBytes);
     return {
@@ -279,13 +373,14 @@ export async function loadModel(files: ModelFiles, opts: LoadOptions): Promise<L
       clipL,
       clipG,
       t5,
-      t5MaxLength,
-      needs,
+      t5MaxLength: plan.t5MaxLength,
       transformer,
       vaeDecoder,
       transformerConfig,
       vaeConfig,
-      scheduler,
+      scheduler: new FlowMatchEulerScheduler(parseSchedulerConfig(plan.schedulerJson)),
+      dims: plan.dims,
+      budget,
       release: async () => {
         await Promise.all(created.map((c) => c.release()));
       },

@@ -2,6 +2,9 @@
 // dimensions, decode constants, size limits and per-family defaults.
 import type { GenerationDefaults } from '../api/types.ts';
 
+/** CLIP's context length: both CLIP encoders always see 77 tokens. */
+export const CLIP_LENGTH = 77;
+
 type Json = Record<string, unknown>;
 
 export interface TransformerConfig {
@@ -18,6 +21,8 @@ export interface TransformerConfig {
 
 export interface VaeConfig {
   latentChannels: number;
+  /** Channels per block, encoder order (the decoder runs them reversed). */
+  blockOutChannels: number[];
   scalingFactor: number;
   shiftFactor: number;
   /** Pixels per latent: 2^(number of VAE blocks - 1). */
@@ -47,9 +52,11 @@ export function parseTransformerConfig(json: Json): TransformerConfig {
 
 export function parseVaeConfig(json: Json): VaeConfig {
   const f = 'vae_decoder/config.json';
-  const blocks = Array.isArray(json.block_out_channels) ? json.block_out_channels.length : 4;
+  const channels = Array.isArray(json.block_out_channels) && json.block_out_channels.every((c) => typeof c === 'number' && c > 0) ? (json.block_out_channels as number[]) : [128, 256, 512, 512];
+  const blocks = channels.length;
   return {
     latentChannels: num(json, 'latent_channels', f, 16),
+    blockOutChannels: channels,
     scalingFactor: num(json, 'scaling_factor', f, 1.5305),
     shiftFactor: num(json, 'shift_factor', f, 0.0609),
     scaleFactor: 2 ** (blocks - 1),

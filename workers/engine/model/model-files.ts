@@ -10,10 +10,30 @@ export interface ModelFiles {
   readonly id: string;
   /** Reads one file (path relative to the model root). Throws ModelLoadError naming it. */
   read(path: string, onProgress?: ByteProgress): Promise<Uint8Array>;
+  /** The file's bytes as they arrive, never the whole file at once (downloads resume where a dropped connection stopped). */
+  stream?(path: string, onProgress?: ByteProgress): AsyncIterable<Uint8Array>;
+  /** The file as a Blob that reads from storage as it is consumed (a picked folder, the browser's download cache): no copy in memory. */
+  blob?(path: string, onProgress?: ByteProgress): Promise<Blob>;
   /** Whether the file exists, without downloading it. */
   exists(path: string): Promise<boolean>;
   /** The file's size in bytes without downloading it (0 when the source cannot tell), or null when it is absent. */
   size(path: string): Promise<number | null>;
+}
+
+/** All of a stream in one buffer: no second copy when the size is known. */
+export async function collect(chunks: AsyncIterable<Uint8Array>, sizeHint = 0): Promise<Uint8Array> {
+  let buffer = new Uint8Array(sizeHint || 1 << 16);
+  let loaded = 0;
+  for await (const value of chunks) {
+    if (loaded + value.byteLength > buffer.byteLength) {
+      const grown = new Uint8Array(Math.max(buffer.byteLength * 2, loaded + value.byteLength));
+      grown.set(buffer.subarray(0, loaded));
+      buffer = grown;
+    }
+    buffer.set(value, loaded);
+    loaded += value.byteLength;
+  }
+  return loaded === buffer.byteLength ? buffer : buffer.slice(0, loaded);
 }
 
 export const HUB_HOST = 'https://huggingface.co';
@@ -26,16 +46,26 @@ export function hubBaseUrl(spec: { repo: string; revision?: string; subfolder?: 
   return `${host}/${spec.repo}/resolve/${encodeURIComponent(spec.revision ?? 'main')}/${sub}`;
 }
 
-/** Files under a base URL, fetched with streaming progress. */
+export interface DownloadOptions {
+  /** Attempts in a row that bring no new byte before the download fails. */
+  maxStalls?: number;
+  /** Wait before attempt n: retryDelayMs * 2^(n-1). */
+  retryDelayMs?: number;
+}
+
+/** Files under a base URL, fetched as streams that resume after a dropped connection. */
 export class UrlModelFiles implements ModelFiles {
   readonly base: string;
+  private readonly retry: Required<DownloadOptions>;
 
   constructor(
     base: string,
     readonly id: string = base,
     private readonly fetchFn: typeof fetch = (...args) => fetch(...args),
+    retry: DownloadOptions = {},
   ) {
     this.base = base.endsWith('/') ? base : `${base}/`;
+    this.retry = { maxStalls: retry.maxStalls ?? 4, retryDelayMs: retry.retryDelayMs ?? 250 };
   }
 
   private url(path: string): string {
@@ -48,41 +78,88 @@ export class UrlModelFiles implements ModelFiles {
   }
 
   async read(path: string, onProgress?: ByteProgress): Promise<Uint8Array> {
-    let response: Response;
-    try {
-      response = await this.fetchFn(this.url(path));
-    } catch (e) {
-      throw new ModelLoadError(path, `network error (${(e as Error).message})`);
-    }
-    if (!response.ok) throw new ModelLoadError(path, `HTTP ${response.status} from ${this.url(path)}`);
-    // a compressed response's length is not the body's: then the size is unknown
-    const encoded = (response.headers.get('content-encoding') ?? 'identity') !== 'identity';
-    const total = encoded ? 0 : Number(response.headers.get('content-length') ?? 0);
-    if (!response.body) return new Uint8Array(await response.arrayBuffer());
-    // stream into one buffer: no second copy when the size is known
-    const reader = response.body.getReader();
-    let buffer = new Uint8Array(total || 1 << 16);
+    return collect(this.stream(path, onProgress), (await this.size(path).catch(() => 0)) ?? 0);
+  }
+
+  /**
+   * The file's bytes in order. When the connection drops, the next request
+   * asks for the rest with `Range: bytes=<received>-` (and If-Range, so a file
+   * changed in between is not spliced); a server that answers with the whole
+   * file again is read past the bytes already passed on. Progress never goes
+   * back. A file that keeps failing without new bytes is an error naming it.
+   */
+  async *stream(path: string, onProgress?: ByteProgress): AsyncIterable<Uint8Array> {
+    const url = this.url(path);
     let loaded = 0;
+    let total = 0;
+    let validator: string | null = null;
+    let stalls = 0;
     for (;;) {
-      let chunk: ReadableStreamReadResult<Uint8Array>;
+      const headers: Record<string, string> = loaded ? { Range: `bytes=${loaded}-`, ...(validator ? { 'If-Range': validator } : {}) } : {};
+      let response: Response;
       try {
-        chunk = await reader.read();
+        response = await this.fetchFn(url, { headers });
       } catch (e) {
-        throw new ModelLoadError(path, `download interrupted after ${loaded} of ${total || '?'} bytes (${(e as Error).message}); loading again restarts it`);
+        if (++stalls > this.retry.maxStalls) throw new ModelLoadError(path, `network error after ${loaded} of ${total || '?'} bytes (${(e as Error).message})`);
+        await delay(this.retry.retryDelayMs * 2 ** (stalls - 1));
+        continue;
       }
-      const { done, value } = chunk;
-      if (done) break;
-      if (loaded + value.byteLength > buffer.byteLength) {
-        const grown = new Uint8Array(Math.max(buffer.byteLength * 2, loaded + value.byteLength));
-        grown.set(buffer.subarray(0, loaded));
-        buffer = grown;
+      if (!response.ok) throw new ModelLoadError(path, `HTTP ${response.status} from ${url}`);
+      let skip = 0;
+      if (response.status === 206) {
+        // a cross-origin answer may hide Content-Range; when it shows it, it must start where we stopped
+        const range = /bytes (\d+)-/.exec(response.headers.get('content-range') ?? '');
+        if (range && Number(range[1]) !== loaded) throw new ModelLoadError(path, `the server resumed at byte ${range[1]}, not ${loaded}`);
+      } else {
+        // a whole file: the first answer, or a server that ignores Range (skip what was already passed on)
+        const again = response.headers.get('etag') ?? response.headers.get('last-modified');
+        if (loaded && validator && again && again !== validator) throw new ModelLoadError(path, 'the file changed on the server while it was downloading; load again to fetch the new one');
+        skip = loaded;
+        // a compressed response's length is not the body's: then the size is unknown
+        const encoded = (response.headers.get('content-encoding') ?? 'identity') !== 'identity';
+        if (!encoded) total = Number(response.headers.get('content-length') ?? 0);
+        validator ??= again;
       }
-      buffer.set(value, loaded);
-      loaded += value.byteLength;
-      onProgress?.(loaded, Math.max(total, loaded));
+      if (!response.body) {
+        const all = new Uint8Array(await response.arrayBuffer()).subarray(skip);
+        loaded += all.byteLength;
+        onProgress?.(loaded, Math.max(total, loaded));
+        yield all;
+        return;
+      }
+      const reader = response.body.getReader();
+      const before = loaded;
+      try {
+        for (;;) {
+          const { done, value } = await reader.read();
+          if (done) break;
+          let chunk = value;
+          if (skip) {
+            const drop = Math.min(skip, chunk.byteLength);
+            skip -= drop;
+            chunk = chunk.subarray(drop);
+            if (!chunk.byteLength) continue;
+          }
+          loaded += chunk.byteLength;
+          onProgress?.(loaded, Math.max(total, loaded));
+          yield chunk;
+        }
+      } catch (e) {
+        if (total && loaded >= total) return; // every byte arrived; only the connection's end failed
+        stalls = loaded > before ? 1 : stalls + 1;
+        if (stalls > this.retry.maxStalls) throw new ModelLoadError(path, `download interrupted after ${loaded} of ${total || '?'} bytes and ${stalls} attempts without progress (${(e as Error).message})`);
+        await delay(this.retry.retryDelayMs * 2 ** (stalls - 1));
+        continue;
+      }
+      if (total && loaded < total) {
+        // the body ended early without an error: resume like a dropped connection
+        stalls = loaded > before ? 1 : stalls + 1;
+        if (stalls > this.retry.maxStalls) throw new ModelLoadError(path, `truncated download: ${loaded} of ${total} bytes`);
+        await delay(this.retry.retryDelayMs * 2 ** (stalls - 1));
+        continue;
+      }
+      return;
     }
-    if (total && loaded !== total) throw new ModelLoadError(path, `truncated download: ${loaded} of ${total} bytes`);
-    return loaded === buffer.byteLength ? buffer : buffer.slice(0, loaded);
   }
 
   async size(path: string): Promise<number | null> {
@@ -102,6 +179,8 @@ export class UrlModelFiles implements ModelFiles {
   }
 }
 
+const delay = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
 /** A folder the user picked with the directory picker. */
 export class DirectoryModelFiles implements ModelFiles {
   constructor(
@@ -117,11 +196,16 @@ export class DirectoryModelFiles implements ModelFiles {
   }
 
   async read(path: string, onProgress?: ByteProgress): Promise<Uint8Array> {
+    const f = await this.blob(path, onProgress);
+    return new Uint8Array(await f.arrayBuffer());
+  }
+
+  /** The picked file itself: a Blob the browser reads from disk as it is consumed. */
+  async blob(path: string, onProgress?: ByteProgress): Promise<Blob> {
     try {
       const f = await this.file(path);
-      const bytes = new Uint8Array(await f.arrayBuffer());
-      onProgress?.(bytes.byteLength, bytes.byteLength);
-      return bytes;
+      onProgress?.(f.size, f.size);
+      return f;
     } catch (e) {
       throw new ModelLoadError(path, `not readable in the chosen folder (${(e as Error).message})`);
     }

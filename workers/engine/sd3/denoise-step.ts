@@ -1,17 +1,16 @@
-// One transformer run for a StepBatch: requests of one size, each at its own
-// timestep, with or without guidance, stacked row-wise. The rows of a guided
-// request are [unconditional, conditional], as diffusers orders them.
+// One transformer run over a set of rows: each row is one branch of one
+// request (unconditional or conditional with guidance, or its only branch),
+// at its own timestep. Rows of a request may land in different runs when
+// memory is short; the interleaver combines a request's branches once both
+// are back.
 import type { Ort } from '../model/component-session.ts';
 import type { LoadedModel } from '../model/load-model.ts';
 import type { PromptEmbedding } from './encode-prompt.ts';
 
-export interface StepItem {
+export interface StepRow {
   latents: Float32Array;
   timestep: number;
-  guidance: number;
-  /** Present when guidance > 1. */
-  uncond: PromptEmbedding | null;
-  cond: PromptEmbedding;
+  embedding: PromptEmbedding;
 }
 
 /** v = v_u + g (v_c - v_u), in place into `out`. */
@@ -20,45 +19,32 @@ export function combineGuidance(uncond: Float32Array, cond: Float32Array, guidan
   return out;
 }
 
-/** Runs the transformer once for all items; returns each item's velocity (guidance applied). */
-export async function predictVelocities(model: LoadedModel, ort: Ort, items: readonly StepItem[], latentShape: readonly [number, number, number]): Promise<Float32Array[]> {
+/** Runs the transformer once for all rows (one image size); returns each row's velocity. */
+export async function predictRows(model: LoadedModel, ort: Ort, rows: readonly StepRow[], latentShape: readonly [number, number, number]): Promise<Float32Array[]> {
   const [C, h, w] = latentShape;
   const per = C * h * w;
-  const rows = items.reduce((n, it) => n + (it.uncond ? 2 : 1), 0);
-  const seqJoint = items[0].cond.embeds.length;
-  const pooledDim = items[0].cond.pooled.length;
-  const hidden = new Float32Array(rows * per);
-  const text = new Float32Array(rows * seqJoint);
-  const pooled = new Float32Array(rows * pooledDim);
-  const timestep = new Float32Array(rows);
-  let r = 0;
-  for (const it of items) {
-    for (const emb of it.uncond ? [it.uncond, it.cond] : [it.cond]) {
-      hidden.set(it.latents, r * per);
-      text.set(emb.embeds, r * seqJoint);
-      pooled.set(emb.pooled, r * pooledDim);
-      timestep[r] = it.timestep;
-      r++;
-    }
-  }
+  const n = rows.length;
+  const seqJoint = rows[0].embedding.embeds.length;
+  const pooledDim = rows[0].embedding.pooled.length;
+  const hidden = new Float32Array(n * per);
+  const text = new Float32Array(n * seqJoint);
+  const pooled = new Float32Array(n * pooledDim);
+  const timestep = new Float32Array(n);
+  rows.forEach((row, r) => {
+    hidden.set(row.latents, r * per);
+    text.set(row.embedding.embeds, r * seqJoint);
+    pooled.set(row.embedding.pooled, r * pooledDim);
+    timestep[r] = row.timestep;
+  });
+  const joint = model.transformerConfig.jointAttentionDim;
   const out = await model.transformer.run({
-    hidden_states: new ort.Tensor('float32', hidden, [rows, C, h, w]),
-    encoder_hidden_states: new ort.Tensor('float32', text, [rows, seqJoint / model.transformerConfig.jointAttentionDim, model.transformerConfig.jointAttentionDim]),
-    pooled_projections: new ort.Tensor('float32', pooled, [rows, pooledDim]),
-    timestep: new ort.Tensor('float32', timestep, [rows]),
+    hidden_states: new ort.Tensor('float32', hidden, [n, C, h, w]),
+    encoder_hidden_states: new ort.Tensor('float32', text, [n, seqJoint / joint, joint]),
+    pooled_projections: new ort.Tensor('float32', pooled, [n, pooledDim]),
+    timestep: new ort.Tensor('float32', timestep, [n]),
   });
   const v = out.out_hidden_states.data as Float32Array;
-  const velocities: Float32Array[] = [];
-  r = 0;
-  for (const it of items) {
-    if (it.uncond) {
-      velocities.push(combineGuidance(v.subarray(r * per, (r + 1) * per), v.subarray((r + 1) * per, (r + 2) * per), it.guidance, new Float32Array(per)));
-      r += 2;
-    } else {
-      velocities.push(v.slice(r * per, (r + 1) * per));
-      r += 1;
-    }
-  }
+  const velocities = rows.map((_, r) => v.slice(r * per, (r + 1) * per));
   for (const t of Object.values(out)) t.dispose();
   return velocities;
 }

@@ -3,8 +3,7 @@
 // pooled = CLIP-L pooled ‖ CLIP-G pooled.
 import type { Ort, Tensor } from '../model/component-session.ts';
 import type { LoadedModel, TextEncoder } from '../model/load-model.ts';
-
-export const CLIP_LENGTH = 77;
+import { CLIP_LENGTH } from '../model/model-config.ts';
 
 export interface PromptEmbedding {
   /** [CLIP_LENGTH + t5Length, jointDim] */

@@ -1,0 +1,86 @@
+// One memory budget for everything: the device's memory (the GPU memory
+// setting on WebGPU, which does not report it; wasm32's 4 GB heap on wasm)
+// holds the weights once and whatever the requests need. The same numbers
+// refuse a model before its download (weights plus the smallest request must
+// fit), refuse a request that could never fit (naming the largest size that
+// does), and decide at run time how many requests run and how many rows share
+// one transformer run.
+import { largestBuffer, peakBytes, requestFootprint, type ModelDims, type RequestFootprint } from './footprint.ts';
+
+export interface MemoryBudget {
+  /** Memory the weights and all requests may use. */
+  memoryBytes: number;
+  /** Weights resident on the device. */
+  weightBytes: number;
+  /** The adapter's largest buffer (maxBufferSize and maxStorageBufferBindingSize). */
+  maxBufferBytes: number;
+}
+
+/** onnxruntime's own buffers (uniforms, staging, shape tensors) that no estimate names. */
+export const RESERVE_BYTES = 64 * 1024 ** 2;
+
+/** Bytes left for requests once the weights are in. */
+export const availableBytes = (b: MemoryBudget) => b.memoryBytes - b.weightBytes - RESERVE_BYTES;
+
+export interface SizeLimits {
+  minSize: number;
+  maxSize: number;
+  sizeMultiple: number;
+}
+
+/** Why a request can never run on this device, or null when it can. */
+export function refusal(b: MemoryBudget, f: RequestFootprint): { kind: 'memory' | 'buffer'; neededBytes: number; limitBytes: number } | null {
+  const largest = largestBuffer(f);
+  if (largest > b.maxBufferBytes) return { kind: 'buffer', neededBytes: largest, limitBytes: b.maxBufferBytes };
+  const peak = peakBytes(f);
+  if (peak > availableBytes(b)) return { kind: 'memory', neededBytes: peak, limitBytes: availableBytes(b) };
+  return null;
+}
+
+/** The largest image of the requested aspect ratio (within the model's limits) that can run, or null. */
+export function largestFittingSize(b: MemoryBudget, dims: ModelDims, limits: SizeLimits, width: number, height: number, guidance: number): { width: number; height: number } | null {
+  const aspect = width / height;
+  const snap = (v: number) => Math.max(limits.minSize, Math.min(limits.maxSize, Math.floor(v / limits.sizeMultiple) * limits.sizeMultiple));
+  for (let long = limits.maxSize; long >= limits.minSize; long -= limits.sizeMultiple) {
+    const w = aspect >= 1 ? long : snap(long * aspect);
+    const h = aspect >= 1 ? snap(long / aspect) : long;
+    if (!refusal(b, requestFootprint(dims, w, h, guidance))) return { width: w, height: h };
+  }
+  return null;
+}
+
+export interface RequestPlan {
+  width: number;
+  height: number;
+  guidance: number;
+  /** Held for the request's life (latents, embeddings). */
+  stateBytes: number;
+  /** Transformer rows per step (2 with guidance). */
+  rows: number;
+  /** One transformer run with all of this request's rows; the batcher splits them when memory is short. */
+  stepBytes: number;
+  decodeBytes: number;
+  /** State plus the larger transient: what one request alone needs beside the weights. */
+  requestBytes: number;
+  largestBufferBytes: number;
+  /** Requests of this size that can be admitted at once (transients are shared: one run at a time). */
+  concurrent: number;
+}
+
+export function planRequest(b: MemoryBudget, dims: ModelDims, width: number, height: number, guidance: number, maxActive: number): RequestPlan {
+  const f = requestFootprint(dims, width, height, guidance);
+  const transient = Math.max(f.row.activationBytes, f.decode.activationBytes);
+  const concurrent = refusal(b, f) ? 0 : Math.min(maxActive, Math.floor((availableBytes(b) - transient) / f.stateBytes));
+  return {
+    width,
+    height,
+    guidance,
+    stateBytes: f.stateBytes,
+    rows: f.rows,
+    stepBytes: f.rows * f.row.activationBytes,
+    decodeBytes: f.decode.activationBytes,
+    requestBytes: peakBytes(f),
+    largestBufferBytes: largestBuffer(f),
+    concurrent,
+  };
+}
