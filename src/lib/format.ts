@@ -1,9 +1,5 @@
-export function formatBytes(n: number): string {
-  if (n >= 1024 ** 3) return `${(n / 1024 ** 3).toFixed(2)} GB`;
-  if (n >= 1024 ** 2) return `${(n / 1024 ** 2).toFixed(1)} MB`;
-  if (n >= 1024) return `${(n / 1024).toFixed(1)} KB`;
-  return `${n} B`;
-}
+// the engine's one formatter: the UI and the engine's messages show the same numbers
+export { formatBytes } from '../../workers/engine/errors.ts';
 
 /** Error text and field from an error that crossed the worker boundary. */
 export function describeError(e: unknown): { message: string; field?: string; code?: string } {

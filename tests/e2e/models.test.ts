@@ -4,7 +4,7 @@
 // fetched again, a model over the memory setting is refused with the numbers,
 // a broken repo names its file while the loaded model keeps working, and the
 // downloaded model can be deleted. Runs on wasm (see journey.test.ts for why).
-import { cp, mkdtemp, rm, stat } from 'node:fs/promises';
+import { cp, mkdtemp, readdir, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
@@ -23,6 +23,7 @@ describe('loading real-checkpoint style models in the page', () => {
   let server: ModelServer;
   let root: string;
   let weightBytes = 0;
+  let cachedBytes = 0;
 
   const label = () => b.page.getByTestId('model-label');
   const loadFromHub = async (repo: string) => {
@@ -47,6 +48,10 @@ describe('loading real-checkpoint style models in the page', () => {
     root = await mkdtemp(join(tmpdir(), 'sd3-e2e-hub-'));
     await cp(TINY_MODEL_EXTERNAL_DIR, join(root, 'repo', SUB), { recursive: true });
     for (const f of WEIGHT_FILES) weightBytes += (await stat(join(root, 'repo', SUB, f))).size;
+    // the cache keeps every file the load reads: weights, configs and tokenizers (not the unused VAE encoder)
+    for (const e of await readdir(join(root, 'repo', SUB), { withFileTypes: true, recursive: true })) {
+      if (e.isFile() && !e.parentPath.includes('vae_encoder')) cachedBytes += (await stat(join(e.parentPath, e.name))).size;
+    }
     server = await startModelServer({ repos: [{ repo: REPO, folder: join(root, 'repo') }, { repo: BROKEN, folder: join(root, 'repo') }] });
     b = await openApp(inject('baseUrl'));
   });
@@ -68,7 +73,7 @@ describe('loading real-checkpoint style models in the page', () => {
     expect(lastProgress).toContain(`/ ${formatBytes(weightBytes)}`);
     for (const f of WEIGHT_FILES) expect(gets().filter((p) => p === `/${REPO}/resolve/main/${SUB}/${f}`)).toHaveLength(1);
     const item = b.page.getByTestId('cached-model').filter({ hasText: `${REPO}/${SUB}` });
-    await expect.poll(() => item.textContent()).toMatch(formatBytes(weightBytes));
+    await expect.poll(() => item.textContent()).toMatch(formatBytes(cachedBytes));
     await generateOne('from the hub');
   });
 

@@ -5,6 +5,9 @@ import type { GenerateResult } from '../../workers/engine/api/types.ts';
 import { CancelledError, TooLargeError } from '../../workers/engine/errors.ts';
 import { RESERVE_BYTES } from '../../workers/engine/memory/budget.ts';
 import { requestFootprint } from '../../workers/engine/memory/footprint.ts';
+import { ort } from '../../workers/engine/node.ts';
+import { RequestRng } from '../../workers/engine/rng.ts';
+import { decodeLatents, decodeTiled } from '../../workers/engine/sd3/decode.ts';
 import { loadTinyEngine, maxPixelDiff, newTinyEngine } from '../helpers/tiny-engine.ts';
 
 const requests = Array.from({ length: 8 }, (_, i) => ({ id: `b${i}`, prompt: `batched prompt ${i}`, seed: 500 + i, steps: 2 + (i % 4), guidance: i % 3 ? 5 : 1 }));
@@ -126,12 +129,12 @@ describe('admission by memory', () => {
   const sizes = async () => {
     const m = (await loadTinyEngine()).model!;
     const f = requestFootprint(m.dims, 64, 64, 4.5);
-    return { weights: m.info.weightBytes, f, transient: Math.max(f.row.activationBytes, f.decode.activationBytes) };
+    return { weights: m.info.weightBytes, f, transient: f.row.activationBytes + f.decode.activationBytes };
   };
 
   it('never admits beyond the budget; waiting requests show as queued and all finish', async () => {
     const { weights, f, transient } = await sizes();
-    // room for the largest run and the state of three and a half requests
+    // room for the largest transformer run and decode, and the state of three and a half requests
     const engine = await newTinyEngine({ deviceFit: { memoryBytes: weights + RESERVE_BYTES + transient + Math.floor(3.5 * f.stateBytes) } });
     let maxQueued = 0;
     let maxActive = 0;
@@ -181,7 +184,7 @@ describe('admission by memory', () => {
 
   it('when memory holds one row per run, a guided request runs its two rows in two runs and gives the same image', async () => {
     const { weights, f } = await sizes();
-    const engine = await newTinyEngine({ deviceFit: { memoryBytes: weights + RESERVE_BYTES + f.stateBytes + Math.max(Math.floor(1.5 * f.row.activationBytes), f.decode.activationBytes) } });
+    const engine = await newTinyEngine({ deviceFit: { memoryBytes: weights + RESERVE_BYTES + f.stateBytes + Math.floor(1.5 * f.row.activationBytes) + f.decode.activationBytes } });
     const r = { prompt: 'split rows', seed: 77, steps: 3, guidance: 5 };
     const split = await engine.generate(r);
     expect(engine.model!.transformer.runs).toBe(2 * r.steps);
@@ -189,6 +192,45 @@ describe('admission by memory', () => {
     expect(engine.status().requestsServed).toBe(1);
     const whole = await (await loadTinyEngine()).generate(r);
     expect(maxPixelDiff(split.rgba, whole.rgba)).toBe(0);
+    await engine.unload();
+  });
+});
+
+describe('VAE decode in tiles', () => {
+  it('one tile over the whole latent is exactly the whole decode; the first tile keeps its own pixels up to the seam', async () => {
+    const m = (await loadTinyEngine()).model!;
+    const [lh, lw] = [24, 32];
+    const latents = new RequestRng(5).normal(16 * lh * lw);
+    const [whole] = await decodeLatents(m, ort, [latents], lh, lw);
+    expect(maxPixelDiff(await decodeTiled(m, ort, latents, lh, lw, 32), whole)).toBe(0);
+
+    const tile = 16; // overlap 4 latents: each tile keeps its first 12 latents = 96 px
+    const runs = m.vaeDecoder.runs;
+    const tiled = await decodeTiled(m, ort, latents, lh, lw, tile);
+    expect(m.vaeDecoder.runs - runs).toBe(2 * 3); // rows at 0 and 12; columns at 0, 12 and 24
+    const corner = new Float32Array(16 * tile * tile);
+    for (let c = 0; c < 16; c++) for (let y = 0; y < tile; y++) corner.set(latents.subarray((c * lh + y) * lw, (c * lh + y) * lw + tile), (c * tile + y) * tile);
+    const [first] = await decodeLatents(m, ort, [corner], tile, tile);
+    // the first tile's top-left 96x96 is blended with nothing: its own pixels
+    for (let y = 0; y < 96; y++) {
+      expect(Array.from(tiled.subarray((y * 256) * 4, (y * 256 + 96) * 4)), `row ${y}`).toEqual(Array.from(first.subarray(y * 128 * 4, (y * 128 + 96) * 4)));
+    }
+    // past the seam it is not that tile's pixels any more
+    expect(maxPixelDiff(tiled.subarray(96 * 256 * 4, 97 * 256 * 4), first.subarray(96 * 128 * 4, 97 * 128 * 4).slice(0, 256 * 4))).toBeGreaterThan(0);
+  });
+
+  it('when a whole decode does not fit beside the weights, the engine decodes in the largest tiles that do, and says so', async () => {
+    const m = (await loadTinyEngine()).model!;
+    const whole = requestFootprint(m.dims, 256, 256, 1);
+    const tiled = requestFootprint(m.dims, 256, 256, 1, 16);
+    expect(tiled.decode.activationBytes).toBeLessThan(whole.decode.activationBytes);
+    // room for one request with 128-px tiles, not for a whole 256x256 decode
+    const engine = await newTinyEngine({ deviceFit: { memoryBytes: m.info.weightBytes + RESERVE_BYTES + tiled.stateBytes + tiled.row.activationBytes + tiled.decode.activationBytes } });
+    const runs = engine.model!.vaeDecoder.runs;
+    const r = await engine.generate({ prompt: 'tiles', seed: 4, steps: 1, guidance: 1, width: 256, height: 256 });
+    expect(r.metadata.warnings).toEqual(['decoded in VAE tiles of 128 px to fit memory (seams blended; a whole decode differs slightly near them)']);
+    expect(engine.model!.vaeDecoder.runs - runs).toBe(9); // 32 latents in tiles of 16 with a stride of 12: 3 x 3
+    expect(r.rgba.length).toBe(256 * 256 * 4);
     await engine.unload();
   });
 });

@@ -6,7 +6,7 @@ import { normalizeRequest, type NormalizedRequest } from './api/validate.ts';
 import { BusyError, DeviceLostError, InvalidRequestError, ModelLoadError, ModelNotLoadedError } from './errors.ts';
 import { DEFAULT_MAX_ACTIVE, DEFAULT_MAX_BATCH, Interleaver, newCounters } from './interleaver/interleaver.ts';
 import { RequestScope } from './interleaver/request-scope.ts';
-import { requestFootprint } from './memory/footprint.ts';
+import { fitRequest } from './memory/budget.ts';
 import type { Ort } from './model/component-session.ts';
 import type { DeviceFit } from './model/device-fit.ts';
 import { CachedModelFiles, isCacheable, type FileCache } from './model/file-cache.ts';
@@ -135,7 +135,8 @@ export class Engine {
       const lh = req.height / vae.scaleFactor;
       const lw = req.width / vae.scaleFactor;
       const scheduler = model.scheduler.cloneForRequest({ steps: req.steps, imageSeqLen: (lh / t.patchSize) * (lw / t.patchSize) });
-      const footprint = requestFootprint(model.dims, req.width, req.height, req.guidance);
+      // the whole-image decode when it fits, else VAE tiles that do
+      const footprint = fitRequest(model.budget, model.dims, req.width, req.height, req.guidance);
       const scope = new RequestScope(req, scheduler, footprint, [vae.latentChannels, lh, lw], opts.onProgress, opts.preview ?? false, performance.now());
       if (opts.signal?.aborted) throw opts.signal.reason ?? new DOMException('aborted', 'AbortError');
       opts.signal?.addEventListener('abort', () => interleaver.cancel(req.id), { once: true });

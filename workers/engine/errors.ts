@@ -136,8 +136,9 @@ export class BusyError extends EngineError {
   }
 }
 
+/** Binary units, as memory settings and adapters count them: GB with two decimals (8.00 GB), smaller units with one. */
 export function formatBytes(n: number): string {
-  if (n >= 1024 ** 3) return `${(n / 1024 ** 3).toFixed(1)} GB`;
+  if (n >= 1024 ** 3) return `${(n / 1024 ** 3).toFixed(2)} GB`;
   if (n >= 1024 ** 2) return `${(n / 1024 ** 2).toFixed(1)} MB`;
   if (n >= 1024) return `${(n / 1024).toFixed(1)} KB`;
   return `${n} B`;

@@ -16,7 +16,7 @@ import { availableBytes, largestFittingSize, refusal } from '../memory/budget.ts
 import type { RunFootprint } from '../memory/footprint.ts';
 import type { Ort } from '../model/component-session.ts';
 import type { LoadedModel } from '../model/load-model.ts';
-import { decodeLatents, latentPreview, rgbaToPng } from '../sd3/decode.ts';
+import { decodeLatents, decodeTiled, latentPreview, rgbaToPng } from '../sd3/decode.ts';
 import { combineGuidance, predictRows } from '../sd3/denoise-step.ts';
 import { encodePrompts } from '../sd3/encode-prompt.ts';
 import type { RequestScope } from './request-scope.ts';
@@ -184,9 +184,10 @@ export class Interleaver {
     this.counters.peakAdmittedBytes = Math.max(this.counters.peakAdmittedBytes, this.admittedBytes);
   }
 
-  /** How many rows (or images) of one footprint a run may carry now: memory left beside every active state, and the largest buffer. */
-  private runCapacity(per: RunFootprint): number {
-    const free = availableBytes(this.model.budget) - this.active.reduce((n, s) => n + s.footprint.stateBytes, 0);
+  /** How many rows (or images) of one footprint a run may carry now: memory left beside every active state and the other kind of run's cached buffers, and the largest buffer. */
+  private runCapacity(per: RunFootprint, kind: 'row' | 'decode'): number {
+    const other = kind === 'row' ? 'decode' : 'row';
+    const free = availableBytes(this.model.budget) - this.active.reduce((n, s) => n + s.footprint.stateBytes, 0) - Math.max(0, ...this.active.map((s) => s.footprint[other].activationBytes));
     return Math.max(1, Math.min(Math.floor(free / per.activationBytes), Math.floor(this.model.budget.maxBufferBytes / per.largestBufferBytes)));
   }
 
@@ -255,7 +256,7 @@ export class Interleaver {
   private async stepAll(): Promise<void> {
     for (const group of this.bySize('denoising')) {
       const rows = group.flatMap((scope) => (scope.guided ? [{ scope, branch: 'uncond' as const }, { scope, branch: 'cond' as const }] : [{ scope, branch: 'cond' as const }]));
-      for (const run of this.pack(rows, this.runCapacity(group[0].footprint.row))) {
+      for (const run of this.pack(rows, this.runCapacity(group[0].footprint.row, 'row'))) {
         const live = run.filter((r) => r.scope.phase === 'denoising');
         if (!live.length) continue;
         let velocities: Float32Array[];
@@ -305,14 +306,21 @@ export class Interleaver {
   }
 
   private async decodeFinished(): Promise<void> {
-    const runs = this.bySize('decoding').flatMap((group) => this.pack(group.map((scope) => ({ scope })), this.runCapacity(group[0].footprint.decode)));
-    for (const batch of runs.map((run) => run.map((r) => r.scope))) {
+    // tiled decodes go one image at a time; whole decodes of one size share runs
+    const runs = this.bySize('decoding').flatMap((group) => {
+      const tiled = group.filter((s) => s.footprint.decodeTile);
+      const whole = group.filter((s) => !s.footprint.decodeTile);
+      return [...tiled.map((s) => [s]), ...(whole.length ? this.pack(whole.map((scope) => ({ scope })), this.runCapacity(whole[0].footprint.decode, 'decode')).map((run) => run.map((r) => r.scope)) : [])];
+    });
+    for (const batch of runs) {
       const started = now();
       for (const s of batch) s.onProgress?.({ status: 'decoding', requestId: s.id, loaded: s.scheduler.totalSteps, total: s.scheduler.totalSteps, progress: 100 });
       const [, h, w] = batch[0].latentShape;
       let images: Uint8ClampedArray[];
       try {
-        images = await decodeLatents(this.model, this.ort, batch.map((s) => s.latents!), h, w);
+        const tile = batch[0].footprint.decodeTile;
+        images = tile ? [await decodeTiled(this.model, this.ort, batch[0].latents!, h, w, tile)] : await decodeLatents(this.model, this.ort, batch.map((s) => s.latents!), h, w);
+        if (tile) batch[0].warnings.push(`decoded in VAE tiles of ${tile * this.model.vaeConfig.scaleFactor} px to fit memory (seams blended; a whole decode differs slightly near them)`);
       } catch (e) {
         for (const s of batch) this.finish(s, new InferenceError(`VAE decode failed: ${(e as Error).message}`));
         continue;
@@ -350,15 +358,21 @@ export class Interleaver {
   }
 }
 
-/** States of every request plus the largest run (a transformer row or a decode) any of them needs: runs never overlap. */
+/**
+ * States of every request, plus the largest transformer row and the largest
+ * decode any of them needs: runs never overlap, but onnxruntime keeps each
+ * kind's buffers cached for its next run, so the two kinds add up.
+ */
 function admitted(scopes: readonly RequestScope[]): number {
   let state = 0;
-  let transient = 0;
+  let row = 0;
+  let decode = 0;
   for (const s of scopes) {
     state += s.footprint.stateBytes;
-    transient = Math.max(transient, s.footprint.row.activationBytes, s.footprint.decode.activationBytes);
+    row = Math.max(row, s.footprint.row.activationBytes);
+    decode = Math.max(decode, s.footprint.decode.activationBytes);
   }
-  return state + transient;
+  return state + row + decode;
 }
 
 /** A macrotask turn without setTimeout's clamping (1 ms in Node, 4 ms nested in browsers). */

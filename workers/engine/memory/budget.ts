@@ -37,6 +37,26 @@ export function refusal(b: MemoryBudget, f: RequestFootprint): { kind: 'memory' 
   return null;
 }
 
+/** Smallest VAE tile (latents): below this, tiles are mostly overlap. */
+export const MIN_DECODE_TILE = 16;
+
+/**
+ * A request's footprint with the VAE decode that fits: the whole image when
+ * it can, else the largest tiles that fit (the decode then runs tile by tile
+ * and blends the seams, as diffusers' tiled decode does). When nothing fits,
+ * the whole-image footprint, so the refusal names the real need.
+ */
+export function fitRequest(b: MemoryBudget, dims: ModelDims, width: number, height: number, guidance: number): RequestFootprint {
+  const whole = requestFootprint(dims, width, height, guidance);
+  if (!refusal(b, whole)) return whole;
+  const f = dims.vae.scaleFactor;
+  for (let t = Math.floor((Math.max(width, height) / f - 1) / 8) * 8; t >= MIN_DECODE_TILE; t -= 8) {
+    const tiled = requestFootprint(dims, width, height, guidance, t);
+    if (!refusal(b, tiled)) return tiled;
+  }
+  return whole;
+}
+
 /** The largest image of the requested aspect ratio (within the model's limits) that can run, or null. */
 export function largestFittingSize(b: MemoryBudget, dims: ModelDims, limits: SizeLimits, width: number, height: number, guidance: number): { width: number; height: number } | null {
   const aspect = width / height;
@@ -44,7 +64,7 @@ export function largestFittingSize(b: MemoryBudget, dims: ModelDims, limits: Siz
   for (let long = limits.maxSize; long >= limits.minSize; long -= limits.sizeMultiple) {
     const w = aspect >= 1 ? long : snap(long * aspect);
     const h = aspect >= 1 ? snap(long / aspect) : long;
-    if (!refusal(b, requestFootprint(dims, w, h, guidance))) return { width: w, height: h };
+    if (!refusal(b, fitRequest(b, dims, w, h, guidance))) return { width: w, height: h };
   }
   return null;
 }
@@ -63,14 +83,20 @@ export interface RequestPlan {
   /** State plus the larger transient: what one request alone needs beside the weights. */
   requestBytes: number;
   largestBufferBytes: number;
+  /** Transformer rows per run that memory allows beside one request (1 splits a guided request's two rows). */
+  rowsPerRun: number;
+  /** Pixel side of the VAE tiles, or null for one whole decode. */
+  decodeTile: number | null;
   /** Requests of this size that can be admitted at once (transients are shared: one run at a time). */
   concurrent: number;
 }
 
 export function planRequest(b: MemoryBudget, dims: ModelDims, width: number, height: number, guidance: number, maxActive: number): RequestPlan {
-  const f = requestFootprint(dims, width, height, guidance);
-  const transient = Math.max(f.row.activationBytes, f.decode.activationBytes);
-  const concurrent = refusal(b, f) ? 0 : Math.min(maxActive, Math.floor((availableBytes(b) - transient) / f.stateBytes));
+  const f = fitRequest(b, dims, width, height, guidance);
+  const fits = !refusal(b, f);
+  const transient = f.row.activationBytes + f.decode.activationBytes;
+  const concurrent = fits ? Math.min(maxActive, Math.floor((availableBytes(b) - transient) / f.stateBytes)) : 0;
+  const rowsPerRun = fits ? Math.min(f.rows, Math.floor((availableBytes(b) - f.stateBytes - f.decode.activationBytes) / f.row.activationBytes)) : 0;
   return {
     width,
     height,
@@ -81,6 +107,8 @@ export function planRequest(b: MemoryBudget, dims: ModelDims, width: number, hei
     decodeBytes: f.decode.activationBytes,
     requestBytes: peakBytes(f),
     largestBufferBytes: largestBuffer(f),
+    rowsPerRun,
+    decodeTile: f.decodeTile ? f.decodeTile * dims.vae.scaleFactor : null,
     concurrent,
   };
 }

@@ -39,8 +39,10 @@ export interface RequestFootprint {
   rows: number;
   /** One transformer row (the batcher packs several into a run). */
   row: RunFootprint;
-  /** One image through the VAE decoder. */
+  /** One image through the VAE decoder (one tile of it when decoded in tiles). */
   decode: RunFootprint;
+  /** Latent side of the VAE tiles, or null for one whole decode. */
+  decodeTile: number | null;
 }
 
 /**
@@ -53,8 +55,8 @@ export interface RequestFootprint {
 export const SCORE_BUFFERS_ALIVE = { whole: 3.5, chunked: 7 } as const;
 /** Token-by-hidden tensors alive besides the scores (q, k, v, residuals, the MLP's 4x-wide GELU parts). Measured ~9.3. */
 export const HIDDEN_TENSORS_ALIVE = 10;
-/** Full-resolution tensors of the VAE's widest stage alive at its peak (input, GroupNorm, SiLU parts, conv output). */
-export const DECODE_TENSORS_ALIVE = 4;
+/** Tensors the size of the VAE's widest one alive at its peak (upsampled input, GroupNorm and SiLU parts, conv outputs, bucket rounding). Measured 5.5 to 6.5. */
+export const DECODE_TENSORS_ALIVE = 7;
 
 /** Tokens one image row carries through the transformer. */
 export function transformerTokens(d: ModelDims, width: number, height: number): { image: number; total: number } {
@@ -97,18 +99,24 @@ export function decodeImage(d: ModelDims, width: number, height: number): RunFoo
   return { activationBytes: Math.max(DECODE_TENSORS_ALIVE * tensor, alive) + 3 * width * height * F32, largestBufferBytes: Math.max(tensor, attention) };
 }
 
-/** Everything one request needs, by kind. */
-export function requestFootprint(d: ModelDims, width: number, height: number, guidance: number): RequestFootprint {
+/** Everything one request needs, by kind; `decodeTile` (latent side) decodes in tiles of at most that size. */
+export function requestFootprint(d: ModelDims, width: number, height: number, guidance: number, decodeTile: number | null = null): RequestFootprint {
   const t = d.transformer;
   const rows = guidance > 1 ? 2 : 1;
-  const latent = t.inChannels * (height / d.vae.scaleFactor) * (width / d.vae.scaleFactor) * F32;
+  const f = d.vae.scaleFactor;
+  const latent = t.inChannels * (height / f) * (width / f) * F32;
   const embeds = rows * (d.textTokens * t.jointAttentionDim + t.pooledProjectionDim) * F32;
+  const decode = decodeTile ? decodeImage(d, Math.min(width, decodeTile * f), Math.min(height, decodeTile * f)) : decodeImage(d, width, height);
   // latents + velocity scratch, and each row's prompt embedding
-  return { stateBytes: 2 * latent + embeds, rows, row: transformerRow(d, width, height), decode: decodeImage(d, width, height) };
+  return { stateBytes: 2 * latent + embeds, rows, row: transformerRow(d, width, height), decode, decodeTile };
 }
 
-/** The most one request ever needs at once: its state, and the larger of one row's run or its decode. */
-export const peakBytes = (f: RequestFootprint) => f.stateBytes + Math.max(f.row.activationBytes, f.decode.activationBytes);
+/**
+ * The most one request ever needs at once: its state, one row's run and its
+ * decode. Both transients count: onnxruntime keeps a run's buffers cached for
+ * the next one, so the decode's buffers come on top of the transformer's.
+ */
+export const peakBytes = (f: RequestFootprint) => f.stateBytes + f.row.activationBytes + f.decode.activationBytes;
 export const largestBuffer = (f: RequestFootprint) => Math.max(f.row.largestBufferBytes, f.decode.largestBufferBytes);
 
 /** Query chunks so that one row's scores at the given size stay within `targetBytes` (a power of two, at most 64). */

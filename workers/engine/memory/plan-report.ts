@@ -4,8 +4,7 @@
 // reason. Computed from configs, small graphs and file sizes alone.
 import { formatBytes, ModelTooLargeError } from '../errors.ts';
 import type { ModelPlan } from '../model/load-model.ts';
-import { availableBytes, largestFittingSize, planRequest, refusal, type RequestPlan } from './budget.ts';
-import { requestFootprint } from './footprint.ts';
+import { availableBytes, fitRequest, largestFittingSize, planRequest, refusal, type RequestPlan } from './budget.ts';
 
 export interface PlanReport {
   model: string;
@@ -32,12 +31,16 @@ export function planReport(plan: ModelPlan, width: number, height: number, guida
     components[name] = { bytes: c.graphSize + c.data.reduce((a, d) => a + d.size, 0), dtype: c.summary?.halfPrecision ? 'fp16' : 'fp32', attentionSites: c.attentionSites, attentionChunks: c.chunks };
   }
   const request = planRequest(budget, dims, width, height, guidance, maxActive);
-  const no = refusal(budget, requestFootprint(dims, width, height, guidance));
+  const no = refusal(budget, fitRequest(budget, dims, width, height, guidance));
   const largest = largestFittingSize(budget, dims, plan.limits, 1, 1, guidance);
   const size = `${width}×${height}${guidance > 1 ? ' with guidance' : ''}`;
   let reason: string;
   if (!no) {
-    reason = `${formatBytes(budget.weightBytes)} of weights + ${formatBytes(request.requestBytes)} for one ${size} request fit ${formatBytes(budget.memoryBytes)}; each further request holds ${formatBytes(request.stateBytes)}, so ${request.concurrent} run at once; the largest buffer is ${formatBytes(request.largestBufferBytes)} (limit ${formatBytes(budget.maxBufferBytes)})`;
+    const how = [
+      request.rowsPerRun < request.rows ? `its ${request.rows} transformer rows run one per run` : `${request.rows} transformer row${request.rows > 1 ? 's' : ''} per run`,
+      request.decodeTile ? `the VAE decodes in ${request.decodeTile}-px tiles` : 'the VAE decodes the whole image',
+    ].join(', ');
+    reason = `${formatBytes(budget.weightBytes)} of weights + ${formatBytes(request.requestBytes)} for one ${size} request fit ${formatBytes(budget.memoryBytes)} (${how}); each further request holds ${formatBytes(request.stateBytes)}, so ${request.concurrent} run at once; the largest buffer is ${formatBytes(request.largestBufferBytes)} (limit ${formatBytes(budget.maxBufferBytes)})`;
   } else if (no.kind === 'buffer') {
     reason = `one buffer at ${size} would be ${formatBytes(no.neededBytes)}, over the largest buffer of ${formatBytes(no.limitBytes)}`;
   } else {
