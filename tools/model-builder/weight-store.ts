@@ -27,7 +27,7 @@ export interface ModelOutput {
   readonly sizes: Map<string, number>;
 }
 
-/** Everything in memory: path -> bytes. */
+/** Everything in memory: path -> bytes (a file of holes alone is kept as its size only). */
 export class MemoryOutput implements ModelOutput {
   readonly files = new Map<string, Uint8Array>();
   readonly sizes = new Map<string, number>();
@@ -40,16 +40,22 @@ export class MemoryOutput implements ModelOutput {
   open(path: string): FileSink {
     const chunks: Uint8Array[] = [];
     let size = 0;
+    let written = false;
     return {
       write: (b) => {
         chunks.push(b.slice());
         size += b.byteLength;
+        written = true;
       },
       skip: (n) => {
         chunks.push(new Uint8Array(n));
         size += n;
       },
       close: () => {
+        if (!written) {
+          this.sizes.set(path, size);
+          return;
+        }
         const all = new Uint8Array(size);
         let at = 0;
         for (const c of chunks) {
