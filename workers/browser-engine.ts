@@ -13,7 +13,7 @@ import jspiWasmUrl from 'onnxruntime-web/ort-wasm-simd-threaded.jspi.wasm?url';
 import asyncifyWasmUrl from 'onnxruntime-web/ort-wasm-simd-threaded.asyncify.wasm?url';
 import type { BackendName } from './engine/api/types.ts';
 import { Engine, type EngineOptions } from './engine/engine.ts';
-import { openModelFiles, type ModelFiles } from './engine/model/model-files.ts';
+import { openModelFiles, UrlModelFiles, type ModelFiles } from './engine/model/model-files.ts';
 import { browserModelCache } from './store/model-cache.ts';
 
 export type Ort = typeof OrtModule;
@@ -105,11 +105,12 @@ export function detectGpu(): Promise<GpuInfo> {
  * an update. Other URLs and Hub repos go through the download cache.
  */
 function openBrowserModelFiles(spec: Parameters<typeof openModelFiles>[0]): ModelFiles {
-  const files = openModelFiles(spec);
   if (spec.kind === 'url' && new URL(spec.url, self.location.href).origin === self.location.origin) {
-    return { id: files.id, read: (p, cb) => files.read(p, cb), size: (p) => files.size(p), exists: (p) => files.exists(p), stream: files.stream?.bind(files) };
+    const files = new UrlModelFiles(spec.url, spec.url, undefined, { httpCache: true });
+    // no cacheKey: the download cache leaves these alone
+    return { id: files.id, read: (p, cb) => files.read(p, cb), size: (p) => files.size(p), exists: (p) => files.exists(p), stream: (p, cb) => files.stream(p, cb) };
   }
-  return files;
+  return openModelFiles(spec);
 }
 
 export async function createBrowserEngine(options: Partial<EngineOptions> & { backend?: BackendName } = {}): Promise<{ engine: Engine; gpu: GpuInfo }> {

@@ -78,9 +78,10 @@ export async function startModelServer(opts: { root?: string; repos?: ServedRepo
     if (req.method === 'HEAD') res.end();
     else if (fault && 'truncateAt' in fault && fault.truncateAt > start && (fault.times ?? Infinity) > 0) {
       if (fault.times !== undefined) fault.times--;
-      // promise the rest of the file, send part of it, then drop the connection
+      // promise the rest of the file, send part of it, then drop the connection (a moment later, as a
+      // real one does: the bytes sent reach the client before the reset does)
       createReadStream(file, { start, end: fault.truncateAt - 1 })
-        .on('end', () => res.destroy())
+        .on('end', () => setTimeout(() => res.destroy(), 100))
         .pipe(res, { end: false });
     } else createReadStream(file, { start }).pipe(res);
   });

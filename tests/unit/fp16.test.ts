@@ -82,4 +82,11 @@ describe('fp16 graphs', () => {
     const gpu = createNodeEngine({ backend: 'webgpu', deviceFit: { features: [] } });
     await expect(gpu.load({ kind: 'path', path: w16.dir })).rejects.toMatchObject({ code: 'model_load', file: 'text_encoder/model.onnx' });
   });
+
+  it('fp16 inputs and outputs are refused on WebGPU without shader-f16 too (the casts run on the GPU), naming the file', async () => {
+    const gpu = createNodeEngine({ backend: 'webgpu', deviceFit: { features: [] } });
+    const err = await gpu.load({ kind: 'path', path: io16.dir }).catch((e: unknown) => e);
+    expect(err).toMatchObject({ code: 'model_load', file: 'text_encoder/model.onnx' });
+    expect((err as Error).message).toMatch(/it holds float16 inputs and outputs, but this GPU adapter does not offer the shader-f16 feature/);
+  });
 });

@@ -12,6 +12,7 @@ import type { ProgressEvent } from '../../workers/engine/api/types.ts';
 import type { Engine } from '../../workers/engine/engine.ts';
 import { ModelLoadError, ModelTooLargeError } from '../../workers/engine/errors.ts';
 import { FileCache } from '../../workers/engine/model/file-cache.ts';
+import { UrlModelFiles } from '../../workers/engine/model/model-files.ts';
 import { graphInitializers, hasHalfPrecisionWeights, ONNX_DTYPE } from '../../workers/engine/model/graph-info.ts';
 import { nodeCacheBackend } from '../../workers/engine/model/node-file-cache.ts';
 import { createNodeEngine } from '../../workers/engine/node.ts';
@@ -172,6 +173,29 @@ describe('Hub layout, cache and device fit', () => {
       expect(maxPixelDiff(a.rgba, b.rgba)).toBe(0);
     });
   }
+
+  it('a host whose answer to a Range request fails outright (a CORS refusal) is read again from the start, skipping what arrived', async () => {
+    const path = `/${REPO}/resolve/main/${SUB}/transformer/model.onnx_data`;
+    server.faults.set(path, { truncateAt: 150_000, times: 1 });
+    server.requests.length = 0;
+    const refused: string[] = [];
+    const fetchFn: typeof fetch = (input, init) => {
+      const range = (init?.headers as Record<string, string> | undefined)?.Range;
+      if (range) {
+        refused.push(range);
+        return Promise.reject(new TypeError('Failed to fetch'));
+      }
+      return fetch(input, init);
+    };
+    const files = new UrlModelFiles(`${server.url}/${REPO}/resolve/main/${SUB}/`, 'range-refused', fetchFn, { retryDelayMs: 1 });
+    const events: number[] = [];
+    const bytes = await files.read('transformer/model.onnx_data', (loaded) => events.push(loaded));
+    server.faults.delete(path);
+    expect(refused).toEqual(['bytes=150000-']);
+    expect(modelGets().filter((r) => r.path === path).map((r) => r.range ?? null)).toEqual([null, null]);
+    expect(Buffer.from(bytes).equals(await readFile(join(root, 'repo', SUB, 'transformer/model.onnx_data')))).toBe(true);
+    for (let i = 1; i < events.length; i++) expect(events[i]).toBeGreaterThan(events[i - 1]);
+  });
 
   it('a download that keeps failing without progress fails naming the file, stores nothing, and the next load fetches only that file', async () => {
     const dir = join(root, 'cache-interrupted');

@@ -95,6 +95,8 @@ export interface ModelInfo {
   memoryBytes: number;
   /** The largest image side (default aspect and guidance) that fits beside the weights; 0 if none. */
   largestSize: number;
+  /** Query chunks each attention was cut into at load so its scores fit the adapter's buffers (1: as exported). */
+  attentionChunks: { transformer: number; vae: number };
 }
 
 export interface EngineStatus {

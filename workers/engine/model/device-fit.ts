@@ -51,10 +51,11 @@ export function checkFileSizes(files: readonly PlannedFile[], fit: DeviceFit): v
   }
 }
 
-/** fp16 weights need WebGPU's shader-f16 feature. */
-export function checkHalfPrecision(path: string, halfPrecision: boolean, backend: BackendName, fit: DeviceFit): void {
-  if (backend === 'webgpu' && halfPrecision && !fit.features?.includes('shader-f16')) {
-    throw new ModelLoadError(path, 'it holds float16 weights, but this GPU adapter does not offer the shader-f16 feature; use an fp32 export, or a browser and GPU with shader-f16');
+/** fp16 weights, and fp16 inputs or outputs (their casts run on the GPU), need WebGPU's shader-f16 feature. */
+export function checkHalfPrecision(path: string, half: { halfPrecision: boolean; halfIO: boolean }, backend: BackendName, fit: DeviceFit): void {
+  if (backend === 'webgpu' && (half.halfPrecision || half.halfIO) && !fit.features?.includes('shader-f16')) {
+    const what = half.halfPrecision ? 'float16 weights' : 'float16 inputs and outputs';
+    throw new ModelLoadError(path, `it holds ${what}, but this GPU adapter does not offer the shader-f16 feature; use an fp32 export, the wasm backend, or a browser and GPU with shader-f16`);
   }
 }
 

@@ -116,11 +116,36 @@ export function graphNodes(model: Uint8Array): NodeInfo[] {
   return out;
 }
 
+/** Element types of the main graph's inputs and outputs (GraphProto 11 and 12: ValueInfoProto -> TypeProto -> Tensor.elem_type). */
+export function graphIoTypes(model: Uint8Array): { name: string; kind: 'input' | 'output'; elemType: number }[] {
+  const g = graphField(model);
+  const out: { name: string; kind: 'input' | 'output'; elemType: number }[] = [];
+  new Reader(model, g.dataStart, g.dataEnd).fields((f) => {
+    if ((f.field !== 11 && f.field !== 12) || f.wire !== WIRE.LEN) return;
+    let name = '';
+    let elemType = 0;
+    new Reader(model, f.dataStart, f.dataEnd).fields((v) => {
+      if (v.field === 1) name = readString(model, v);
+      else if (v.field === 2)
+        new Reader(model, v.dataStart, v.dataEnd).fields((t) => {
+          if (t.field === 1 && t.wire === WIRE.LEN)
+            new Reader(model, t.dataStart, t.dataEnd).fields((e) => {
+              if (e.field === 1 && e.wire === WIRE.VARINT) elemType = e.value;
+            });
+        });
+    });
+    out.push({ name, kind: f.field === 11 ? 'input' : 'output', elemType });
+  });
+  return out;
+}
+
 export interface GraphSummary {
   /** Distinct external data files the graph refers to, in order of first use. */
   externalLocations: string[];
   /** Whether any weight is stored in half precision (needs WebGPU's `shader-f16`). */
   halfPrecision: boolean;
+  /** Whether an input or output is float16 (its casts need `shader-f16` on WebGPU too). */
+  halfIO: boolean;
   /** Bytes of the largest weight: the most a streaming loader holds at once. */
   largestTensorBytes: number;
 }
@@ -133,6 +158,7 @@ export function summarizeGraph(model: Uint8Array): GraphSummary {
   return {
     externalLocations: [...new Set(inits.flatMap((t) => (t.external ? [t.external.location] : [])))],
     halfPrecision: inits.some((t) => t.dataType === ONNX_DTYPE.FLOAT16),
+    halfIO: graphIoTypes(model).some((v) => v.elemType === ONNX_DTYPE.FLOAT16),
     largestTensorBytes: Math.max(0, ...inits.map((t) => t.external?.length ?? t.dims.reduce((a, b) => a * b, 1) * (ELEMENT_BYTES[t.dataType] ?? 4))),
   };
 }

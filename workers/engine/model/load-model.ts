@@ -227,7 +227,7 @@ export async function planModel(files: ModelFiles, opts: Omit<LoadOptions, 'ort'
     const plan: ComponentPlan = { folder, graphPath, graphSize, graph, summary: null, data: [], attentionSites: 0, chunks: 1 };
     if (graph) {
       plan.summary = summarize(graphPath, graph);
-      checkHalfPrecision(graphPath, plan.summary.halfPrecision, backend, fit);
+      checkHalfPrecision(graphPath, plan.summary, backend, fit);
       plan.data = await sizeExternalData(files, folder, plan.summary.externalLocations, progress);
       checkFileSizes(plan.data, fit);
       if (folder === 'transformer' || folder === 'vae_decoder') plan.attentionSites = findAttention(graph).length;
@@ -303,7 +303,7 @@ export async function loadModel(files: ModelFiles, opts: LoadOptions): Promise<L
     if (!plan.graph) {
       // a large inline graph is summarised only now: its fp16 weights and any external data it also has
       const summary = summarize(plan.graphPath, graph);
-      checkHalfPrecision(plan.graphPath, summary.halfPrecision, backend, fit);
+      checkHalfPrecision(plan.graphPath, summary, backend, fit);
       plan.data = await sizeExternalData(files, plan.folder, summary.externalLocations, progress);
       checkFileSizes(plan.data, fit);
     }
@@ -366,6 +366,7 @@ export async function loadModel(files: ModelFiles, opts: LoadOptions): Promise<L
       weightBytes,
       memoryBytes: budget.memoryBytes,
       largestSize: largest?.width ?? 0,
+      attentionChunks: { transformer: plan.dims.transformerChunks, vae: plan.dims.vaeChunks },
     };
     progress.ready(weightBytes);
     return {

@@ -51,6 +51,9 @@ export interface DownloadOptions {
   maxStalls?: number;
   /** Wait before attempt n: retryDelayMs * 2^(n-1). */
   retryDelayMs?: number;
+  /** Let the browser's HTTP cache keep the files (the app's own small files). Off by default: the
+   * download cache keeps model files, and a second copy of gigabytes in the HTTP cache helps nobody. */
+  httpCache?: boolean;
 }
 
 /** Files under a base URL, fetched as streams that resume after a dropped connection. */
@@ -65,7 +68,7 @@ export class UrlModelFiles implements ModelFiles {
     retry: DownloadOptions = {},
   ) {
     this.base = base.endsWith('/') ? base : `${base}/`;
-    this.retry = { maxStalls: retry.maxStalls ?? 4, retryDelayMs: retry.retryDelayMs ?? 250 };
+    this.retry = { maxStalls: retry.maxStalls ?? 4, retryDelayMs: retry.retryDelayMs ?? 250, httpCache: retry.httpCache ?? false };
   }
 
   private url(path: string): string {
@@ -83,10 +86,12 @@ export class UrlModelFiles implements ModelFiles {
 
   /**
    * The file's bytes in order. When the connection drops, the next request
-   * asks for the rest with `Range: bytes=<received>-` (and If-Range, so a file
-   * changed in between is not spliced); a server that answers with the whole
-   * file again is read past the bytes already passed on. Progress never goes
-   * back. A file that keeps failing without new bytes is an error naming it.
+   * asks for the rest with `Range: bytes=<received>-` (a CORS-safelisted
+   * header, so no preflight); a server that answers with the whole file again,
+   * or refuses the range, is read past the bytes already passed on. An answer
+   * whose ETag or Last-Modified differs from the first one's means the file
+   * changed on the server: an error, not a splice. Progress never goes back.
+   * A file that keeps failing without new bytes is an error naming it.
    */
   async *stream(path: string, onProgress?: ByteProgress): AsyncIterable<Uint8Array> {
     const url = this.url(path);
@@ -94,17 +99,22 @@ export class UrlModelFiles implements ModelFiles {
     let total = 0;
     let validator: string | null = null;
     let stalls = 0;
+    let ranges = true;
     for (;;) {
-      const headers: Record<string, string> = loaded ? { Range: `bytes=${loaded}-`, ...(validator ? { 'If-Range': validator } : {}) } : {};
+      const headers: Record<string, string> = loaded && ranges ? { Range: `bytes=${loaded}-` } : {};
       let response: Response;
       try {
-        response = await this.fetchFn(url, { headers });
+        response = await this.fetchFn(url, { headers, ...(this.retry.httpCache ? {} : { cache: 'no-store' as const }) });
       } catch (e) {
-        if (++stalls > this.retry.maxStalls) throw new ModelLoadError(path, `network error after ${loaded} of ${total || '?'} bytes (${(e as Error).message})`);
-        await delay(this.retry.retryDelayMs * 2 ** (stalls - 1));
+        // a host that rejects ranges outright (a failed CORS check): ask for the whole file and skip ahead
+        if (headers.Range) ranges = false;
+        else if (++stalls > this.retry.maxStalls) throw new ModelLoadError(path, `network error after ${loaded} of ${total || '?'} bytes (${(e as Error).message})`);
+        await delay(this.retry.retryDelayMs * 2 ** Math.max(0, stalls - 1));
         continue;
       }
       if (!response.ok) throw new ModelLoadError(path, `HTTP ${response.status} from ${url}`);
+      const version = response.headers.get('etag') ?? response.headers.get('last-modified');
+      if (loaded && validator && version && version !== validator) throw new ModelLoadError(path, 'the file changed on the server while it was downloading; load again to fetch the new one');
       let skip = 0;
       if (response.status === 206) {
         // a cross-origin answer may hide Content-Range; when it shows it, it must start where we stopped
@@ -112,14 +122,12 @@ export class UrlModelFiles implements ModelFiles {
         if (range && Number(range[1]) !== loaded) throw new ModelLoadError(path, `the server resumed at byte ${range[1]}, not ${loaded}`);
       } else {
         // a whole file: the first answer, or a server that ignores Range (skip what was already passed on)
-        const again = response.headers.get('etag') ?? response.headers.get('last-modified');
-        if (loaded && validator && again && again !== validator) throw new ModelLoadError(path, 'the file changed on the server while it was downloading; load again to fetch the new one');
         skip = loaded;
         // a compressed response's length is not the body's: then the size is unknown
         const encoded = (response.headers.get('content-encoding') ?? 'identity') !== 'identity';
         if (!encoded) total = Number(response.headers.get('content-length') ?? 0);
-        validator ??= again;
       }
+      validator ??= version;
       if (!response.body) {
         const all = new Uint8Array(await response.arrayBuffer()).subarray(skip);
         loaded += all.byteLength;
@@ -165,7 +173,7 @@ export class UrlModelFiles implements ModelFiles {
   async size(path: string): Promise<number | null> {
     let r: Response;
     try {
-      r = await this.fetchFn(this.url(path), { method: 'HEAD' });
+      r = await this.fetchFn(this.url(path), { method: 'HEAD', ...(this.retry.httpCache ? {} : { cache: 'no-store' as const }) });
     } catch {
       return null;
     }
