@@ -174,6 +174,11 @@ async function soak() {
 }
 
 async function main() {
+  if (process.argv.includes('--scale')) {
+    const { scaleBench } = await import('./scale.ts');
+    await scaleBench(OUT, process.argv.includes('--quick'));
+    return;
+  }
   if (soakOnly) {
     const figures = await soak();
     console.table([figures]);
@@ -279,7 +284,16 @@ async function main() {
   console.table(targets);
   const soakFigures = await soak();
   console.table([soakFigures]);
-  writeFileSync(OUT, `${JSON.stringify({ date: new Date().toISOString(), machine: { cpus: (await import('node:os')).cpus().length, node: process.version }, backend: 'wasm', model: 'tiny-sd3', steps: STEPS, longSteps: LONG_STEPS, maxBatch: MAX_BATCH, overhead, rows, targets, soak: soakFigures }, null, 2)}\n`);
+  const { readFileSync } = await import('node:fs');
+  let kept: Record<string, unknown> = {};
+  try {
+    // figures of other runs (--scale) stay
+    const { scale } = JSON.parse(readFileSync(OUT, 'utf8')) as Record<string, unknown>;
+    kept = scale ? { scale } : {};
+  } catch {
+    /* first run */
+  }
+  writeFileSync(OUT, `${JSON.stringify({ date: new Date().toISOString(), machine: { cpus: (await import('node:os')).cpus().length, node: process.version }, backend: 'wasm', model: 'tiny-sd3', steps: STEPS, longSteps: LONG_STEPS, maxBatch: MAX_BATCH, overhead, rows, targets, soak: soakFigures, ...kept }, null, 2)}\n`);
   console.log(`wrote ${OUT}`);
 }
 

@@ -2,7 +2,7 @@
 // and reports how far apart the outputs are: the foundation's proof that the
 // WebGPU path computes what the CPU path computes.
 import type { InferenceSession, Tensor } from 'onnxruntime-web';
-import { onnxRuntime, type Ort } from './browser-engine.ts';
+import { gpuDevice, onnxRuntime, type Ort } from './browser-engine.ts';
 import { UrlModelFiles } from './engine/model/model-files.ts';
 import { deviceQueue } from './engine/model/run-queue.ts';
 import { RequestRng } from './engine/rng.ts';
@@ -47,7 +47,7 @@ export async function checkTransformerOnBackends(modelUrl: string, latentSide = 
   const queue = deviceQueue(ort);
   const runOn = async (ep: 'webgpu' | 'wasm') => {
     // timed inside the queue, so waiting for the engine does not count
-    const [session, create] = await queue.run(() => time(() => ort.InferenceSession.create(graph, { executionProviders: [ep] })));
+    const [session, create] = await queue.run(() => time(() => ort.InferenceSession.create(graph, { executionProviders: [ep === 'webgpu' ? ({ name: 'webgpu', device: gpuDevice() } as { name: 'webgpu' }) : ep] })));
     const run = () => queue.run(() => time(() => session.run(feeds) as Promise<InferenceSession.ReturnType>));
     const [first, firstRun] = await run();
     const [second, secondRun] = await run();

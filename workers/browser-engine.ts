@@ -14,6 +14,7 @@ import asyncifyWasmUrl from 'onnxruntime-web/ort-wasm-simd-threaded.asyncify.was
 import type { BackendName } from './engine/api/types.ts';
 import { Engine, type EngineOptions } from './engine/engine.ts';
 import { openModelFiles, UrlModelFiles, type ModelFiles } from './engine/model/model-files.ts';
+import { meterGpuMemory, type GpuMemory } from './gpu-memory.ts';
 import { browserModelCache } from './store/model-cache.ts';
 
 export type Ort = typeof OrtModule;
@@ -66,6 +67,17 @@ const REQUESTED_LIMITS = [
 
 let gpu: Promise<GpuInfo> | null = null;
 let device: GPUDevice | null = null;
+let memory: GpuMemory | null = null;
+
+/** The device every WebGPU session runs on; null before detectGpu() or on wasm. */
+export function gpuDevice(): GPUDevice | null {
+  return device;
+}
+
+/** Buffers on our device, as counted at createBuffer and destroy; null on wasm. */
+export function gpuMemory(): GpuMemory | null {
+  return memory;
+}
 
 /** Destroys our GPU device (fault injection); false when there is none. */
 export function loseGpuDevice(): boolean {
@@ -76,7 +88,7 @@ export function loseGpuDevice(): boolean {
 /** Picks WebGPU when an adapter exists (device made at its real limits), else wasm. */
 export function detectGpu(): Promise<GpuInfo> {
   gpu ??= (async (): Promise<GpuInfo> => {
-    const { ort, build: runtime } = await onnxRuntime();
+    const { build: runtime } = await onnxRuntime();
     const fallback = (reason: string): GpuInfo => ({ backend: 'wasm', adapter: `none (${reason}); running on wasm`, features: [], limits: {}, fallbackReason: reason, runtime });
     if (!('gpu' in navigator) || !navigator.gpu) return fallback('navigator.gpu is missing');
     const adapter = await navigator.gpu.requestAdapter({ powerPreference: 'high-performance' }).catch(() => null);
@@ -86,7 +98,7 @@ export function detectGpu(): Promise<GpuInfo> {
     const requiredFeatures: GPUFeatureName[] = adapter.features.has('shader-f16') ? ['shader-f16'] : [];
     device = await adapter.requestDevice({ requiredLimits, requiredFeatures }).catch(() => null);
     if (!device) return fallback('the adapter refused a device');
-    ort.env.webgpu.device = device;
+    memory = meterGpuMemory(device);
     const i = adapter.info;
     return {
       backend: 'webgpu',
@@ -120,6 +132,8 @@ export async function createBrowserEngine(options: Partial<EngineOptions> & { ba
   const engine = new Engine({
     ort: ort as unknown as EngineOptions['ort'],
     streaming,
+    // every session runs on our device (an EP option: onnxruntime 1.30 ignores env.webgpu.device and makes its own)
+    webgpuDevice: backend === 'webgpu' ? device : undefined,
     adapter: info.adapter,
     openFiles: openBrowserModelFiles,
     fileCache: browserModelCache(),

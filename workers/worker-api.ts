@@ -9,11 +9,14 @@ import type { Engine, LoadModelOptions } from './engine/engine.ts';
 import type { CachedModelUsage } from './engine/model/file-cache.ts';
 import { CancelledError, ModelNotLoadedError } from './engine/errors.ts';
 import { checkTransformerOnBackends, type BackendCheck } from './backend-check.ts';
-import { createBrowserEngine, loseGpuDevice, type GpuInfo } from './browser-engine.ts';
+import { createBrowserEngine, gpuMemory, loseGpuDevice, type GpuInfo } from './browser-engine.ts';
+import { resetGpuPeak, type GpuMemory } from './gpu-memory.ts';
 import { ImageStore, type ImageQuery, type QueuedRequest, type StoredImage } from './store/image-store.ts';
 
 export interface WorkerStatus extends EngineStatus {
   gpu: GpuInfo | null;
+  /** GPU buffers on the engine's device (WebGPU only): what the GPU really holds. */
+  gpuMemory: GpuMemory | null;
 }
 
 export interface GenerateReply {
@@ -188,7 +191,14 @@ export class WorkerApi {
   }
 
   async status(): Promise<WorkerStatus> {
-    return { ...(this.engine?.status() ?? emptyStatus()), gpu: this.gpu };
+    const m = gpuMemory();
+    return { ...(this.engine?.status() ?? emptyStatus()), gpu: this.gpu, gpuMemory: m && { ...m } };
+  }
+
+  /** Starts a new GPU memory peak from what is live now (the benchmark measures one run at a time). */
+  async resetGpuMemoryPeak(): Promise<void> {
+    const m = gpuMemory();
+    if (m) resetGpuPeak(m);
   }
 
   /** Fault injection (tests, diagnostics): destroys the GPU device, as a driver reset would. */

@@ -20,7 +20,7 @@ interface Api {
   loadModel(source: ModelSourceSpec, onProgress?: unknown, opts?: LoadModelOptions): Promise<ModelInfo>;
   generate(request: GenerateRequest): Promise<{ id: string; metadata: ImageMetadata }>;
   getImage(id: string): Promise<{ png: Blob }>;
-  status(): Promise<{ gpu: { runtime: string; backend: string } }>;
+  status(): Promise<{ gpu: { runtime: string; backend: string }; gpuMemory: { liveBytes: number; peakBytes: number; largestBufferBytes: number } | null; weightBytes: number }>;
 }
 
 describe('real-size paths in the page', () => {
@@ -66,9 +66,12 @@ describe('real-size paths in the page', () => {
   };
   const hub = (repo: string): ModelSourceSpec => ({ kind: 'hub', repo, host: server.url });
 
-  it('runs the JSPI build, which streams external data from Blobs', async () => {
+  it("runs the JSPI build (external data streamed from Blobs) on the app's own GPU device, whose buffers it counts", async () => {
     const status = await b.page.evaluate(() => (window as unknown as { __engine: Api }).__engine.status());
     expect(status.gpu).toMatchObject({ runtime: 'jspi', backend: 'webgpu' });
+    // onnxruntime's weights live in buffers of our device: were it making its own device, this would be 0
+    expect(status.gpuMemory!.liveBytes).toBeGreaterThanOrEqual(0.9 * status.weightBytes);
+    expect(status.gpuMemory!.largestBufferBytes).toBeGreaterThan(0);
   });
 
   it('an fp16-I/O model generates in the page as in Node; on WebGPU without shader-f16 it is refused by name', async () => {

@@ -1,6 +1,6 @@
 // Builds SD3 model folders in Optimum's ONNX layout, deterministically:
 //   npm run build:model -- --preset tiny|sd3-medium|sd3.5-medium --out DIR
-//     [--weights fp32|fp16] [--io fp32|fp16] [--layers N] [--encoder-layers N] [--vae-layers N]
+//     [--weights fp32|fp16] [--io fp32|fp16] [--layers N] [--encoder-layers N] [--vae-layers N] [--vae-channels a,b,c,d]
 //     [--attention decomposed|fused] [--external single|shards|none] [--shard-mb N] [--sparse] [--no-t5]
 //   npm run build:tiny-model   (on install and before tests) writes the built-in tiny model:
 //     public/models/tiny-sd3/            every graph self-contained
@@ -205,7 +205,7 @@ export function writeTinyModels(outRoot: string): string[] {
 }
 
 const USAGE = `usage: npm run build:model -- --preset ${Object.keys(PRESETS).join('|')} --out DIR
-  [--weights fp32|fp16] [--io fp32|fp16] [--layers N] [--encoder-layers N] [--vae-layers N]
+  [--weights fp32|fp16] [--io fp32|fp16] [--layers N] [--encoder-layers N] [--vae-layers N] [--vae-channels a,b,c,d]
   [--attention decomposed|fused] [--external single|shards|none] [--shard-mb N] [--sparse] [--no-t5] [--no-vae-encoder]
   --sparse writes the external data as holes of the right size: for memory plans and load tests, not images.`;
 
@@ -232,6 +232,7 @@ export function specFromArgs(argv: string[]): { spec: BuildSpec; out: string } {
       layers: { type: 'string' },
       'encoder-layers': { type: 'string' },
       'vae-layers': { type: 'string' },
+      'vae-channels': { type: 'string' },
       attention: { type: 'string', default: 'decomposed' },
       external: { type: 'string' },
       'shard-mb': { type: 'string' },
@@ -250,11 +251,20 @@ export function specFromArgs(argv: string[]): { spec: BuildSpec; out: string } {
   const external = a.external ?? (preset.name === 'tiny' ? 'none' : 'single');
   if (external !== 'single' && external !== 'shards' && external !== 'none') throw new Error(`--external: expected single, shards or none, got ${external}`);
   const depth: DepthOverrides = { layers: count(a.layers, '--layers'), encoderLayers: count(a['encoder-layers'], '--encoder-layers'), vaeLayers: count(a['vae-layers'], '--vae-layers') };
+  let shaped = withDepth(preset, depth);
+  if (a['vae-channels'] !== undefined) {
+    // not a published shape: a narrow VAE where its decode time would drown a measurement (SwiftShader runs ~1 GFLOP/s)
+    const chans = a['vae-channels'].split(',').map(Number);
+    if (chans.length !== preset.vae.blockOutChannels.length || chans.some((c) => !Number.isInteger(c) || c < 1 || c % preset.vae.groups)) {
+      throw new Error(`--vae-channels: expected ${preset.vae.blockOutChannels.length} comma-separated multiples of ${preset.vae.groups} (the VAE's groups), got ${a['vae-channels']}`);
+    }
+    shaped = { ...shaped, vae: { ...shaped.vae, blockOutChannels: chans } };
+  }
   const suffix = [weights === 'float16' ? 'fp16' : '', io !== weights ? `io-${a.io}` : '', depth.layers ? `${depth.layers}l` : ''].filter(Boolean).join('-');
   return {
     out: resolve(a.out),
     spec: {
-      preset: withDepth(preset, depth),
+      preset: shaped,
       id: `sd3-webgpu/synthetic-${preset.name}${suffix ? `-${suffix}` : ''}`,
       weights,
       io,

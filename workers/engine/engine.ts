@@ -19,6 +19,8 @@ export interface EngineOptions {
   backend: BackendName;
   /** External data streams from Blobs (onnxruntime-web's JSPI build): no file-size limit, no copy in memory. */
   streaming?: boolean;
+  /** The GPUDevice WebGPU sessions run on (browser entry); opaque to the engine. */
+  webgpuDevice?: unknown;
   /** Human-readable adapter description for status(). */
   adapter?: string | null;
   maxActive?: number;
@@ -37,6 +39,8 @@ export interface LoadModelOptions {
   t5MaxLength?: number;
   /** Overrides the engine's device fit for this load (tests lower the budget). */
   fit?: Partial<DeviceFit>;
+  /** Diagnostics: false hands external data over as buffers even where the runtime could stream Blobs (the benchmark compares both). */
+  streamExternalData?: boolean;
 }
 
 export interface GenerateOptions {
@@ -80,6 +84,7 @@ export class Engine {
         backend: this.options.backend,
         onProgress,
         streamExternalData: streaming,
+        webgpuDevice: this.options.webgpuDevice,
         ...opts,
         // a streamed file is never one buffer: only memory limits what loads
         fit: { ...(streaming ? { maxFileBytes: Infinity } : {}), ...this.options.deviceFit, ...opts.fit },

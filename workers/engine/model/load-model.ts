@@ -58,6 +58,8 @@ export interface LoadOptions {
   fit?: Partial<DeviceFit>;
   /** Hand external data to onnxruntime as Blobs (JSPI build), read tensor by tensor: never held whole. */
   streamExternalData?: boolean;
+  /** The GPUDevice every WebGPU session runs on (onnxruntime makes its own otherwise). Opaque here: the core knows no DOM. */
+  webgpuDevice?: unknown;
 }
 
 async function readJson(files: ModelFiles, path: string): Promise<Record<string, unknown>> {
@@ -314,7 +316,8 @@ export async function loadModel(files: ModelFiles, opts: LoadOptions): Promise<L
     try {
       s = await queue.run(() =>
         ort.InferenceSession.create(graph, {
-          executionProviders: [backend],
+          // our device, so that its limits, its loss and its buffers are the ones the engine sees
+          executionProviders: [backend === 'webgpu' && opts.webgpuDevice ? ({ name: 'webgpu', device: opts.webgpuDevice } as { name: 'webgpu' }) : backend],
           graphOptimizationLevel: 'all',
           externalData: externalData.length ? externalData : undefined,
         }),
