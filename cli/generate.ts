@@ -122,7 +122,7 @@ export async function main(argv: string[]): Promise<number> {
   let failures = 0;
   const write = async (i: number, r: GenerateResult) => {
     const file = single ? args.out : join(args['out-dir'], `${String(i).padStart(4, '0')}-${r.metadata.seed}.png`);
-    await writeFile(file, r.png);
+    await writeFile(file, new Uint8Array(await r.png.arrayBuffer()));
     if (!single) await writeFile(file.replace(/\.png$/, '.json'), `${JSON.stringify(r.metadata, null, 2)}\n`);
     console.log(`${file}  seed ${r.metadata.seed}  ${r.metadata.timings.totalMs.toFixed(0)} ms${r.metadata.warnings.length ? `  (${r.metadata.warnings.join('; ')})` : ''}`);
   };

@@ -125,6 +125,13 @@ function openBrowserModelFiles(spec: Parameters<typeof openModelFiles>[0]): Mode
   return openModelFiles(spec);
 }
 
+/** PNG from RGBA on the canvas's own encoder, off the worker's thread: the step loop keeps going. */
+async function encodePngWithCanvas(rgba: Uint8ClampedArray, width: number, height: number): Promise<Blob> {
+  const canvas = new OffscreenCanvas(width, height);
+  canvas.getContext('2d')!.putImageData(new ImageData(rgba as Uint8ClampedArray<ArrayBuffer>, width, height), 0, 0);
+  return canvas.convertToBlob({ type: 'image/png' });
+}
+
 export async function createBrowserEngine(options: Partial<EngineOptions> & { backend?: BackendName } = {}): Promise<{ engine: Engine; gpu: GpuInfo }> {
   const info = await detectGpu();
   const { ort, streaming } = await onnxRuntime();
@@ -137,6 +144,7 @@ export async function createBrowserEngine(options: Partial<EngineOptions> & { ba
     adapter: info.adapter,
     openFiles: openBrowserModelFiles,
     fileCache: browserModelCache(),
+    encodePng: typeof OffscreenCanvas === 'undefined' ? undefined : encodePngWithCanvas,
     ...options,
     deviceFit: {
       features: info.features,

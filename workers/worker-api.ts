@@ -155,7 +155,7 @@ export class WorkerApi {
       if ((e as { code?: string }).code !== 'device_lost') await store.dequeue(req.id);
       throw e;
     }
-    await store.complete({ id: result.id, png: new Blob([result.png as Uint8Array<ArrayBuffer>], { type: 'image/png' }), metadata: result.metadata });
+    await store.complete({ id: result.id, png: result.png, metadata: result.metadata });
     return { id: result.id, metadata: result.metadata };
   }
 

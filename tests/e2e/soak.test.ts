@@ -57,7 +57,7 @@ describe('soak in the page', () => {
       const cancelAccepted = o.cancelAccepted;
       if (!('metadata' in o)) return { request, error: o.error, cancelAccepted };
       const m = o.metadata as unknown as GenerateResult['metadata'];
-      return { request, cancelAccepted, result: { id: o.id, width: m.width, height: m.height, rgba: new Uint8ClampedArray(m.width * m.height * 4), png: new Uint8Array(), metadata: m } };
+      return { request, cancelAccepted, result: { id: o.id, width: m.width, height: m.height, rgba: new Uint8ClampedArray(m.width * m.height * 4), png: new Blob(), metadata: m } };
     });
     const report = summarize(outcomes, wallMs);
     console.log(`browser soak: ${report.completed} done, ${report.cancelled} cancelled in ${wallMs} ms`);

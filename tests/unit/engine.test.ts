@@ -23,7 +23,7 @@ describe('request isolation', () => {
   it('the PNG holds exactly the returned pixels, with full metadata', async () => {
     const engine = await loadTinyEngine();
     const r = await engine.generate({ prompt: 'a red cube', negativePrompt: 'blurry', seed: 5, steps: 3, guidance: 3, width: 96, height: 64 });
-    const png = decodePng(r.png);
+    const png = decodePng(new Uint8Array(await r.png.arrayBuffer()));
     expect([png.width, png.height, png.channels]).toEqual([96, 64, 4]);
     expect(Uint8ClampedArray.from(png.data)).toEqual(r.rgba);
     expect(r.metadata).toMatchObject({ prompt: 'a red cube', negativePrompt: 'blurry', seed: 5, steps: 3, guidance: 3, width: 96, height: 64, modelId: 'tiny-sd3', backend: 'wasm', warnings: [] });

@@ -66,4 +66,113 @@ describe('faults', () => {
     for (let i = 0; i < requests.length; i++) expect(maxPixelDiff(replayed[i].rgba, expected[i].rgba)).toBe(0);
     await Promise.all([engine.unload(), fresh.unload()]);
   });
+
+  /** Six requests, one of which meets the fault; the rest must give the images an undisturbed engine gives. */
+  const oneFails = async (engine: Awaited<ReturnType<typeof newTinyEngine>>, run: (r: (typeof requests)[number]) => Promise<GenerateResult>, expectMessage: RegExp) => {
+    const reference = await loadTinyEngine();
+    const expected = await Promise.all(requests.map((r) => reference.generate({ ...r, id: undefined })));
+    const results = await Promise.allSettled(requests.map(run));
+    expect(results[2].status).toBe('rejected');
+    const err = (results[2] as PromiseRejectedResult).reason;
+    expect(err).toBeInstanceOf(InferenceError);
+    expect(err.message).toMatch(expectMessage);
+    expect(err.message).toMatch(/^request r2: /);
+    for (const i of [0, 1, 3, 4, 5]) {
+      expect(results[i].status, requests[i].id).toBe('fulfilled');
+      expect(maxPixelDiff((results[i] as PromiseFulfilledResult<GenerateResult>).value.rgba, expected[i].rgba)).toBe(0);
+    }
+    const s = engine.status();
+    expect([s.requestsFailed, s.requestsServed, s.requestsActive, s.requestsQueued, s.requestBytes]).toEqual([1, 5, 0, 0, 0]);
+    // and the engine goes on serving
+    expect((await engine.generate({ prompt: 'after the fault', seed: 1, steps: 1 })).rgba.length).toBe(64 * 64 * 4);
+    await engine.unload();
+  };
+
+  it('a progress callback that throws ends its own request, naming it; the others finish', async () => {
+    const engine = await newTinyEngine();
+    await oneFails(
+      engine,
+      (r) =>
+        engine.generate(r, {
+          onProgress: (e) => {
+            if (r.id === 'r2' && e.status === 'step' && e.loaded === 3) throw new Error('the page went away');
+          },
+        }),
+      /its progress callback threw \(the page went away\); the request was stopped, others carry on/,
+    );
+  });
+
+  it('a PNG encode that fails ends its own request, naming it; the others finish', async () => {
+    let encodes = 0;
+    const engine = await newTinyEngine({
+      encodePng: async (rgba, width) => {
+        encodes++;
+        if (width === 96) throw new Error('encoder out of memory'); // r2 alone is 96 px wide
+        return new Blob([rgba as Uint8ClampedArray<ArrayBuffer>], { type: 'image/png' });
+      },
+    });
+    await oneFails(engine, (r) => engine.generate(r.id === 'r2' ? { ...r, width: 96 } : r), /encoding its PNG failed \(encoder out of memory\)/);
+    expect(encodes).toBe(7); // six requests and the one after the fault
+  });
+
+  it('a step preview that fails ends its own request, naming it; the others finish', async () => {
+    const engine = await newTinyEngine({
+      renderPreview: (latents, c, h, w, id) => {
+        if (id === 'r2') throw new Error('preview shader missing');
+        return new Uint8ClampedArray(h * w * 4);
+      },
+    });
+    await oneFails(engine, (r) => engine.generate(r, { preview: true }), /its step preview failed \(preview shader missing\)/);
+  });
+});
+
+describe('model switch', () => {
+  it('requests running when a new model takes over end naming the switch; requests sent during the load run on the new model', async () => {
+    const { TINY_MODEL_EXTERNAL_DIR } = await import('../helpers/tiny-engine.ts');
+    const engine = await newTinyEngine();
+    const from = engine.model!.info.id;
+    let steps = 0;
+    let started!: () => void;
+    const running = new Promise<void>((r) => (started = r));
+    const old = Array.from({ length: 4 }, (_, i) =>
+      engine.generate({ id: `old${i}`, prompt: `running ${i}`, seed: i, steps: 500 }, { onProgress: (e) => e.status === 'step' && ++steps === 8 && started() }),
+    );
+    await running;
+    const load = engine.load({ kind: 'path', path: TINY_MODEL_EXTERNAL_DIR });
+    // sent while the load runs: they wait for it
+    const during = [0, 1].map((i) => engine.generate({ id: `new${i}`, prompt: `during the load ${i}`, seed: 10 + i, steps: 3 }));
+    const info = await load;
+    expect(info.id).not.toBe(from);
+    const oldResults = await Promise.allSettled(old);
+    for (const [i, r] of oldResults.entries()) {
+      expect(r.status).toBe('rejected');
+      expect((r as PromiseRejectedResult).reason).toMatchObject({ code: 'model_switch', from, to: info.id });
+      expect((r as PromiseRejectedResult).reason.message).toBe(`request old${i} was stopped: the engine switched from model ${from} to ${info.id} while it ran; run it again to get its image from ${info.id}`);
+    }
+    const fresh = await Promise.all(during);
+    expect(fresh.map((r) => r.metadata.modelId)).toEqual([info.id, info.id]);
+    // the same weights in another layout: the images are the ones the old model gives
+    const reference = await loadTinyEngine();
+    for (const [i, r] of fresh.entries()) expect(maxPixelDiff(r.rgba, (await reference.generate({ prompt: `during the load ${i}`, seed: 10 + i, steps: 3 })).rgba)).toBe(0);
+    expect(engine.status()).toMatchObject({ requestsActive: 0, requestsQueued: 0, requestBytes: 0 });
+    await engine.unload();
+  });
+
+  it('an aborted load stops, and the loaded model keeps serving the requests that waited for it', async () => {
+    const { TINY_MODEL_EXTERNAL_DIR } = await import('../helpers/tiny-engine.ts');
+    const engine = await newTinyEngine();
+    const from = engine.model!.info.id;
+    const controller = new AbortController();
+    const load = engine.load({ kind: 'path', path: TINY_MODEL_EXTERNAL_DIR }, (e) => e.status === 'done' && controller.abort(), {}, controller.signal);
+    const waiting = engine.generate({ prompt: 'waited for an aborted load', seed: 4, steps: 2 });
+    await expect(load).rejects.toMatchObject({ code: 'load_aborted' });
+    expect(engine.model!.info.id).toBe(from);
+    expect((await waiting).metadata.modelId).toBe(from);
+    // a newer load replaces one under way
+    const first = engine.load({ kind: 'path', path: TINY_MODEL_EXTERNAL_DIR });
+    const second = engine.load({ kind: 'path', path: TINY_MODEL_EXTERNAL_DIR });
+    await expect(first).rejects.toMatchObject({ code: 'load_aborted', message: expect.stringMatching(/replaced by a load of/) });
+    expect((await second).id).not.toBe(from);
+    await engine.unload();
+  });
 });

@@ -3,8 +3,8 @@
 // nothing of the DOM, so the CLI and the benchmark run it in Node unchanged.
 import type { BackendName, EngineStatus, GenerateResult, ModelInfo, ModelSourceSpec, ProgressCallback } from './api/types.ts';
 import { normalizeRequest, type NormalizedRequest } from './api/validate.ts';
-import { BusyError, DeviceLostError, InvalidRequestError, ModelLoadError, ModelNotLoadedError } from './errors.ts';
-import { DEFAULT_MAX_ACTIVE, DEFAULT_MAX_BATCH, Interleaver, newCounters } from './interleaver/interleaver.ts';
+import { DeviceLostError, InvalidRequestError, LoadAbortedError, ModelLoadError, ModelNotLoadedError, ModelSwitchError } from './errors.ts';
+import { DEFAULT_MAX_ACTIVE, DEFAULT_MAX_BATCH, Interleaver, newCounters, type PngEncoder, type PreviewRenderer } from './interleaver/interleaver.ts';
 import { RequestScope } from './interleaver/request-scope.ts';
 import { fitRequest } from './memory/budget.ts';
 import type { Ort } from './model/component-session.ts';
@@ -24,6 +24,12 @@ export interface EngineOptions {
   /** Human-readable adapter description for status(). */
   adapter?: string | null;
   maxActive?: number;
+  /** Makes each image's PNG off the step loop (the Node and browser entries bring one; fast-png inline otherwise). */
+  encodePng?: PngEncoder;
+  /** Benchmark baseline: encode inside the step loop, as before the encoder moved off it. */
+  encodeInline?: boolean;
+  /** The step preview (a latent-to-RGB sketch by default). */
+  renderPreview?: PreviewRenderer;
   maxBatch?: number;
   /** Maps a source to its files; Node entry points add `path` support. */
   openFiles?: (spec: ModelSourceSpec) => ModelFiles;
@@ -51,10 +57,15 @@ export interface GenerateOptions {
 }
 
 const randomSeed = () => crypto.getRandomValues(new Uint32Array(1))[0];
+
+/** Resolves when the signal aborts (never without one). */
+const aborted = (signal?: AbortSignal) => new Promise<void>((resolve) => signal?.addEventListener('abort', () => resolve(), { once: true }));
 const newId = () => crypto.randomUUID();
 
 export class Engine {
   private loaded: LoadedModel | null = null;
+  /** A load under way: requests submitted meanwhile wait for it and run on its model. */
+  private loading: { controller: AbortController; settled: Promise<unknown>; source: string } | null = null;
   private lostReason: string | null = null;
   private interleaver: Interleaver | null = null;
   private readonly counters = newCounters();
@@ -67,13 +78,43 @@ export class Engine {
   }
 
   /**
-   * Loads a model once; every later request shares its sessions. A failed load
-   * leaves the previous model loaded and working.
+   * Loads a model once; every later request shares its sessions. It may start
+   * at any time: requests submitted while it runs wait and run on the new
+   * model; requests already running on the old one keep running during the
+   * downloads and end with ModelSwitchError when the new model takes over. A
+   * newer load, or `signal`, aborts it. A failed or aborted load leaves the
+   * previous model loaded and working.
    */
-  async load(source: ModelSourceSpec | ModelFiles, onProgress?: ProgressCallback, opts: LoadModelOptions = {}): Promise<ModelInfo> {
-    if (this.interleaver && (this.interleaver.activeCount || this.interleaver.queuedCount)) {
-      throw new BusyError(`cannot switch models while ${this.interleaver.activeCount + this.interleaver.queuedCount} requests run; wait or cancel them first`);
+  async load(source: ModelSourceSpec | ModelFiles, onProgress?: ProgressCallback, opts: LoadModelOptions = {}, signal?: AbortSignal): Promise<ModelInfo> {
+    const name = 'read' in source ? source.id : source.kind === 'hub' ? source.repo : source.kind === 'url' ? source.url : source.kind === 'path' ? source.path : (source.name ?? 'a local folder');
+    this.loading?.controller.abort(new LoadAbortedError(`replaced by a load of ${name}`));
+    const controller = new AbortController();
+    const byCaller = () => controller.abort(signal?.reason instanceof LoadAbortedError ? signal.reason : new LoadAbortedError('aborted by its caller'));
+    if (signal?.aborted) byCaller();
+    signal?.addEventListener('abort', byCaller, { once: true });
+    const task = this.loadNow(source, onProgress, opts, controller.signal);
+    const entry = { controller, settled: task.catch(() => undefined), source: name };
+    this.loading = entry;
+    try {
+      return await task;
+    } finally {
+      if (this.loading === entry) this.loading = null;
     }
+  }
+
+  /** Aborts the load under way, if any; the loaded model keeps serving. */
+  abortLoad(): boolean {
+    if (!this.loading) return false;
+    this.loading.controller.abort(new LoadAbortedError('aborted by its caller'));
+    return true;
+  }
+
+  /** The source of the load under way, or null. */
+  get loadingSource(): string | null {
+    return this.loading?.source ?? null;
+  }
+
+  private async loadNow(source: ModelSourceSpec | ModelFiles, onProgress: ProgressCallback | undefined, opts: LoadModelOptions, signal: AbortSignal): Promise<ModelInfo> {
     const opened = 'read' in source ? source : (this.options.openFiles ?? openModelFiles)(source);
     const cache = this.options.fileCache;
     const cacheable = cache && isCacheable(opened) ? opened : null;
@@ -83,6 +124,7 @@ export class Engine {
         ort: this.options.ort,
         backend: this.options.backend,
         onProgress,
+        signal,
         streamExternalData: streaming,
         webgpuDevice: this.options.webgpuDevice,
         ...opts,
@@ -101,9 +143,20 @@ export class Engine {
         next = await load(new CachedModelFiles(cacheable, cache!));
       }
     }
+    if (signal.aborted) {
+      await next.release();
+      throw signal.reason;
+    }
     const previous = this.loaded;
+    const old = this.interleaver;
     this.loaded = next;
-    this.interleaver = new Interleaver(next, this.options.ort, { maxActive: this.options.maxActive ?? DEFAULT_MAX_ACTIVE, maxBatch: this.options.maxBatch ?? DEFAULT_MAX_BATCH }, this.counters);
+    const { maxActive, maxBatch, encodePng, encodeInline, renderPreview } = this.options;
+    this.interleaver = new Interleaver(next, this.options.ort, { maxActive: maxActive ?? DEFAULT_MAX_ACTIVE, maxBatch: maxBatch ?? DEFAULT_MAX_BATCH, encodePng, encodeInline, renderPreview }, this.counters);
+    if (old && previous) {
+      // what still runs on the old model ends, saying why, before its sessions go
+      old.failAll((id) => new ModelSwitchError(id, previous.info.id, next.info.id));
+      await old.idle();
+    }
     await previous?.release();
     return next.info;
   }
@@ -128,8 +181,24 @@ export class Engine {
   /**
    * Validates and queues a request; resolves with the image. Bad input is
    * refused before anything is queued, so requests in flight are untouched.
+   * During a model load the request waits for the load and runs on its model
+   * (the previous one, if the load fails); it can be cancelled meanwhile.
    */
   generate(request: unknown, opts: GenerateOptions = {}): Promise<GenerateResult> {
+    if (!this.loading) return this.submit(request, opts);
+    const later = (async () => {
+      while (this.loading) {
+        await Promise.race([this.loading.settled, aborted(opts.signal)]);
+        opts.signal?.throwIfAborted();
+      }
+      return this.submit(request, opts);
+    })();
+    // as for every request: a caller that drops the promise (after a cancel) never sees an unhandled rejection
+    later.catch(() => undefined);
+    return later;
+  }
+
+  private submit(request: unknown, opts: GenerateOptions): Promise<GenerateResult> {
     try {
       const { loaded: model, interleaver } = this;
       if (this.lostReason !== null) throw new DeviceLostError(this.lostReason);

@@ -12,7 +12,9 @@ export type ErrorCode =
   | 'inference'
   | 'busy'
   | 'storage'
-  | 'device_lost';
+  | 'device_lost'
+  | 'model_switch'
+  | 'load_aborted';
 
 export class EngineError extends Error {
   constructor(
@@ -129,7 +131,29 @@ export class DeviceLostError extends EngineError {
   }
 }
 
-/** The engine cannot do this now (for example switch models while requests run). */
+/** A request was running on a model that a new load replaced: it ends here, with this reason, and may be run again. */
+export class ModelSwitchError extends EngineError {
+  constructor(
+    id: string,
+    readonly from: string,
+    readonly to: string,
+  ) {
+    super('model_switch', `request ${id} was stopped: the engine switched from model ${from} to ${to} while it ran; run it again to get its image from ${to}`);
+  }
+
+  protected override details() {
+    return { from: this.from, to: this.to };
+  }
+}
+
+/** A model load was aborted (by its caller, or replaced by a newer load); the loaded model keeps serving. */
+export class LoadAbortedError extends EngineError {
+  constructor(reason: string) {
+    super('load_aborted', `the model load was aborted: ${reason}; the loaded model keeps serving`);
+  }
+}
+
+/** The engine cannot do this now. */
 export class BusyError extends EngineError {
   constructor(message: string) {
     super('busy', message);

@@ -5,6 +5,7 @@ import { Engine, type EngineOptions } from './engine.ts';
 import type { ModelSourceSpec } from './api/types.ts';
 import { openModelFiles } from './model/model-files.ts';
 import { nodeFolderFiles } from './model/node-folder-files.ts';
+import { encodePngOffThread } from './model/node-png.ts';
 
 export { ort };
 
@@ -24,5 +25,5 @@ export function createNodeEngine(options: Partial<EngineOptions> = {}): Engine {
   // one wasm thread per run keeps results independent of the machine's core count
   ort.env.wasm.numThreads = options.ort ? ort.env.wasm.numThreads : 1;
   ort.env.logLevel = 'error';
-  return new Engine({ ort, backend: 'wasm', adapter: null, openFiles: openNodeModelFiles, ...options });
+  return new Engine({ ort, backend: 'wasm', adapter: null, openFiles: openNodeModelFiles, encodePng: encodePngOffThread, ...options });
 }

@@ -71,7 +71,8 @@ export interface GenerateResult {
   width: number;
   height: number;
   rgba: Uint8ClampedArray;
-  png: Uint8Array;
+  /** The image as a PNG file (image/png). */
+  png: Blob;
   metadata: ImageMetadata;
 }
 

@@ -7,10 +7,15 @@
 //      same-size requests into shared transformer runs whatever their
 //      timestep, as many rows per run as memory and the adapter's largest
 //      buffer allow (a guided request's two rows may go to two runs);
-//   4. decodes finished latents in batches sized the same way.
+//   4. decodes finished latents in batches sized the same way, and hands each
+//      image to the PNG encoder without waiting for it: encoding never holds
+//      up the next step (the encoder runs off the thread where it can).
 // Cancellation takes effect at once: the request's tensors are dropped and any
-// run already in flight simply has its rows for that request ignored.
-import type { GenerateResult } from '../api/types.ts';
+// run already in flight simply has its rows for that request ignored. No throw
+// stops the loop: a failing progress callback, preview or PNG encode ends only
+// its own request, and an error nobody can pin on one request ends the
+// requests of that cycle while the loop goes on serving the rest.
+import type { GenerateResult, ImageMetadata, ProgressEvent } from '../api/types.ts';
 import { CancelledError, InferenceError, TooLargeError, formatBytes } from '../errors.ts';
 import { availableBytes, largestFittingSize, refusal } from '../memory/budget.ts';
 import type { RunFootprint } from '../memory/footprint.ts';
@@ -21,11 +26,23 @@ import { combineGuidance, predictRows } from '../sd3/denoise-step.ts';
 import { encodePrompts } from '../sd3/encode-prompt.ts';
 import type { RequestScope } from './request-scope.ts';
 
+/** RGBA to a PNG file. Hosts bring one that does not block the step loop (a canvas in the worker, zlib's thread pool in Node). */
+export type PngEncoder = (rgba: Uint8ClampedArray, width: number, height: number) => Promise<Blob>;
+/** The step preview: RGBA at latent resolution from the latents. */
+export type PreviewRenderer = (latents: Float32Array, channels: number, height: number, width: number, requestId: string) => Uint8ClampedArray;
+
+/** fast-png on the calling thread: the fallback where the host offers nothing better. */
+export const inlinePngEncoder: PngEncoder = async (rgba, width, height) => new Blob([rgbaToPng(rgba, width, height) as Uint8Array<ArrayBuffer>], { type: 'image/png' });
+
 export interface InterleaverOptions {
   /** Requests denoising at once (each still bounded by the memory budget). */
   maxActive: number;
   /** Requests per transformer / VAE run. 1 turns batching off. */
   maxBatch: number;
+  encodePng?: PngEncoder;
+  /** Encode inside the cycle, as before the encoder moved off the step path (the benchmark's baseline). */
+  encodeInline?: boolean;
+  renderPreview?: PreviewRenderer;
 }
 
 export const DEFAULT_MAX_ACTIVE = 16;
@@ -50,6 +67,8 @@ const now = () => performance.now();
 export class Interleaver {
   private readonly queue: RequestScope[] = [];
   private readonly active: RequestScope[] = [];
+  /** PNG encodes under way: their requests have left the loop and resolve when the file is ready. */
+  private readonly encoding = new Set<Promise<void>>();
   private loop: Promise<void> | null = null;
   constructor(
     private readonly model: LoadedModel,
@@ -107,7 +126,7 @@ export class Interleaver {
       throw new TooLargeError(no.neededBytes, no.limitBytes, `${why}; ${largest}${more}`, fits);
     }
     this.queue.push(scope);
-    scope.onProgress?.({ status: 'queued', requestId: scope.id, loaded: 0, total: scope.scheduler.totalSteps, progress: 0 });
+    this.emit(scope, { status: 'queued', requestId: scope.id, loaded: 0, total: scope.scheduler.totalSteps, progress: 0 });
     // start on a microtask, so requests submitted together are admitted together
     this.loop ??= Promise.resolve()
       .then(() => this.run())
@@ -130,9 +149,19 @@ export class Interleaver {
     return all.length;
   }
 
-  /** Resolves when no request is queued or active. */
+  /** Resolves when no request is queued, active or being encoded. */
   async idle(): Promise<void> {
-    while (this.loop) await this.loop;
+    while (this.loop || this.encoding.size) await Promise.all([this.loop, ...this.encoding]);
+  }
+
+  /** Tells a request's caller of its progress; a callback that throws ends that request alone. */
+  private emit(s: RequestScope, event: ProgressEvent): void {
+    if (!s.onProgress || s.phase === 'finished') return;
+    try {
+      s.onProgress(event);
+    } catch (e) {
+      this.finish(s, new InferenceError(`request ${s.id}: its progress callback threw (${(e as Error).message ?? e}); the request was stopped, others carry on`));
+    }
   }
 
   private find(id: string): RequestScope | undefined {
@@ -160,10 +189,15 @@ export class Interleaver {
   private async run(): Promise<void> {
     while (this.queue.length || this.active.length) {
       this.counters.cycles++;
-      this.admit();
-      await this.encodeArrivals();
-      await this.stepAll();
-      await this.decodeFinished();
+      try {
+        this.admit();
+        await this.encodeArrivals();
+        await this.stepAll();
+        await this.decodeFinished();
+      } catch (e) {
+        // nothing inside pinned it on one request: end this cycle's requests, keep serving the queue
+        for (const s of [...this.active]) this.finish(s, new InferenceError(`request ${s.id}: the engine's step loop failed (${(e as Error).message ?? e}); the request was stopped, the engine carries on`));
+      }
       // let cancel() and new submissions in between cycles
       await yieldToEventLoop();
     }
@@ -195,7 +229,7 @@ export class Interleaver {
     const arrivals = this.active.filter((s) => s.phase === 'queued');
     if (!arrivals.length) return;
     const started = now();
-    for (const s of arrivals) s.onProgress?.({ status: 'encoding', requestId: s.id, loaded: 0, total: s.scheduler.totalSteps, progress: 0 });
+    for (const s of arrivals) this.emit(s, { status: 'encoding', requestId: s.id, loaded: 0, total: s.scheduler.totalSteps, progress: 0 });
     const texts = arrivals.flatMap((s) => (s.guided ? [s.request.prompt, s.request.negativePrompt] : [s.request.prompt]));
     let embeddings;
     try {
@@ -294,15 +328,16 @@ export class Interleaver {
     if (s.scheduler.done) s.phase = 'decoding';
     const [C, h, w] = s.latentShape;
     const total = s.scheduler.totalSteps;
-    s.onProgress?.({
-      status: 'step',
-      requestId: s.id,
-      loaded: s.scheduler.stepIndex,
-      total,
-      progress: (100 * s.scheduler.stepIndex) / total,
-      elapsedMs: now() - s.times.submitted,
-      preview: s.wantsPreview ? { width: w, height: h, rgba: latentPreview(s.latents!, C, h, w) } : undefined,
-    });
+    let preview: ProgressEvent['preview'];
+    if (s.wantsPreview) {
+      try {
+        preview = { width: w, height: h, rgba: (this.options.renderPreview ?? latentPreview)(s.latents!, C, h, w, s.id) };
+      } catch (e) {
+        this.finish(s, new InferenceError(`request ${s.id}: its step preview failed (${(e as Error).message ?? e}); the request was stopped, others carry on`));
+        return;
+      }
+    }
+    this.emit(s, { status: 'step', requestId: s.id, loaded: s.scheduler.stepIndex, total, progress: (100 * s.scheduler.stepIndex) / total, elapsedMs: now() - s.times.submitted, preview });
   }
 
   private async decodeFinished(): Promise<void> {
@@ -314,7 +349,7 @@ export class Interleaver {
     });
     for (const batch of runs) {
       const started = now();
-      for (const s of batch) s.onProgress?.({ status: 'decoding', requestId: s.id, loaded: s.scheduler.totalSteps, total: s.scheduler.totalSteps, progress: 100 });
+      for (const s of batch) this.emit(s, { status: 'decoding', requestId: s.id, loaded: s.scheduler.totalSteps, total: s.scheduler.totalSteps, progress: 100 });
       const [, h, w] = batch[0].latentShape;
       let images: Uint8ClampedArray[];
       try {
@@ -325,36 +360,45 @@ export class Interleaver {
         for (const s of batch) this.finish(s, new InferenceError(`VAE decode failed: ${(e as Error).message}`));
         continue;
       }
-      batch.forEach((s, i) => {
-        if (s.phase !== 'decoding') return;
-        const { width, height } = s.request;
-        const end = now();
-        const png = rgbaToPng(images[i], width, height);
+      for (const [i, s] of batch.entries()) {
+        if (s.phase !== 'decoding') continue;
         const t = s.times;
-        s.onProgress?.({ status: 'complete', requestId: s.id, loaded: s.scheduler.totalSteps, total: s.scheduler.totalSteps, progress: 100, elapsedMs: end - t.submitted });
-        this.finish(s, {
-          id: s.id,
-          width,
-          height,
-          rgba: images[i],
-          png,
-          metadata: {
-            ...s.request,
-            modelId: this.model.info.id,
-            backend: this.model.info.backend,
-            timings: {
-              queuedMs: t.admitted - t.submitted,
-              encodeMs: t.encodeMs,
-              denoiseMs: started - t.denoiseStart,
-              decodeMs: end - started,
-              totalMs: end - t.submitted,
-            },
-            createdAt: new Date().toISOString(),
-            warnings: [...s.warnings],
-          },
-        });
-      });
+        const decoded = now();
+        const metadata: ImageMetadata = {
+          ...s.request,
+          modelId: this.model.info.id,
+          backend: this.model.info.backend,
+          timings: { queuedMs: t.admitted - t.submitted, encodeMs: t.encodeMs, denoiseMs: started - t.denoiseStart, decodeMs: decoded - started, totalMs: decoded - t.submitted },
+          createdAt: new Date().toISOString(),
+          warnings: [...s.warnings],
+        };
+        if (this.options.encodeInline) await this.deliver(s, images[i], metadata);
+        else {
+          // off the step path: the next cycle starts while the file is made
+          const delivery = this.deliver(s, images[i], metadata);
+          this.encoding.add(delivery);
+          void delivery.finally(() => this.encoding.delete(delivery));
+        }
+      }
     }
+  }
+
+  /** Leaves the loop (its tensors freed), encodes the PNG, then resolves; a failing encode fails this request alone. */
+  private async deliver(s: RequestScope, rgba: Uint8ClampedArray, metadata: ImageMetadata): Promise<void> {
+    const i = this.active.indexOf(s);
+    if (i >= 0) this.active.splice(i, 1);
+    s.phase = 'encoding';
+    s.release();
+    const { width, height } = s.request;
+    let png: Blob;
+    try {
+      png = await (this.options.encodePng ?? inlinePngEncoder)(rgba, width, height);
+    } catch (e) {
+      this.finish(s, new InferenceError(`request ${s.id}: encoding its PNG failed (${(e as Error).message ?? e}); the request was stopped, others carry on`));
+      return;
+    }
+    this.emit(s, { status: 'complete', requestId: s.id, loaded: s.scheduler.totalSteps, total: s.scheduler.totalSteps, progress: 100, elapsedMs: now() - s.times.submitted });
+    this.finish(s, { id: s.id, width, height, rgba, png, metadata });
   }
 }
 

@@ -8,7 +8,8 @@ import type { RequestSchedulerState } from '../scheduler/flow-match-euler.ts';
 import type { PromptEmbedding } from '../sd3/encode-prompt.ts';
 import type { RequestFootprint } from '../memory/footprint.ts';
 
-export type Phase = 'queued' | 'denoising' | 'decoding' | 'finished';
+/** 'encoding': the image is decoded and its PNG being made, off the step loop. */
+export type Phase = 'queued' | 'denoising' | 'decoding' | 'encoding' | 'finished';
 
 export class RequestScope {
   readonly rng: RequestRng;

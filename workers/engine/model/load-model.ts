@@ -60,6 +60,8 @@ export interface LoadOptions {
   streamExternalData?: boolean;
   /** The GPUDevice every WebGPU session runs on (onnxruntime makes its own otherwise). Opaque here: the core knows no DOM. */
   webgpuDevice?: unknown;
+  /** Aborts the load: downloads stop at their next chunk, sessions made so far are released. */
+  signal?: AbortSignal;
 }
 
 async function readJson(files: ModelFiles, path: string): Promise<Record<string, unknown>> {
@@ -291,8 +293,14 @@ export async function loadModel(files: ModelFiles, opts: LoadOptions): Promise<L
   const cachedPaths = files instanceof CachedModelFiles ? files.hits : undefined;
 
   const tracked = async <T extends Uint8Array | Blob>(path: string, get: (onProgress: ByteProgress) => Promise<T>): Promise<T> => {
+    opts.signal?.throwIfAborted();
     const before = cachedPaths?.has(path) ?? false;
-    const data = await get(progress.start(path));
+    const report = progress.start(path);
+    // an abort stops a download at its next chunk: the stream ends and cancels its request
+    const data = await get((loaded, total) => {
+      opts.signal?.throwIfAborted();
+      report(loaded, total);
+    });
     progress.done(path, data instanceof Blob ? data.size : data.byteLength, !before && (cachedPaths?.has(path) ?? false));
     return data;
   };
@@ -329,6 +337,7 @@ export async function loadModel(files: ModelFiles, opts: LoadOptions): Promise<L
     const c = new ComponentSession(plan.folder, s, ort, bytes, queue);
     created.push(c);
     checkContract(c, plan.graphPath);
+    opts.signal?.throwIfAborted();
     return c;
   };
 

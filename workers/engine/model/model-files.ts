@@ -137,11 +137,18 @@ export class UrlModelFiles implements ModelFiles {
       }
       const reader = response.body.getReader();
       const before = loaded;
+      let failure: unknown = null;
       try {
         for (;;) {
-          const { done, value } = await reader.read();
-          if (done) break;
-          let chunk = value;
+          let part: ReadableStreamReadResult<Uint8Array>;
+          try {
+            part = await reader.read();
+          } catch (e) {
+            failure = e; // the connection broke: retried below
+            break;
+          }
+          if (part.done) break;
+          let chunk = part.value;
           if (skip) {
             const drop = Math.min(skip, chunk.byteLength);
             skip -= drop;
@@ -149,13 +156,17 @@ export class UrlModelFiles implements ModelFiles {
             if (!chunk.byteLength) continue;
           }
           loaded += chunk.byteLength;
-          onProgress?.(loaded, Math.max(total, loaded));
+          onProgress?.(loaded, Math.max(total, loaded)); // may throw: an aborted load stops here
           yield chunk;
         }
-      } catch (e) {
+      } finally {
+        // leaving early (an aborted load, a consumer that stopped): the request ends too
+        void reader.cancel().catch(() => undefined);
+      }
+      if (failure) {
         if (total && loaded >= total) return; // every byte arrived; only the connection's end failed
         stalls = loaded > before ? 1 : stalls + 1;
-        if (stalls > this.retry.maxStalls) throw new ModelLoadError(path, `download interrupted after ${loaded} of ${total || '?'} bytes and ${stalls} attempts without progress (${(e as Error).message})`);
+        if (stalls > this.retry.maxStalls) throw new ModelLoadError(path, `download interrupted after ${loaded} of ${total || '?'} bytes and ${stalls} attempts without progress (${(failure as Error).message})`);
         await delay(this.retry.retryDelayMs * 2 ** (stalls - 1));
         continue;
       }
