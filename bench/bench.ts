@@ -174,6 +174,21 @@ async function soak() {
 }
 
 async function main() {
+  if (process.argv.includes('--client')) {
+    const { clientBench } = await import('./client.ts');
+    const figures = await clientBench();
+    console.log(JSON.stringify(figures, null, 2));
+    const { readFileSync } = await import('node:fs');
+    let previous: Record<string, unknown> = {};
+    try {
+      previous = JSON.parse(readFileSync(OUT, 'utf8'));
+    } catch {
+      /* first run */
+    }
+    writeFileSync(OUT, `${JSON.stringify({ ...previous, client: figures }, null, 2)}\n`);
+    console.log(`wrote client figures to ${OUT}`);
+    return;
+  }
   if (process.argv.includes('--scale')) {
     const { scaleBench } = await import('./scale.ts');
     await scaleBench(OUT, process.argv.includes('--quick'));
@@ -288,8 +303,8 @@ async function main() {
   let kept: Record<string, unknown> = {};
   try {
     // figures of other runs (--scale) stay
-    const { scale } = JSON.parse(readFileSync(OUT, 'utf8')) as Record<string, unknown>;
-    kept = scale ? { scale } : {};
+    const { scale, client } = JSON.parse(readFileSync(OUT, 'utf8')) as Record<string, unknown>;
+    kept = { ...(scale ? { scale } : {}), ...(client ? { client } : {}) };
   } catch {
     /* first run */
   }

@@ -165,9 +165,10 @@ export async function scaleBench(out: string, quick: boolean): Promise<Record<st
   }
   const stepPlan = await planModel(nodeFolderFiles(models.step.dir), { backend: 'webgpu', fit });
 
-  await build({ logLevel: 'warn' });
-  const server = await preview({ preview: { port: 4174, strictPort: false, host: '127.0.0.1' }, logLevel: 'warn' });
-  const baseUrl = server.resolvedUrls!.local[0];
+  // the test build: the app with its worker's API on window
+  await build({ mode: 'test', logLevel: 'warn' });
+  const server = await preview({ mode: 'test', preview: { port: 4174, strictPort: false, host: '127.0.0.1' }, logLevel: 'warn' });
+  const baseUrl = `${server.resolvedUrls!.local[0]}test.html`;
   const files = await startModelServer({ repos: [{ repo: 'scale/load', folder: models.load.dir }, { repo: 'scale/step', folder: models.step.dir }] });
   const hub = (repo: string): ModelSourceSpec => ({ kind: 'hub', repo, host: files.url });
   const opts = { fit: { memoryBytes: 20 * GiB } };

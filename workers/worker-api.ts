@@ -9,7 +9,8 @@ import type { Engine, LoadModelOptions } from './engine/engine.ts';
 import type { CachedModelUsage } from './engine/model/file-cache.ts';
 import { CancelledError, ModelNotLoadedError } from './engine/errors.ts';
 import { checkTransformerOnBackends, type BackendCheck } from './backend-check.ts';
-import { createBrowserEngine, gpuMemory, loseGpuDevice, type GpuInfo } from './browser-engine.ts';
+import { createBrowserEngine, gpuMemory, type GpuInfo } from './browser-engine.ts';
+import { deviceQueue } from './engine/model/run-queue.ts';
 import { resetGpuPeak, type GpuMemory } from './gpu-memory.ts';
 import { ImageStore, type ImageQuery, type QueuedRequest, type StoredImage } from './store/image-store.ts';
 
@@ -19,10 +20,21 @@ export interface WorkerStatus extends EngineStatus {
   gpuMemory: GpuMemory | null;
 }
 
+/** One reply per finished image: its file and its settings (no second round trip to fetch them). */
 export interface GenerateReply {
   id: string;
   metadata: ImageMetadata;
+  png: Blob;
 }
+
+/** The worker's heartbeat: sent every second, and at once when a device call starts or ends, so a
+ * call that blocks the worker for minutes (a big model on wasm) is announced before it blocks. */
+export interface Beat {
+  /** The device call under way, how long it has run, and how long the last one like it took. */
+  busy: { what: string; sinceMs: number; expectedMs: number | null } | null;
+}
+
+export const BEAT_INTERVAL_MS = 1000;
 
 /** A rejection as it crosses the worker boundary: a plain object, because Comlink
  * keeps only message/name/stack of Error instances, and the UI needs code and field. */
@@ -63,17 +75,32 @@ export class WorkerApi {
   private gpu: GpuInfo | null = null;
   private starting: Promise<void> | null = null;
   private readonly store = ImageStore.open();
+  private onBeat: ((b: Beat) => void) | null = null;
+  private busy: { what: string; since: number; expectedMs: number | null } | null = null;
 
-  /** Detects WebGPU (or uses wasm: forced, or as the fallback) and creates the engine. */
-  async init(opts: { backend?: BackendName } = {}): Promise<GpuInfo> {
+  /** Detects WebGPU (or uses wasm: forced, or as the fallback) and creates the engine; `onBeat` hears the heartbeat. */
+  async init(opts: { backend?: BackendName; onBeat?: (b: Beat) => void } = {}): Promise<GpuInfo> {
     return guard(async () => {
+      if (opts.onBeat && !this.onBeat) {
+        this.onBeat = opts.onBeat;
+        setInterval(() => this.beat(), BEAT_INTERVAL_MS);
+      }
       this.starting ??= createBrowserEngine({ backend: opts.backend }).then(({ engine, gpu }) => {
         this.engine = engine;
         this.gpu = { ...gpu, backend: engine.options.backend };
+        deviceQueue(engine.options.ort).observe((e) => {
+          this.busy = e.phase === 'start' ? { what: e.label, since: performance.now(), expectedMs: e.ms } : null;
+          this.beat();
+        });
       });
       await this.starting;
       return this.gpu!;
     });
+  }
+
+  private beat(): void {
+    const b = this.busy;
+    void this.onBeat?.({ busy: b && { what: b.what, sinceMs: performance.now() - b.since, expectedMs: b.expectedMs } });
   }
 
   private async ready(): Promise<Engine> {
@@ -81,9 +108,15 @@ export class WorkerApi {
     return this.engine!;
   }
 
-  /** Loads a model (downloads go through the cache); the previous one keeps serving if this fails. */
+  /** Loads a model (downloads go through the cache); the previous one keeps serving if this fails.
+   * Requests sent meanwhile wait for it; a newer load, or abortLoad(), aborts it. */
   async loadModel(source: ModelSourceSpec, onProgress?: ProgressCallback, opts: LoadModelOptions = {}): Promise<ModelInfo> {
     return guard(async () => (await this.ready()).load(source, onProgress, opts));
+  }
+
+  /** Aborts the model load under way: its downloads stop, the loaded model keeps serving. */
+  async abortLoad(): Promise<boolean> {
+    return (await this.ready()).abortLoad();
   }
 
   /** Space the download cache uses, per model. */
@@ -149,14 +182,14 @@ export class WorkerApi {
     try {
       const entry = this.inFlight.get(req.id);
       if (entry) entry.submitted = true;
-      result = await engine.generate(req, { onProgress: transferProgress(onProgress), preview, signal });
+      result = await engine.generate(req, { onProgress: transferProgress(onProgress), preview, signal, normalized: true });
     } catch (e) {
       // a cancelled or failed request leaves the queue; only unfinished work is replayed
       if ((e as { code?: string }).code !== 'device_lost') await store.dequeue(req.id);
       throw e;
     }
     await store.complete({ id: result.id, png: result.png, metadata: result.metadata });
-    return { id: result.id, metadata: result.metadata };
+    return { id: result.id, metadata: result.metadata, png: result.png };
   }
 
   async cancel(id: string): Promise<boolean> {
@@ -199,19 +232,6 @@ export class WorkerApi {
   async resetGpuMemoryPeak(): Promise<void> {
     const m = gpuMemory();
     if (m) resetGpuPeak(m);
-  }
-
-  /** Fault injection (tests, diagnostics): destroys the GPU device, as a driver reset would. */
-  async simulateDeviceLoss(): Promise<boolean> {
-    return loseGpuDevice();
-  }
-
-  /** Fault injection (tests, diagnostics): the worker dies as if it crashed. */
-  simulateCrash(): void {
-    setTimeout(() => {
-      self.close();
-      throw new Error('simulated worker crash');
-    });
   }
 
   /** Diagnostic: the tiny transformer on webgpu vs wasm, same inputs. */

@@ -1,7 +1,8 @@
-// The grid's jobs: one per submitted request, updated live from progress events.
-import type { ImageMetadata, ProgressEvent } from '../../workers/engine/api/types.ts';
+// The grid's jobs: one per submitted request, updated live from progress
+// events. Their state is the contract's JobState, as the engine reports it.
+import type { ImageMetadata, JobState, ProgressEvent } from '../../workers/engine/api/types.ts';
 
-export type JobState = 'queued' | 'encoding' | 'running' | 'decoding' | 'done' | 'cancelled' | 'failed';
+export type { JobState };
 
 export class Job {
   state = $state<JobState>('queued');
@@ -18,18 +19,16 @@ export class Job {
   ) {}
 
   get active(): boolean {
-    return this.state === 'queued' || this.state === 'encoding' || this.state === 'running' || this.state === 'decoding';
+    return this.state !== 'done' && this.state !== 'cancelled' && this.state !== 'failed';
   }
 
   onProgress(e: ProgressEvent): void {
-    if (e.status === 'encoding') this.state = 'encoding';
+    if (e.state) this.state = e.state;
     if (e.status === 'step') {
-      this.state = 'running';
       this.step = e.loaded;
       this.total = e.total;
       if (e.preview) this.preview = new ImageData(new Uint8ClampedArray(e.preview.rgba), e.preview.width, e.preview.height);
     }
-    if (e.status === 'decoding') this.state = 'decoding';
     if (e.status === 'queued') this.total = e.total;
   }
 }

@@ -33,7 +33,7 @@ describe('the GPU device is lost mid-generation (webgpu)', () => {
 
   it('the page says so, restarts the engine on a new device, and the requests finish with their images', async () => {
     await submit(b.page, ['lost a', 'lost b'], 12, 31);
-    await b.page.locator('[data-testid="cell"][data-state="running"]').first().waitFor({ timeout: 120_000 });
+    await b.page.locator('[data-testid="cell"][data-state="denoising"]').first().waitFor({ timeout: 120_000 });
     expect(await b.page.evaluate(() => (window as unknown as { __engine: { simulateDeviceLoss(): Promise<boolean> } }).__engine.simulateDeviceLoss())).toBe(true);
     await expect.poll(() => b.page.getByTestId('banner').textContent(), { timeout: 30_000 }).toMatch(/GPU device was lost/);
     await expect.poll(() => done(b.page).count(), { timeout: 200_000, interval: 500 }).toBe(2);
@@ -54,7 +54,7 @@ describe('worker crash and full storage (wasm)', () => {
 
   it('a crashed worker is noticed and restarted, and the durable queue finishes its work', async () => {
     await submit(b.page, ['crash a', 'crash b'], 400, 41);
-    await b.page.locator('[data-testid="cell"][data-state="running"]').first().waitFor({ timeout: 60_000 });
+    await b.page.locator('[data-testid="cell"][data-state="denoising"]').first().waitFor({ timeout: 60_000 });
     await b.page.evaluate(() => (window as unknown as { __engine: { simulateCrash(): Promise<void> } }).__engine.simulateCrash());
     await expect.poll(() => b.page.getByTestId('banner').textContent(), { timeout: 30_000 }).toMatch(/worker crashed/);
     await expect.poll(() => done(b.page).count(), { timeout: 200_000, interval: 500 }).toBe(2);

@@ -89,7 +89,7 @@ describe('the journey in the page', () => {
     await fill('steps', '200');
     await b.page.getByTestId('generate').click();
     const target = b.page.locator('[data-testid="cell"]', { hasText: 'slow two' });
-    await expect.poll(() => target.getAttribute('data-state'), { timeout: 60_000 }).toBe('running');
+    await expect.poll(() => target.getAttribute('data-state'), { timeout: 60_000 }).toBe('denoising');
     await target.getByTestId('cell-cancel').click();
     await expect.poll(() => target.getAttribute('data-state'), { timeout: 30_000 }).toBe('cancelled');
     // bad input while the others run
@@ -107,7 +107,7 @@ describe('the journey in the page', () => {
     await fill('steps', '150');
     await fill('seed', '4242');
     await b.page.getByTestId('generate').click();
-    await expect.poll(() => b.page.locator('[data-testid="cell"][data-state="running"]').count(), { timeout: 60_000 }).toBeGreaterThan(0);
+    await expect.poll(() => b.page.locator('[data-testid="cell"][data-state="denoising"]').count(), { timeout: 60_000 }).toBeGreaterThan(0);
     await b.page.reload();
     // after the reload the grid shows the resumed requests and they complete
     await expect.poll(() => cells().count(), { timeout: 60_000 }).toBe(3);

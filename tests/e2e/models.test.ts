@@ -32,7 +32,7 @@ describe('loading real-checkpoint style models in the page', () => {
     await b.page.getByTestId('hub-subfolder').fill(SUB);
     await b.page.getByTestId('hub-host').fill(server.url);
     await b.page.getByTestId('load-model').click();
-    await expect.poll(() => b.page.getByTestId('load-model').isEnabled(), { timeout: 60_000 }).toBe(true);
+    await expect.poll(() => b.page.getByTestId('model-form').getAttribute('data-busy'), { timeout: 60_000 }).toBe('false');
   };
   const generateOne = async (prompt: string) => {
     const done = b.page.locator('[data-testid="cell"][data-state="done"]');

@@ -15,8 +15,8 @@ export interface ServedRepo {
   folder: string;
 }
 
-/** A status code instead of the file; the connection dropped when a response reaches byte `truncateAt` of the file (the first `times` responses, default all); or other bytes in its place. */
-export type Fault = number | { truncateAt: number; times?: number } | { body: Uint8Array };
+/** A status code instead of the file; the connection dropped when a response reaches byte `truncateAt` of the file (the first `times` responses, default all); other bytes in its place; or the file after a delay (a slow link). */
+export type Fault = number | { truncateAt: number; times?: number } | { body: Uint8Array } | { delayMs: number };
 
 export interface ModelServer {
   url: string;
@@ -46,6 +46,7 @@ export async function startModelServer(opts: { root?: string; repos?: ServedRepo
     res.setHeader('Access-Control-Allow-Origin', '*');
     res.setHeader('Access-Control-Expose-Headers', 'Content-Range, Content-Length, Last-Modified, Accept-Ranges');
     const fault = faults.get(path);
+    if (fault && typeof fault === 'object' && 'delayMs' in fault && req.method === 'GET') await new Promise((r) => setTimeout(r, fault.delayMs));
     if (typeof fault === 'number') {
       res.writeHead(fault).end('injected fault');
       return;

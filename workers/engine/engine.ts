@@ -54,6 +54,8 @@ export interface GenerateOptions {
   signal?: AbortSignal;
   /** Attach a cheap latent-to-RGB preview to each step event. */
   preview?: boolean;
+  /** The request is already normalize()d (the worker normalizes once, to store it before it runs). */
+  normalized?: boolean;
 }
 
 const randomSeed = () => crypto.getRandomValues(new Uint32Array(1))[0];
@@ -203,7 +205,7 @@ export class Engine {
       const { loaded: model, interleaver } = this;
       if (this.lostReason !== null) throw new DeviceLostError(this.lostReason);
       if (!model || !interleaver) throw new ModelNotLoadedError();
-      const req = this.normalize(request);
+      const req = opts.normalized ? (request as NormalizedRequest) : this.normalize(request);
       if (interleaver.has(req.id)) throw new InvalidRequestError('id', 'an id not used by a queued or running request', req.id);
       const { transformerConfig: t, vaeConfig: vae } = model;
       const lh = req.height / vae.scaleFactor;

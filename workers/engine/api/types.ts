@@ -27,12 +27,21 @@ export interface GenerateRequest {
   height?: number;
 }
 
+/** A request's state: the one word for it in the engine, the worker, the durable queue and the UI.
+ * 'encoding' is its prompt going through the text encoders; 'saving' its PNG being made and stored. */
+export type JobState = 'queued' | 'encoding' | 'denoising' | 'decoding' | 'saving' | 'done' | 'cancelled' | 'failed';
+
+/** A request in one of these states has ended. */
+export const isFinal = (s: JobState): boolean => s === 'done' || s === 'cancelled' || s === 'failed';
+
 /** One event shape for downloads and denoising alike (as transformers.js does). */
 export interface ProgressEvent {
   status: 'initiate' | 'download' | 'done' | 'ready' | 'queued' | 'encoding' | 'step' | 'decoding' | 'complete';
   /** File being downloaded, for load events. */
   file?: string;
   requestId?: string;
+  /** Request events: the request's state after this event. */
+  state?: JobState;
   /** Bytes for downloads, steps for generation. */
   loaded: number;
   total: number;

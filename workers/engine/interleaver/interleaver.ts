@@ -15,7 +15,7 @@
 // stops the loop: a failing progress callback, preview or PNG encode ends only
 // its own request, and an error nobody can pin on one request ends the
 // requests of that cycle while the loop goes on serving the rest.
-import type { GenerateResult, ImageMetadata, ProgressEvent } from '../api/types.ts';
+import { isFinal, type GenerateResult, type ImageMetadata, type ProgressEvent } from '../api/types.ts';
 import { CancelledError, InferenceError, TooLargeError, formatBytes } from '../errors.ts';
 import { availableBytes, largestFittingSize, refusal } from '../memory/budget.ts';
 import type { RunFootprint } from '../memory/footprint.ts';
@@ -156,9 +156,9 @@ export class Interleaver {
 
   /** Tells a request's caller of its progress; a callback that throws ends that request alone. */
   private emit(s: RequestScope, event: ProgressEvent): void {
-    if (!s.onProgress || s.phase === 'finished') return;
+    if (!s.onProgress || isFinal(s.phase)) return;
     try {
-      s.onProgress(event);
+      s.onProgress({ ...event, state: s.phase });
     } catch (e) {
       this.finish(s, new InferenceError(`request ${s.id}: its progress callback threw (${(e as Error).message ?? e}); the request was stopped, others carry on`));
     }
@@ -169,7 +169,7 @@ export class Interleaver {
   }
 
   private finish(scope: RequestScope, outcome: GenerateResult | Error): void {
-    if (scope.phase === 'finished') return;
+    if (isFinal(scope.phase)) return;
     for (const list of [this.active, this.queue]) {
       const i = list.indexOf(scope);
       if (i >= 0) list.splice(i, 1);
@@ -229,7 +229,10 @@ export class Interleaver {
     const arrivals = this.active.filter((s) => s.phase === 'queued');
     if (!arrivals.length) return;
     const started = now();
-    for (const s of arrivals) this.emit(s, { status: 'encoding', requestId: s.id, loaded: 0, total: s.scheduler.totalSteps, progress: 0 });
+    for (const s of arrivals) {
+      s.phase = 'encoding';
+      this.emit(s, { status: 'encoding', requestId: s.id, loaded: 0, total: s.scheduler.totalSteps, progress: 0 });
+    }
     const texts = arrivals.flatMap((s) => (s.guided ? [s.request.prompt, s.request.negativePrompt] : [s.request.prompt]));
     let embeddings;
     try {
@@ -243,7 +246,7 @@ export class Interleaver {
     for (const s of arrivals) {
       const cond = embeddings[k++];
       const uncond = s.guided ? embeddings[k++] : null;
-      if (s.phase === 'finished') continue; // cancelled while encoding
+      if (isFinal(s.phase)) continue; // cancelled while encoding
       s.cond = cond;
       s.uncond = uncond;
       if (cond.truncated) s.warnings.push('prompt: longer than the text encoders accept; the end was cut off');
@@ -387,7 +390,7 @@ export class Interleaver {
   private async deliver(s: RequestScope, rgba: Uint8ClampedArray, metadata: ImageMetadata): Promise<void> {
     const i = this.active.indexOf(s);
     if (i >= 0) this.active.splice(i, 1);
-    s.phase = 'encoding';
+    s.phase = 'saving';
     s.release();
     const { width, height } = s.request;
     let png: Blob;

@@ -1,19 +1,18 @@
 // A request's own view over the shared model: its scheduler state, its seeded
 // RNG, its latents and prompt embeddings. Nothing here is shared, and release()
 // drops every per-request tensor the moment the request ends.
-import type { GenerateResult, ProgressCallback } from '../api/types.ts';
+import type { GenerateResult, JobState, ProgressCallback } from '../api/types.ts';
 import type { NormalizedRequest } from '../api/validate.ts';
 import { RequestRng } from '../rng.ts';
 import type { RequestSchedulerState } from '../scheduler/flow-match-euler.ts';
 import type { PromptEmbedding } from '../sd3/encode-prompt.ts';
 import type { RequestFootprint } from '../memory/footprint.ts';
 
-/** 'encoding': the image is decoded and its PNG being made, off the step loop. */
-export type Phase = 'queued' | 'denoising' | 'decoding' | 'encoding' | 'finished';
 
 export class RequestScope {
   readonly rng: RequestRng;
-  phase: Phase = 'queued';
+  /** Where the request stands (the contract's JobState). */
+  phase: JobState = 'queued';
   latents: Float32Array | null = null;
   cond: PromptEmbedding | null = null;
   /** Negative-prompt embedding; only with classifier-free guidance. */
@@ -77,13 +76,13 @@ export class RequestScope {
   }
 
   resolve(result: GenerateResult): void {
-    this.phase = 'finished';
+    this.phase = 'done';
     this.release();
     this.settle.resolve(result);
   }
 
   reject(error: unknown): void {
-    this.phase = 'finished';
+    this.phase = (error as { code?: string }).code === 'cancelled' ? 'cancelled' : 'failed';
     this.release();
     this.settle.reject(error);
   }

@@ -90,10 +90,10 @@ export class ComponentSession {
       } finally {
         this.inFlight--;
       }
-    });
+    }, this.name);
   }
 
   async release(): Promise<void> {
-    await this.queue.run(() => this.session.release());
+    await this.queue.run(() => this.session.release(), `release ${this.name}`);
   }
 }

@@ -322,13 +322,15 @@ export async function loadModel(files: ModelFiles, opts: LoadOptions): Promise<L
     for (const d of plan.data) externalData.push({ path: d.location, data: await dataTracked(d.path) });
     let s;
     try {
-      s = await queue.run(() =>
-        ort.InferenceSession.create(graph, {
-          // our device, so that its limits, its loss and its buffers are the ones the engine sees
-          executionProviders: [backend === 'webgpu' && opts.webgpuDevice ? ({ name: 'webgpu', device: opts.webgpuDevice } as { name: 'webgpu' }) : backend],
-          graphOptimizationLevel: 'all',
-          externalData: externalData.length ? externalData : undefined,
-        }),
+      s = await queue.run(
+        () =>
+          ort.InferenceSession.create(graph, {
+            // our device, so that its limits, its loss and its buffers are the ones the engine sees
+            executionProviders: [backend === 'webgpu' && opts.webgpuDevice ? ({ name: 'webgpu', device: opts.webgpuDevice } as { name: 'webgpu' }) : backend],
+            graphOptimizationLevel: 'all',
+            externalData: externalData.length ? externalData : undefined,
+          }),
+        `create ${plan.folder}`,
       );
     } catch (e) {
       throw new ModelLoadError(plan.graphPath, `onnxruntime could not create a session (${(e as Error).message ?? e})`);

@@ -1,6 +1,8 @@
-// Prompt tokenization through @huggingface/transformers' tokenizer classes,
-// built from the model's own tokenizer.json / tokenizer_config.json.
-import * as transformers from '@huggingface/transformers';
+// Prompt tokenization with Tokenizers.js (@huggingface/tokenizers: the pure
+// JS tokenizers transformers.js itself is built on), from the model's own
+// tokenizer.json / tokenizer_config.json. It brings no model runtime of its
+// own, so the worker bundles one onnxruntime and no more.
+import { Tokenizer } from '@huggingface/tokenizers';
 
 export interface TokenizedBatch {
   /** Row-major [batch, maxLength] token ids. */
@@ -9,18 +11,17 @@ export interface TokenizedBatch {
   truncated: boolean[];
 }
 
+/** A special token as tokenizer_config.json writes it: a string, or an AddedToken-like object. */
+const tokenText = (t: unknown): string | undefined => (typeof t === 'string' ? t : typeof t === 'object' && t !== null && 'content' in t ? String((t as { content: unknown }).content) : undefined);
+
 export class PromptTokenizer {
-  private readonly tokenizer: transformers.PreTrainedTokenizer;
+  private readonly tokenizer: Tokenizer;
+  readonly padTokenId: number;
 
   constructor(json: object, config: Record<string, unknown>) {
-    // the class AutoTokenizer would pick: tokenizer_config's tokenizer_class, "Fast" dropped
-    const name = String(config.tokenizer_class ?? 'PreTrainedTokenizer').replace(/Fast$/, '');
-    const Cls = ((transformers as Record<string, unknown>)[name] ?? transformers.PreTrainedTokenizer) as typeof transformers.PreTrainedTokenizer;
-    this.tokenizer = new Cls(json, config);
-  }
-
-  get padTokenId(): number {
-    return this.tokenizer.pad_token_id ?? 0;
+    this.tokenizer = new Tokenizer(json, config);
+    const pad = tokenText(config.pad_token);
+    this.padTokenId = (pad !== undefined ? this.tokenizer.token_to_id(pad) : undefined) ?? 0;
   }
 
   /**
@@ -31,7 +32,7 @@ export class PromptTokenizer {
     const ids: number[] = [];
     const truncated: boolean[] = [];
     for (const text of texts) {
-      let row = (this.tokenizer(text, { add_special_tokens: true, return_tensor: false }) as { input_ids: number[] }).input_ids;
+      let row = this.tokenizer.encode(text, { add_special_tokens: true }).ids;
       truncated.push(row.length > maxLength);
       if (row.length > maxLength) row = [...row.slice(0, maxLength - 1), row[row.length - 1]];
       ids.push(...row, ...new Array(maxLength - row.length).fill(this.padTokenId));

@@ -1,0 +1,304 @@
+// The engine client: the one place that knows about the worker, and the owner
+// of its life. It starts the worker, loads the model, keeps the grid's jobs
+// and the gallery, watches the worker's heartbeat, and restarts it after a
+// crash, a lost GPU device or a hang, replaying the durable queue. The view
+// renders its state and calls its methods; it restarts, watches and replays
+// nothing itself (web-llm keeps this in its client library too).
+//
+// Liveness: the worker beats every second and announces each device call
+// before it starts, with how long the last one like it took, so a step that
+// legitimately blocks the worker for minutes (a big model on wasm) is waited
+// for, and only silence past what the worker itself announced counts as a hang.
+import * as Comlink from 'comlink';
+import type { BackendName, GenerateRequest, ImageMetadata, ModelInfo, ModelSourceSpec, ProgressEvent } from '../../workers/engine/api/types.ts';
+import type { GpuInfo } from '../../workers/browser-engine.ts';
+import type { LoadModelOptions } from '../../workers/engine/engine.ts';
+import type { CachedModelUsage } from '../../workers/engine/model/file-cache.ts';
+import type { Beat, GenerateReply, WorkerApi, WorkerStatus } from '../../workers/worker-api.ts';
+import { describeError } from './format.ts';
+import { Job, newRequestId } from './jobs.svelte.ts';
+
+export type EngineApi = Comlink.Remote<WorkerApi>;
+
+export interface GalleryItem {
+  metadata: ImageMetadata;
+  url: string;
+}
+
+export interface EngineClientOptions {
+  /** Makes the worker (the test build adds fault injection to it). */
+  spawn: () => Worker;
+  /** Forces a backend (?backend=wasm); WebGPU where it exists otherwise. */
+  backend?: BackendName;
+  /** The model loaded at start. */
+  source: ModelSourceSpec;
+}
+
+/** Silence allowed while the worker is idle: it beats every second. */
+export const IDLE_SILENCE_MS = 30_000;
+/** Silence allowed during a device call the worker has not made before (shader compiles, a first big step). */
+export const FIRST_CALL_SILENCE_MS = 15 * 60_000;
+/** During a call it has made before: a few times as long as the last one took, and never under a minute. */
+export const callSilenceMs = (expectedMs: number) => Math.max(60_000, 4 * expectedMs + 30_000);
+
+const FORM_FIELDS = new Set(['prompt', 'negativePrompt', 'seed', 'steps', 'guidance', 'width', 'height', 'request']);
+
+export function spawnEngineWorker(): Worker {
+  return new Worker(new URL('../../workers/engine.worker.ts', import.meta.url), { type: 'module', name: 'sd3-engine' });
+}
+
+export class EngineClient {
+  gpu = $state<GpuInfo | null>(null);
+  status = $state<WorkerStatus | null>(null);
+  model = $state<ModelInfo | null>(null);
+  loading = $state(false);
+  loadProgress = $state<ProgressEvent | null>(null);
+  loadError = $state('');
+  banner = $state('');
+  jobs = $state<Job[]>([]);
+  gallery = $state<GalleryItem[]>([]);
+  cached = $state<CachedModelUsage[]>([]);
+  fieldErrors = $state<Record<string, string>>({});
+  /** Restarts so far (crash, device loss, hang). */
+  restarts = $state(0);
+
+  /** The worker's API (the test entry hands it to the browser tests). */
+  api!: EngineApi;
+  private worker!: Worker;
+  private source: ModelSourceSpec;
+  private loadOptions: LoadModelOptions = {};
+  private restarting = false;
+  private lastSign = 0;
+  private busy: Beat['busy'] = null;
+  private readonly urls = new Map<string, string>();
+  private timers: ReturnType<typeof setInterval>[] = [];
+  private statusInFlight = false;
+
+  constructor(private readonly options: EngineClientOptions) {
+    this.source = options.source;
+  }
+
+  /** Starts the worker, loads the model, shows the gallery and resumes the durable queue. */
+  async start(): Promise<void> {
+    this.connect();
+    this.timers.push(setInterval(() => this.watch(), 2000));
+    this.timers.push(setInterval(() => void this.pollStatus(), 500));
+    await this.boot();
+  }
+
+  stop(): void {
+    for (const t of this.timers) clearInterval(t);
+    this.timers = [];
+    this.worker?.terminate();
+  }
+
+  private signOfLife(): void {
+    this.lastSign = performance.now();
+  }
+
+  private connect(): void {
+    this.worker = this.options.spawn();
+    this.api = Comlink.wrap<WorkerApi>(this.worker);
+    this.signOfLife();
+    this.busy = null;
+    // a crashed worker is replaced, the model reloaded and the durable queue resumed
+    this.worker.addEventListener('error', () => void this.restart('the engine worker crashed'));
+  }
+
+  private async boot(): Promise<void> {
+    try {
+      this.gpu = await this.api.init({
+        backend: this.options.backend,
+        onBeat: Comlink.proxy((b: Beat) => {
+          this.signOfLife();
+          this.busy = b.busy;
+        }),
+      });
+    } catch (e) {
+      this.banner = describeError(e).message;
+      return;
+    }
+    await this.load(this.source, this.loadOptions);
+    await this.refreshGallery();
+    await this.resumePending();
+  }
+
+  /** Silence past what the worker announced is a hang: restart it. */
+  private watch(): void {
+    if (this.restarting) return;
+    const silent = performance.now() - this.lastSign;
+    const allowed = this.busy ? (this.busy.expectedMs === null ? FIRST_CALL_SILENCE_MS : callSilenceMs(this.busy.expectedMs)) : IDLE_SILENCE_MS;
+    if (silent > allowed) void this.restart(`the engine stopped responding (${Math.round(silent / 1000)} s without a heartbeat${this.busy ? ` during ${this.busy.what}` : ''})`);
+  }
+
+  private async pollStatus(): Promise<void> {
+    if (this.restarting || this.statusInFlight) return;
+    this.statusInFlight = true;
+    try {
+      this.status = await this.api.status();
+      this.signOfLife();
+      if (this.status.deviceLost) void this.restart('the GPU device was lost');
+    } catch {
+      /* the worker is restarting */
+    } finally {
+      this.statusInFlight = false;
+    }
+  }
+
+  /** A crashed, hung or device-less worker is replaced; the durable queue replays its work. */
+  async restart(reason: string): Promise<void> {
+    if (this.restarting) return;
+    this.restarting = true;
+    this.restarts++;
+    this.banner = `${reason}; restarting the engine and resuming queued work…`;
+    this.worker.terminate();
+    this.statusInFlight = false; // the old worker's pending call will never answer
+    for (const j of this.jobs) if (j.active) j.state = 'queued';
+    try {
+      this.connect();
+      await this.boot();
+      this.banner = `${reason}; the engine restarted and resumed queued work.`;
+    } finally {
+      this.restarting = false;
+    }
+  }
+
+  /** Loads a model; requests sent meanwhile wait for it (the engine holds them). */
+  async load(source: ModelSourceSpec, opts: LoadModelOptions = {}): Promise<void> {
+    this.loading = true;
+    this.loadError = '';
+    try {
+      // a block body: the callback's return value travels back to the worker and must be clonable
+      this.model = await this.api.loadModel(
+        source,
+        Comlink.proxy((p: ProgressEvent) => {
+          this.signOfLife();
+          this.loadProgress = p;
+        }),
+        opts,
+      );
+      this.source = source;
+      this.loadOptions = opts;
+    } catch (e) {
+      this.loadError = describeError(e).message;
+    } finally {
+      this.loading = false;
+    }
+    await this.refreshCache();
+  }
+
+  /** Stops the load under way: its downloads end, the loaded model keeps serving. */
+  async abortLoad(): Promise<void> {
+    await this.api.abortLoad();
+  }
+
+  async refreshCache(): Promise<void> {
+    this.cached = await this.api.cachedModels().catch(() => []);
+  }
+
+  async deleteCached(modelId: string): Promise<void> {
+    await this.api.deleteCachedModel(modelId);
+    await this.refreshCache();
+  }
+
+  private progressFor(job: Job) {
+    return Comlink.proxy((e: ProgressEvent) => {
+      this.signOfLife();
+      job.onProgress(e);
+    });
+  }
+
+  /** Requests accepted before a reload or crash: run them again from their stored seed. */
+  private async resumePending(): Promise<void> {
+    for (const q of await this.api.pending()) {
+      if (!this.model || q.modelId !== this.model.id) continue;
+      let job = this.jobs.find((j) => j.id === q.id);
+      if (!job) {
+        job = new Job(q.id, q.request.prompt);
+        this.jobs.push(job);
+      }
+      this.track(job, this.api.resume(q.id, this.progressFor(job), { preview: true }));
+    }
+  }
+
+  submit(requests: GenerateRequest[]): void {
+    this.fieldErrors = {};
+    for (const r of requests) {
+      const job = new Job(newRequestId(), r.prompt);
+      this.jobs.push(job);
+      this.track(job, this.api.generate({ ...r, id: job.id }, this.progressFor(job), { preview: true }));
+    }
+  }
+
+  private track(job: Job, reply: Promise<GenerateReply>): void {
+    reply
+      .then(({ id, metadata, png }) => {
+        // one reply per image: its file and settings arrive together, the gallery grows by one
+        const url = this.urlFor(id, png);
+        job.metadata = metadata;
+        job.imageUrl = url;
+        job.state = 'done';
+        if (!this.gallery.some((g) => g.metadata.id === id)) this.gallery.unshift({ metadata, url });
+      })
+      .catch((e) => {
+        const err = describeError(e);
+        if (err.code === 'device_lost') {
+          // not this request's fault: it stays in the durable queue and replays on a new device
+          job.state = 'queued';
+          void this.restart('the GPU device was lost');
+        } else if (err.code === 'cancelled') job.state = 'cancelled';
+        else if (err.code === 'invalid_request' && err.field && FORM_FIELDS.has(err.field)) {
+          // bad input belongs next to its field; the cell never started
+          this.jobs = this.jobs.filter((j) => j !== job);
+          this.fieldErrors[err.field] = err.message;
+        } else {
+          job.state = 'failed';
+          job.error = err.message;
+          if (err.code === 'storage') this.banner = err.message;
+        }
+      });
+  }
+
+  async cancel(id: string): Promise<boolean> {
+    return this.api.cancel(id);
+  }
+
+  private urlFor(id: string, png: Blob): string {
+    let url = this.urls.get(id);
+    if (!url) {
+      url = URL.createObjectURL(png);
+      this.urls.set(id, url);
+    }
+    return url;
+  }
+
+  /** The stored images, newest first (once at start: later ones arrive with their replies). */
+  async refreshGallery(): Promise<void> {
+    const list = await this.api.listImages({ limit: 200 });
+    this.gallery = await Promise.all(list.map(async (metadata) => ({ metadata, url: this.urls.get(metadata.id) ?? this.urlFor(metadata.id, (await this.api.getImage(metadata.id)).png) })));
+  }
+
+  async remove(id: string): Promise<void> {
+    await this.api.deleteImage(id);
+    const url = this.urls.get(id);
+    if (url) URL.revokeObjectURL(url);
+    this.urls.delete(id);
+    this.gallery = this.gallery.filter((g) => g.metadata.id !== id);
+  }
+
+  reproduce(m: ImageMetadata): void {
+    this.submit([{ prompt: m.prompt, negativePrompt: m.negativePrompt, seed: m.seed, steps: m.steps, guidance: m.guidance, width: m.width, height: m.height }]);
+  }
+
+  /** Cancels running work and clears every stored image, queued request and downloaded model. */
+  async deleteAll(): Promise<void> {
+    await this.api.deleteAllData();
+    this.jobs = [];
+    await this.refreshCache();
+    for (const url of this.urls.values()) URL.revokeObjectURL(url);
+    this.urls.clear();
+    this.gallery = [];
+  }
+}
+
+export { Comlink };
