@@ -260,6 +260,7 @@ function emptyStatus(): EngineStatus {
     budgetBytes: 0,
     peakAdmittedBytes: 0,
     cycles: 0,
+    maxRowsPerRun: 0,
     deviceLost: null,
   };
 }

@@ -62,12 +62,18 @@ describe('loading real-checkpoint style models in the page', () => {
   });
 
   it('loads a model by repo id with download progress, caches every file once, and generates', async () => {
-    let lastProgress = '';
-    const watch = setInterval(async () => {
-      lastProgress = (await b.page.getByTestId('load-progress').textContent({ timeout: 50 }).catch(() => null)) ?? lastProgress;
-    }, 20);
+    // every text the progress line shows, as the page changes it (no polling)
+    await b.page.evaluate(() => {
+      const seen: string[] = [];
+      (window as unknown as { __progressTexts: string[] }).__progressTexts = seen;
+      new MutationObserver(() => {
+        const t = document.querySelector('[data-testid="load-progress"]')?.textContent;
+        if (t && t !== seen.at(-1)) seen.push(t);
+      }).observe(document.body, { subtree: true, childList: true, characterData: true });
+    });
     await loadFromHub(REPO);
-    clearInterval(watch);
+    const texts = await b.page.evaluate(() => (window as unknown as { __progressTexts: string[] }).__progressTexts);
+    const lastProgress = texts.at(-1) ?? '';
     await expect.poll(() => label().textContent()).toMatch(`${REPO}/${SUB}`);
     // progress shows bytes over the whole model, out of its true total
     expect(lastProgress).toContain(`/ ${formatBytes(weightBytes)}`);

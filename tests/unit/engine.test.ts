@@ -27,7 +27,8 @@ describe('request isolation', () => {
     expect([png.width, png.height, png.channels]).toEqual([96, 64, 4]);
     expect(Uint8ClampedArray.from(png.data)).toEqual(r.rgba);
     expect(r.metadata).toMatchObject({ prompt: 'a red cube', negativePrompt: 'blurry', seed: 5, steps: 3, guidance: 3, width: 96, height: 64, modelId: 'tiny-sd3', backend: 'wasm', warnings: [] });
-    expect(r.metadata.timings.totalMs).toBeGreaterThan(0);
+    const t = r.metadata.timings;
+    expect(t.totalMs).toBeGreaterThanOrEqual(t.queuedMs + t.encodeMs + t.denoiseMs + t.decodeMs - 1); // the parts add up to at most the whole
     expect(new Set(r.rgba).size).toBeGreaterThan(16); // an image, not a flat fill
   });
 
@@ -40,7 +41,7 @@ describe('request isolation', () => {
       engine.generate({ ...base, guidance: 1 }),
       engine.generate({ ...base, guidance: 1, negativePrompt: 'snow' }),
     ]);
-    expect(maxPixelDiff(a.rgba, b.rgba)).toBeGreaterThan(0);
+    expect(maxPixelDiff(a.rgba, b.rgba)).toBeGreaterThan(10);
     expect(maxPixelDiff(c.rgba, d.rgba)).toBe(0);
   });
 
@@ -80,7 +81,8 @@ describe('release', () => {
     for (let i = 0; i < 50; i += 7) engine.cancel(`r${i}`);
     await Promise.all(jobs);
     const s = engine.status();
-    expect(maxHeld).toBeGreaterThan(0);
+    // at its peak the engine held the state of several requests at once: more than the largest one alone
+    expect(maxHeld).toBeGreaterThan(2 * (2 * 16 * 16 * 8 * 4 + 2 * (333 * 96 + 64) * 4));
     expect(s.requestBytes).toBe(0);
     expect(s.admittedBytes).toBe(0);
     expect([s.requestsActive, s.requestsQueued]).toEqual([0, 0]);
@@ -120,7 +122,7 @@ describe('model defaults and status', () => {
     expect(info.hasT5).toBe(false);
     const r = await engine.generate({ prompt: 'a cat', seed: 2 });
     const withT5 = await (await loadTinyEngine()).generate({ prompt: 'a cat', seed: 2 });
-    expect(maxPixelDiff(r.rgba, withT5.rgba)).toBeGreaterThan(0);
+    expect(maxPixelDiff(r.rgba, withT5.rgba)).toBeGreaterThan(10);
     await engine.unload();
   });
 });

@@ -49,12 +49,11 @@ describe('batching', () => {
 describe('fairness', () => {
   it('a 4-step request behind 8 long ones finishes within its steps plus a small constant of cycles', async () => {
     const engine = await newTinyEngine();
-    const long = Array.from({ length: 8 }, (_, i) => engine.generate({ prompt: `long ${i}`, seed: i, steps: 30 }));
-    // let the long ones get going first
-    await new Promise<void>((resolve) => {
-      const poll = () => (engine.status().cycles >= 3 ? resolve() : setTimeout(poll, 1));
-      poll();
-    });
+    // let the long ones get going first: the third step of the first one
+    let going!: () => void;
+    const started = new Promise<void>((r) => (going = r));
+    const long = Array.from({ length: 8 }, (_, i) => engine.generate({ prompt: `long ${i}`, seed: i, steps: 30 }, { onProgress: (e) => i === 0 && e.status === 'step' && e.loaded === 3 && going() }));
+    await started;
     const startCycle = engine.status().cycles;
     const short = await engine.generate({ prompt: 'short', seed: 99, steps: 4 });
     const cyclesTaken = engine.status().cycles - startCycle;
@@ -70,11 +69,13 @@ describe('cancellation', () => {
   it('cancelling half of 16 running requests frees their bytes; the other 8 finish correctly', async () => {
     const engine = await newTinyEngine({ maxActive: 16 });
     const reqs = Array.from({ length: 16 }, (_, i) => ({ id: `c${i}`, prompt: `cancel test ${i}`, seed: 900 + i, steps: 6 }));
-    const results = reqs.map((r) => engine.generate(r));
-    await new Promise<void>((resolve) => {
-      const poll = () => (engine.status().requestBytes > 0 && engine.status().requestsActive === 16 ? resolve() : setTimeout(poll, 1));
-      poll();
-    });
+    // all sixteen have taken their first step: their latents and embeddings are held
+    let stepped = 0;
+    let allRunning!: () => void;
+    const running = new Promise<void>((r) => (allRunning = r));
+    const results = reqs.map((r) => engine.generate(r, { onProgress: (e) => e.status === 'step' && e.loaded === 1 && ++stepped === 16 && allRunning() }));
+    await running;
+    expect(engine.status().requestsActive).toBe(16);
     const before = engine.status().requestBytes;
     for (let i = 0; i < 16; i += 2) expect(engine.cancel(`c${i}`)).toBe(true);
     const after = engine.status().requestBytes;
@@ -144,7 +145,8 @@ describe('admission by memory', () => {
       maxActive = Math.max(maxActive, engine.status().requestsActive);
     };
     await Promise.all(Array.from({ length: 10 }, (_, i) => engine.generate({ prompt: `budget ${i}`, seed: i, steps: 3 }, { onProgress: (e) => e.status === 'step' && watch() })));
-    expect(maxQueued).toBeGreaterThan(0);
+    // ten submitted at once, three admitted: seven wait
+    expect(maxQueued).toBe(7);
     expect(maxActive).toBe(3);
     const il = engine.status();
     expect(il.requestsServed).toBe(10);

@@ -262,6 +262,7 @@ export class Engine {
       budgetBytes: il?.budgetBytes ?? 0,
       peakAdmittedBytes: this.counters.peakAdmittedBytes,
       cycles: this.counters.cycles,
+      maxRowsPerRun: this.counters.maxRowsPerRun,
       deviceLost: this.lostReason,
     };
   }

@@ -129,6 +129,8 @@ export interface EngineStatus {
   peakAdmittedBytes: number;
   /** Interleaver cycles run so far. */
   cycles: number;
+  /** Most transformer rows one run has carried: above 2, requests ran together. */
+  maxRowsPerRun: number;
   /** Why the GPU device was lost, once it has been: this engine then refuses work. */
   deviceLost: string | null;
 }

@@ -1,7 +1,7 @@
 // Loads a model folder once: configs, tokenizers, and one session per component.
 // It plans first (configs, small graphs and every file's size) so a model that
 // cannot fit this device is refused before its weights are downloaded, and so
-// download progress has a true total from the first byte. The plan is also
+// download progress has the true total before any weight is downloaded. The plan is also
 // what `npm run generate -- --plan` prints.
 import type { BackendName, GenerationDefaults, ModelInfo, ProgressCallback } from '../api/types.ts';
 import { ModelLoadError } from '../errors.ts';
