@@ -48,6 +48,22 @@ describe('tokenizers', () => {
     expect(server.requests.some((r) => r.path.endsWith('tokenizer.json'))).toBe(true);
   });
 
+  it('gives the ids written down for one prompt: lower-casing, punctuation, start / end and padding', () => {
+    // Literal ids, read off the tiny vocabularies by hand and agreed by Tokenizers.js and
+    // transformers.js; the tiny BPE has few merges, so "photo" is "pho"+"to</w>".
+    const text = 'A photo of a CAT, by the sea!';
+    const clipIds = [1034, 320, 545, 527, 515, 320, 66, 523, 267, 524, 514, 936, 256, 1035];
+    const clipVocab = readJson('tokenizer/tokenizer.json').model.vocab as Record<string, number>;
+    expect(['a</w>', 'pho', 'to</w>', 'of</w>', 'a</w>', 'c', 'at</w>', ',</w>', 'by</w>', 'the</w>', 'sea</w>', '!</w>'].map((t) => clipVocab[t])).toEqual(clipIds.slice(1, -1));
+    const clipL = ours('tokenizer').encode([text], 77);
+    expect(clipL.ids).toEqual([...clipIds, ...new Array(77 - clipIds.length).fill(1035)]); // CLIP-L pads with <|endoftext|>
+    const clipG = ours('tokenizer_2').encode([text], 77); // CLIP-G pads with "!" (id 0), as SD3's tokenizer_2 does
+    expect(clipG.ids).toEqual([...clipIds, ...new Array(77 - clipIds.length).fill(0)]);
+    // T5 keeps case: "▁", "A", … "CAT" are pieces of their own; then </s> (1) and <pad> (0)
+    const t5Ids = [3, 2, 105, 91, 88, 3, 2, 78, 97, 90, 202, 80, 1];
+    expect(ours('tokenizer_3').encode([text], 16).ids).toEqual([...t5Ids, 0, 0, 0]);
+  });
+
   it('CLIP pads to 77 and keeps the end token when it truncates', () => {
     const clip = ours('tokenizer_2'); // pads with "!", so the end token stands apart
     const short = clip.encode(['a cat'], 77);
