@@ -191,7 +191,12 @@ async function main() {
   }
   if (process.argv.includes('--scale')) {
     const { scaleBench } = await import('./scale.ts');
-    await scaleBench(OUT, process.argv.includes('--quick'));
+    const sides = process.argv.indexOf('--sides');
+    await scaleBench(OUT, {
+      quick: process.argv.includes('--quick'),
+      stepsOnly: process.argv.includes('--steps-only'),
+      sides: sides > 0 ? process.argv[sides + 1].split(',').map(Number) : undefined,
+    });
     return;
   }
   if (soakOnly) {

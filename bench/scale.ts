@@ -10,6 +10,9 @@
 //   - s/step at 256² and 1024² for a full-width SD3-medium with 2 blocks, the
 //     largest GPU buffer, and the engine's activation estimate against the GPU
 //     buffers onnxruntime really allocated.
+// `--steps-only [--sides 1024]` runs only the steps (on the 2-block model) and
+// merges them into the figures already recorded: the 1024² step alone takes
+// SwiftShader about half an hour.
 import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -149,11 +152,22 @@ function stepIn(page: Page, request: GenerateRequest) {
   }, request);
 }
 
-export async function scaleBench(out: string, quick: boolean): Promise<Record<string, unknown>> {
+export interface ScaleBenchOptions {
+  quick?: boolean;
+  /** Skip the 8.3 GB load and the streamed-against-buffers compare; merge the steps into what is recorded. */
+  stepsOnly?: boolean;
+  /** Image sides to step at (default 256 and 1024; 256 alone with `quick`). */
+  sides?: number[];
+}
+
+export async function scaleBench(out: string, o: ScaleBenchOptions = {}): Promise<Record<string, unknown>> {
+  const quick = o.quick ?? false;
+  const sides = o.sides ?? (quick ? [256] : [256, 1024]);
   const started = Date.now();
   const log = (m: string) => console.log(`[scale ${((Date.now() - started) / 1000).toFixed(0)} s] ${m}`);
-  const models = { load: await ensureModel('load'), step: await ensureModel('step') };
-  log(`models ready: load ${gb(models.load.bytes)} GB${models.load.buildSeconds ? ` (built in ${models.load.buildSeconds.toFixed(0)} s)` : ''}, step ${gb(models.step.bytes)} GB`);
+  const step = await ensureModel('step');
+  const models = o.stepsOnly ? { step } : { load: await ensureModel('load'), step };
+  log(`models ready: ${Object.entries(models).map(([k, m]) => `${k} ${gb(m.bytes)} GB${m.buildSeconds ? ` (built in ${m.buildSeconds.toFixed(0)} s)` : ''}`).join(', ')}`);
 
   // plan: configs, graphs and sizes only
   const fit = { memoryBytes: 20 * GiB, maxBufferBytes: GiB, maxFileBytes: Infinity, features: [] as string[] };
@@ -163,24 +177,48 @@ export async function scaleBench(out: string, quick: boolean): Promise<Record<st
     await planModel(nodeFolderFiles(m.dir), { backend: 'webgpu', fit });
     planned[name] = performance.now() - t;
   }
-  const stepPlan = await planModel(nodeFolderFiles(models.step.dir), { backend: 'webgpu', fit });
+  const stepPlan = await planModel(nodeFolderFiles(step.dir), { backend: 'webgpu', fit });
 
   // the test build: the app with its worker's API on window
   await build({ mode: 'test', logLevel: 'warn' });
   const server = await preview({ mode: 'test', preview: { port: 4174, strictPort: false, host: '127.0.0.1' }, logLevel: 'warn' });
   const baseUrl = `${server.resolvedUrls!.local[0]}test.html`;
-  const files = await startModelServer({ repos: [{ repo: 'scale/load', folder: models.load.dir }, { repo: 'scale/step', folder: models.step.dir }] });
+  const files = await startModelServer({ repos: Object.entries(models).map(([k, m]) => ({ repo: `scale/${k}`, folder: m.dir })) });
   const hub = (repo: string): ModelSourceSpec => ({ kind: 'hub', repo, host: files.url });
   const opts = { fit: { memoryBytes: 20 * GiB } };
   const results: Record<string, unknown> = { date: new Date().toISOString(), device: 'SwiftShader (Chromium 156 headless, CPU)', planMs: planned };
 
+  let previous: Record<string, unknown> = {};
   try {
+    previous = JSON.parse(readFileSync(out, 'utf8'));
+  } catch {
+    /* first run */
+  }
+  const recorded = (previous.scale ?? {}) as Record<string, unknown>;
+  try {
+    if (!o.stepsOnly) await measureLoad();
+    await stepAndCompare();
+  } finally {
+    await files.close();
+    await server.close();
+  }
+  const merged = o.stepsOnly
+    ? { ...recorded, steps: { ...(recorded.steps as object | undefined), ...(results.steps as object), date: results.date }, planMs: { ...(recorded.planMs as object | undefined), ...planned } }
+    : results;
+  results.totalMinutes = Number(((Date.now() - started) / 60000).toFixed(1));
+  writeFileSync(out, `${JSON.stringify({ ...previous, scale: merged }, null, 2)}\n`);
+  console.log(JSON.stringify(results, null, 2));
+  console.log(`wrote scale figures to ${out}`);
+  return results;
+
+  async function measureLoad(): Promise<void> {
+    const load = models.load!;
     // 1. the 8.3 GB transformer: first load (download into Cache Storage + sessions), then again from the cache
     let b = await openApp(baseUrl, 'webgpu');
     b.page.on('console', (m) => log(`page: ${m.text().slice(0, 300)}`));
     const status = await b.page.evaluate(() => (window as unknown as { __engine: Api }).__engine.status());
     results.runtime = status.gpu?.runtime;
-    const transformerFile = (await stat(join(models.load.dir, 'transformer/model.onnx_data'))).size;
+    const transformerFile = (await stat(join(load.dir, 'transformer/model.onnx_data'))).size;
     const watch = (page: Page) =>
       setInterval(() => {
         void page
@@ -209,13 +247,13 @@ export async function scaleBench(out: string, quick: boolean): Promise<Record<st
       rendererAfterPrivateGb: gb(s.after.renderer?.anon ?? 0),
       gpuProcessPeakGb: gb(s.peak.gpuRss),
       // the load's own growth of the renderer, against the model's bytes
-      peakGrowthToModel: Number(((s.peak.rendererRss - (s.before.renderer?.rss ?? 0)) / models.load.bytes).toFixed(3)),
-      privatePeakGrowthToModel: Number(((s.peak.rendererAnon - (s.before.renderer?.anon ?? 0)) / models.load.bytes).toFixed(3)),
+      peakGrowthToModel: Number(((s.peak.rendererRss - (s.before.renderer?.rss ?? 0)) / load.bytes).toFixed(3)),
+      privatePeakGrowthToModel: Number(((s.peak.rendererAnon - (s.before.renderer?.anon ?? 0)) / load.bytes).toFixed(3)),
       privatePeakGrowthToLargestTensor: Number(((s.peak.rendererAnon - (s.before.renderer?.anon ?? 0)) / largestTensor).toFixed(2)),
     });
     results.load = {
       model: 'sd3-medium fp32, full-depth transformer (24 blocks), 1-layer CLIPs, no T5',
-      modelGb: gb(models.load.bytes),
+      modelGb: gb(load.bytes),
       transformerDataFileGb: gb(transformerFile),
       largestTensorMb: Math.round(largestTensor / 1024 ** 2),
       downloadAndCacheMs: Math.round(first.result.ms - second.result.ms),
@@ -224,23 +262,25 @@ export async function scaleBench(out: string, quick: boolean): Promise<Record<st
       cached: loadFigures(second),
     };
     await b.close();
+  }
 
+  async function stepAndCompare(): Promise<void> {
     // 2. streamed Blobs against buffers, on the 2-block model (buffers cannot hold the 8.3 GB file)
     const compare: Record<string, unknown> = {};
-    for (const stream of [true, false]) {
-      b = await openApp(baseUrl, 'webgpu');
+    for (const stream of o.stepsOnly ? [true] : [true, false]) {
+      const b = await openApp(baseUrl, 'webgpu');
       const s = await sampled(() => loadIn(b.page, hub('scale/step'), { ...opts, streamExternalData: stream }));
       compare[stream ? 'streamed' : 'buffers'] = {
         ms: Math.round(s.result.ms),
         rendererPeakGrowthGb: gb(s.peak.rendererRss - (s.before.renderer?.rss ?? 0)),
         rendererPrivatePeakGrowthGb: gb(s.peak.rendererAnon - (s.before.renderer?.anon ?? 0)),
         rendererPrivateAfterGrowthGb: gb((s.after.renderer?.anon ?? 0) - (s.before.renderer?.anon ?? 0)),
-        toModel: Number(((s.peak.rendererRss - (s.before.renderer?.rss ?? 0)) / models.step.bytes).toFixed(3)),
+        toModel: Number(((s.peak.rendererRss - (s.before.renderer?.rss ?? 0)) / step.bytes).toFixed(3)),
       };
       if (stream) {
         // 3. steps at 256² and 1024² on the same page
         const steps: Record<string, unknown> = {};
-        for (const side of quick ? [256] : [256, 1024]) {
+        for (const side of sides) {
           const request = { prompt: 'a lighthouse on a cliff at dusk', seed: 1, steps: side === 256 ? 2 : 1, guidance: 1, width: side, height: side };
           log(`step at ${side}² …`);
           const r = await stepIn(b.page, request);
@@ -258,24 +298,10 @@ export async function scaleBench(out: string, quick: boolean): Promise<Record<st
           };
           log(`step at ${side}²: ${JSON.stringify(steps[side])}`);
         }
-        results.steps = { model: 'sd3-medium fp32, full width, 2 blocks, narrow VAE (32 channels)', modelGb: gb(models.step.bytes), ...steps };
+        results.steps = { model: 'sd3-medium fp32, full width, 2 blocks, narrow VAE (32 channels)', modelGb: gb(step.bytes), ...steps };
       }
       await b.close();
     }
-    results.streamedVsBuffers = compare;
-  } finally {
-    await files.close();
-    await server.close();
+    if (!o.stepsOnly) results.streamedVsBuffers = compare;
   }
-  results.totalMinutes = Number(((Date.now() - started) / 60000).toFixed(1));
-  let previous: Record<string, unknown> = {};
-  try {
-    previous = JSON.parse(readFileSync(out, 'utf8'));
-  } catch {
-    /* first run */
-  }
-  writeFileSync(out, `${JSON.stringify({ ...previous, scale: results }, null, 2)}\n`);
-  console.log(JSON.stringify(results, null, 2));
-  console.log(`wrote scale figures to ${out}`);
-  return results;
 }

@@ -78,11 +78,14 @@ export class WorkerApi {
   private onBeat: ((b: Beat) => void) | null = null;
   private busy: { what: string; since: number; expectedMs: number | null } | null = null;
 
-  /** Detects WebGPU (or uses wasm: forced, or as the fallback) and creates the engine; `onBeat` hears the heartbeat. */
-  async init(opts: { backend?: BackendName; onBeat?: (b: Beat) => void } = {}): Promise<GpuInfo> {
+  /**
+   * Detects WebGPU (or uses wasm: forced, or as the fallback) and creates the engine; `onBeat` hears the heartbeat.
+   * `onBeat` is its own argument because Comlink proxies only top-level arguments: nested in `opts` it would be cloned.
+   */
+  async init(opts: { backend?: BackendName } = {}, onBeat?: (b: Beat) => void): Promise<GpuInfo> {
     return guard(async () => {
-      if (opts.onBeat && !this.onBeat) {
-        this.onBeat = opts.onBeat;
+      if (onBeat && !this.onBeat) {
+        this.onBeat = onBeat;
         setInterval(() => this.beat(), BEAT_INTERVAL_MS);
       }
       this.starting ??= createBrowserEngine({ backend: opts.backend }).then(({ engine, gpu }) => {

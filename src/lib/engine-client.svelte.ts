@@ -107,13 +107,13 @@ export class EngineClient {
 
   private async boot(): Promise<void> {
     try {
-      this.gpu = await this.api.init({
-        backend: this.options.backend,
-        onBeat: Comlink.proxy((b: Beat) => {
+      this.gpu = await this.api.init(
+        { backend: this.options.backend },
+        Comlink.proxy((b: Beat) => {
           this.signOfLife();
           this.busy = b.busy;
         }),
-      });
+      );
     } catch (e) {
       this.banner = describeError(e).message;
       return;

@@ -103,9 +103,11 @@ describe('loading real-checkpoint style models in the page', () => {
       return bytes.length;
     }, key);
     expect(cut).toBeGreaterThan(1000);
+    // load the built-in model, so the hub model loads afresh (the repo's name matches /tiny-sd3/ too: wait for the form)
     await b.page.getByTestId('model-kind').selectOption('tiny');
     await b.page.getByTestId('load-model').click();
-    await label().filter({ hasText: /tiny-sd3/ }).waitFor({ timeout: 60_000 });
+    await expect.poll(() => b.page.getByTestId('model-form').getAttribute('data-busy'), { timeout: 60_000 }).toBe('false');
+    expect(await label().textContent()).not.toContain(REPO);
     server.requests.length = 0;
     await loadFromHub(REPO);
     await expect.poll(() => label().textContent()).toMatch(`${REPO}/${SUB}`);
