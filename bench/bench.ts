@@ -16,6 +16,8 @@ import { combineGuidance, predictRows } from '../workers/engine/sd3/denoise-step
 import { encodePrompts } from '../workers/engine/sd3/encode-prompt.ts';
 import { RequestRng } from '../workers/engine/rng.ts';
 import { runSoak, soakRequests } from './soak.ts';
+import { readResults, writeResults } from './results-file.ts';
+import { LONG_STEPS, MAX_BATCH, MODE_NAMES, modeOptions, pct, req as modeRequest, runBatch, shortBehindLong as shortBehind, STEPS, type Mode, type ModeRow } from './modes.ts';
 
 const MODEL = fileURLToPath(new URL('../public/models/tiny-sd3/', import.meta.url));
 const OUT = fileURLToPath(new URL('./results.json', import.meta.url));
@@ -23,33 +25,14 @@ const quick = process.argv.includes('--quick');
 const soakOnly = process.argv.includes('--soak');
 const SIZES = quick ? [64] : [64, 256];
 const NS = quick ? [1, 4] : [1, 4, 8, 16];
-const STEPS = 4;
-const LONG_STEPS = 50; // "a 4-step request that arrives behind 50-step ones"
-const MAX_BATCH = 16;
 
-type Mode = 'a' | 'b' | 'c' | 'd';
-const MODE_NAMES: Record<Mode, string> = { a: 'sequential', b: 'interleaved, batch 1', c: 'interleaved + batched', d: 'naive: sessions per request' };
-
-interface Row {
-  size: number;
-  n: number;
-  mode: Mode;
-  imagesPerSec: number;
-  p50Ms: number;
-  p95Ms: number;
-  /** A 4-step request submitted behind n long (50-step) ones: its completion time. */
-  shortBehindLongMs: number;
+interface Row extends ModeRow {
   peakRssMb: number;
   rssGrowthMb: number;
-  weightMb: number;
   peakRequestMb: number;
 }
 
 const mb = (b: number) => b / 1024 / 1024;
-const pct = (xs: number[], p: number) => {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.min(s.length - 1, Math.ceil((p / 100) * s.length) - 1)];
-};
 
 function rssSampler() {
   let peak = process.memoryUsage().rss;
@@ -57,49 +40,13 @@ function rssSampler() {
   return { stop: () => (clearInterval(t), Math.max(peak, process.memoryUsage().rss)) };
 }
 
+const req = (i: number, size: number, steps = STEPS): GenerateRequest => modeRequest(i, size, steps);
+const shortBehindLong = (mode: Mode, engines: Engine[], n: number, size: number) => shortBehind(mode, engines, n, size, LONG_STEPS);
+
 async function engineFor(mode: Mode): Promise<Engine> {
-  const e = createNodeEngine({ maxBatch: mode === 'b' ? 1 : MAX_BATCH, maxActive: 64 });
+  const e = createNodeEngine(modeOptions(mode));
   await e.load({ kind: 'path', path: MODEL });
   return e;
-}
-
-const req = (i: number, size: number, steps = STEPS): GenerateRequest => ({ prompt: `benchmark prompt ${i % 5}`, seed: 1000 + i, steps, width: size, height: size });
-
-/** Runs n requests in a mode; returns latencies and wall time. */
-async function runBatch(mode: Mode, engines: Engine[], reqs: GenerateRequest[]) {
-  const latencies: number[] = [];
-  const t0 = performance.now();
-  const timed = async (e: Engine, r: GenerateRequest) => {
-    const s = performance.now();
-    await e.generate(r);
-    latencies.push(performance.now() - s);
-  };
-  if (mode === 'a') {
-    // each request's latency counts from when all were submitted
-    for (const r of reqs) {
-      await engines[0].generate(r);
-      latencies.push(performance.now() - t0);
-    }
-  } else if (mode === 'd') await Promise.all(reqs.map((r, i) => timed(engines[i], r)));
-  else await Promise.all(reqs.map((r) => timed(engines[0], r)));
-  return { latencies, wallMs: performance.now() - t0 };
-}
-
-async function shortBehindLong(mode: Mode, engines: Engine[], n: number, size: number): Promise<number> {
-  const longs = Array.from({ length: n }, (_, i) => req(100 + i, size, LONG_STEPS));
-  const short = req(999, size, STEPS);
-  const t0 = performance.now();
-  if (mode === 'a') {
-    for (const r of longs) await engines[0].generate(r);
-    await engines[0].generate(short);
-    return performance.now() - t0;
-  }
-  const target = (i: number) => (mode === 'd' ? engines[i] : engines[0]);
-  const pending = longs.map((r, i) => target(i).generate(r));
-  await target(n).generate(short);
-  const done = performance.now() - t0;
-  await Promise.all(pending);
-  return done;
 }
 
 /** The same sessions called back to back by hand, no interleaver: the overhead baseline. */
@@ -178,15 +125,12 @@ async function main() {
     const { clientBench } = await import('./client.ts');
     const figures = await clientBench();
     console.log(JSON.stringify(figures, null, 2));
-    const { readFileSync } = await import('node:fs');
-    let previous: Record<string, unknown> = {};
-    try {
-      previous = JSON.parse(readFileSync(OUT, 'utf8'));
-    } catch {
-      /* first run */
-    }
-    writeFileSync(OUT, `${JSON.stringify({ ...previous, client: figures }, null, 2)}\n`);
-    console.log(`wrote client figures to ${OUT}`);
+    writeResults(OUT, 'client', figures);
+    return;
+  }
+  if (process.argv.includes('--webgpu')) {
+    const { webgpuBench } = await import('./webgpu.ts');
+    await webgpuBench(OUT, process.argv.includes('--quick'));
     return;
   }
   if (process.argv.includes('--scale')) {
@@ -202,16 +146,7 @@ async function main() {
   if (soakOnly) {
     const figures = await soak();
     console.table([figures]);
-    const { readFileSync } = await import('node:fs');
-    let previous: Record<string, unknown> = {};
-    try {
-      previous = JSON.parse(readFileSync(OUT, 'utf8'));
-    } catch {
-      /* first run */
-    }
-    writeFileSync(OUT, `${JSON.stringify({ ...previous, soak: { date: new Date().toISOString(), ...figures } }, null, 2)}
-`);
-    console.log(`wrote soak figures to ${OUT}`);
+    writeResults(OUT, 'soak', { date: new Date().toISOString(), ...figures });
     return;
   }
   const rows: Row[] = [];
@@ -304,15 +239,9 @@ async function main() {
   console.table(targets);
   const soakFigures = await soak();
   console.table([soakFigures]);
-  const { readFileSync } = await import('node:fs');
-  let kept: Record<string, unknown> = {};
-  try {
-    // figures of other runs (--scale) stay
-    const { scale, client } = JSON.parse(readFileSync(OUT, 'utf8')) as Record<string, unknown>;
-    kept = { ...(scale ? { scale } : {}), ...(client ? { client } : {}) };
-  } catch {
-    /* first run */
-  }
+  // figures of the other runs (--scale, --client, --webgpu) stay
+  const { scale, client, webgpu } = readResults(OUT);
+  const kept = { ...(scale ? { scale } : {}), ...(client ? { client } : {}), ...(webgpu ? { webgpu } : {}) };
   writeFileSync(OUT, `${JSON.stringify({ date: new Date().toISOString(), machine: { cpus: (await import('node:os')).cpus().length, node: process.version }, backend: 'wasm', model: 'tiny-sd3', steps: STEPS, longSteps: LONG_STEPS, maxBatch: MAX_BATCH, overhead, rows, targets, soak: soakFigures, ...kept }, null, 2)}\n`);
   console.log(`wrote ${OUT}`);
 }

@@ -71,7 +71,7 @@ function transferProgress(onProgress?: ProgressCallback): ProgressCallback | und
 }
 
 export class WorkerApi {
-  private engine: Engine | null = null;
+  protected engine: Engine | null = null;
   private gpu: GpuInfo | null = null;
   private starting: Promise<void> | null = null;
   private readonly store = ImageStore.open();
@@ -265,5 +265,6 @@ function emptyStatus(): EngineStatus {
     cycles: 0,
     maxRowsPerRun: 0,
     deviceLost: null,
+    denoise: null,
   };
 }

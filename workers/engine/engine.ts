@@ -12,6 +12,8 @@ import type { DeviceFit } from './model/device-fit.ts';
 import { CachedModelFiles, isCacheable, type FileCache } from './model/file-cache.ts';
 import { loadModel, type LoadedModel } from './model/load-model.ts';
 import { openModelFiles, type ModelFiles } from './model/model-files.ts';
+import { HostDenoiser } from './denoise/denoiser.ts';
+import { WebGpuDenoiser } from './denoise/webgpu-denoiser.ts';
 
 export interface EngineOptions {
   /** The onnxruntime-web module (node or webgpu build), chosen by the entry point. */
@@ -37,6 +39,8 @@ export interface EngineOptions {
   fileCache?: FileCache;
   /** What the device can hold (memory, largest buffer, features): the one memory budget for loads and requests. */
   deviceFit?: Partial<DeviceFit>;
+  /** On WebGPU, keep latents, embeddings and the update on the GPU between steps (default true; false: the host path, for comparison). Takes effect at the next load. */
+  denoiseOnDevice?: boolean;
 }
 
 export interface LoadModelOptions {
@@ -47,6 +51,8 @@ export interface LoadModelOptions {
   fit?: Partial<DeviceFit>;
   /** Diagnostics: false hands external data over as buffers even where the runtime could stream Blobs (the benchmark compares both). */
   streamExternalData?: boolean;
+  /** Overrides the engine's denoiseOnDevice for this model (tests and the benchmark compare both paths). */
+  denoiseOnDevice?: boolean;
 }
 
 export interface GenerateOptions {
@@ -129,6 +135,7 @@ export class Engine {
         signal,
         streamExternalData: streaming,
         webgpuDevice: this.options.webgpuDevice,
+        deviceResident: this.options.backend === 'webgpu' && this.options.webgpuDevice != null && (opts.denoiseOnDevice ?? this.options.denoiseOnDevice ?? true),
         ...opts,
         // a streamed file is never one buffer: only memory limits what loads
         fit: { ...(streaming ? { maxFileBytes: Infinity } : {}), ...this.options.deviceFit, ...opts.fit },
@@ -153,7 +160,8 @@ export class Engine {
     const old = this.interleaver;
     this.loaded = next;
     const { maxActive, maxBatch, encodePng, encodeInline, renderPreview } = this.options;
-    this.interleaver = new Interleaver(next, this.options.ort, { maxActive: maxActive ?? DEFAULT_MAX_ACTIVE, maxBatch: maxBatch ?? DEFAULT_MAX_BATCH, encodePng, encodeInline, renderPreview }, this.counters);
+    const denoiser = next.deviceResident ? new WebGpuDenoiser(this.options.webgpuDevice as GPUDevice, next, this.options.ort) : new HostDenoiser(next, this.options.ort);
+    this.interleaver = new Interleaver(next, this.options.ort, { maxActive: maxActive ?? DEFAULT_MAX_ACTIVE, maxBatch: maxBatch ?? DEFAULT_MAX_BATCH, encodePng, encodeInline, renderPreview }, this.counters, denoiser);
     if (old && previous) {
       // what still runs on the old model ends, saying why, before its sessions go
       old.failAll((id) => new ModelSwitchError(id, previous.info.id, next.info.id));
@@ -264,6 +272,20 @@ export class Engine {
       cycles: this.counters.cycles,
       maxRowsPerRun: this.counters.maxRowsPerRun,
       deviceLost: this.lostReason,
+      denoise: this.denoiseStatus(),
+    };
+  }
+
+  private denoiseStatus(): EngineStatus['denoise'] {
+    const m = this.loaded;
+    const d = this.interleaver?.denoiser;
+    if (!m || !d) return null;
+    const sessions = [m.clipL.session, m.clipG.session, m.t5?.session, m.transformer, m.vaeDecoder].filter((x) => x !== undefined);
+    return {
+      residency: d.residency,
+      liveDeviceTensors: d.liveTensors,
+      uploadBytes: d.transfers.uploadBytes + sessions.reduce((n, x) => n + x.transfers.uploadBytes, 0),
+      downloadBytes: d.transfers.downloadBytes + sessions.reduce((n, x) => n + x.transfers.downloadBytes, 0),
     };
   }
 }

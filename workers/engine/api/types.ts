@@ -73,6 +73,12 @@ export interface ImageMetadata {
   createdAt: string;
   /** Normalisations applied, e.g. a prompt truncated to the tokenizer's limit. */
   warnings: string[];
+  /**
+   * Bytes this request moved between host and device: once at its start
+   * (noise, prompt embeddings), over its denoising steps, and for previews.
+   * 'device': its tensors stayed on the GPU between steps.
+   */
+  transfers?: { residency: 'host' | 'device'; steps: number; beginUploadBytes: number; stepUploadBytes: number; stepDownloadBytes: number; previewBytes: number };
 }
 
 export interface GenerateResult {
@@ -133,4 +139,10 @@ export interface EngineStatus {
   maxRowsPerRun: number;
   /** Why the GPU device was lost, once it has been: this engine then refuses work. */
   deviceLost: string | null;
+  /**
+   * Where requests' tensors live between steps ('device': on the GPU), the
+   * device tensors held for requests now (0 when none runs), and the bytes
+   * moved between host and device so far (model runs and the engine's own).
+   */
+  denoise: { residency: 'host' | 'device'; liveDeviceTensors: number; uploadBytes: number; downloadBytes: number } | null;
 }

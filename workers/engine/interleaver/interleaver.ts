@@ -21,9 +21,9 @@ import { availableBytes, largestFittingSize, refusal } from '../memory/budget.ts
 import type { RunFootprint } from '../memory/footprint.ts';
 import type { Ort } from '../model/component-session.ts';
 import type { LoadedModel } from '../model/load-model.ts';
-import { decodeLatents, decodeTiled, latentPreview, rgbaToPng } from '../sd3/decode.ts';
-import { combineGuidance, predictRows } from '../sd3/denoise-step.ts';
+import { decodeTiled, latentPreview, rgbaToPng } from '../sd3/decode.ts';
 import { encodePrompts } from '../sd3/encode-prompt.ts';
+import { HostDenoiser, type Denoiser } from '../denoise/denoiser.ts';
 import type { RequestScope } from './request-scope.ts';
 
 /** RGBA to a PNG file. Hosts bring one that does not block the step loop (a canvas in the worker, zlib's thread pool in Node). */
@@ -76,6 +76,8 @@ export class Interleaver {
     readonly options: InterleaverOptions,
     /** Passed in so totals survive a model switch. */
     readonly counters: InterleaverCounters = newCounters(),
+    /** Where requests' tensors live between steps: the host (default) or the GPU. */
+    readonly denoiser: Denoiser = new HostDenoiser(model, ort),
   ) {}
 
   get queuedCount(): number {
@@ -247,12 +249,15 @@ export class Interleaver {
       const cond = embeddings[k++];
       const uncond = s.guided ? embeddings[k++] : null;
       if (isFinal(s.phase)) continue; // cancelled while encoding
-      s.cond = cond;
-      s.uncond = uncond;
       if (cond.truncated) s.warnings.push('prompt: longer than the text encoders accept; the end was cut off');
       if (uncond?.truncated) s.warnings.push('negativePrompt: longer than the text encoders accept; the end was cut off');
       const [C, h, w] = s.latentShape;
-      s.latents = s.rng.normal(C * h * w);
+      try {
+        s.tensors = this.denoiser.begin(s, s.rng.normal(C * h * w), cond, uncond);
+      } catch (e) {
+        this.finish(s, new InferenceError(`request ${s.id}: its tensors could not be placed on the device (${(e as Error).message ?? e})`));
+        continue;
+      }
       s.times.encodeMs = encodeMs;
       s.times.denoiseStart = now();
       s.phase = 'denoising';
@@ -296,51 +301,52 @@ export class Interleaver {
       for (const run of this.pack(rows, this.runCapacity(group[0].footprint.row, 'row'))) {
         const live = run.filter((r) => r.scope.phase === 'denoising');
         if (!live.length) continue;
-        let velocities: Float32Array[];
         try {
-          velocities = await predictRows(
-            this.model,
-            this.ort,
-            live.map(({ scope, branch }) => ({ latents: scope.latents!, timestep: scope.scheduler.timestep, embedding: (branch === 'uncond' ? scope.uncond : scope.cond)! })),
-            live[0].scope.latentShape,
-          );
+          await this.denoiser.predict(live, live[0].scope.latentShape);
           this.counters.transformerRuns++;
           this.counters.maxRowsPerRun = Math.max(this.counters.maxRowsPerRun, live.length);
         } catch (e) {
           for (const { scope } of live) this.finish(scope, new InferenceError(`transformer run failed: ${(e as Error).message}`));
           continue;
         }
-        live.forEach(({ scope, branch }, i) => {
-          if (scope.phase === 'denoising') scope.velocity[branch] = velocities[i];
-        });
-        for (const scope of new Set(live.map((r) => r.scope))) if (scope.phase === 'denoising' && scope.velocity.cond && (!scope.guided || scope.velocity.uncond)) this.advance(scope);
+        await this.advance([...new Set(live.map((r) => r.scope))].filter((s) => s.phase === 'denoising' && s.tensors?.ready));
       }
     }
   }
 
-  /** Both branches are back: guidance, the finite check, one Euler step, progress. */
-  private advance(s: RequestScope): void {
-    const { uncond, cond } = s.velocity;
-    s.velocity = { uncond: null, cond: null };
-    const v = uncond ? combineGuidance(uncond, cond!, s.request.guidance, uncond) : cond!;
-    if (!allFinite(v)) {
-      this.finish(s, new InferenceError(`request ${s.id}: non-finite values at step ${s.scheduler.stepIndex + 1}; the request was stopped, others carry on`));
+  /** Every branch is back: guidance, the finite check and one Euler step (one pass on the device), then progress. */
+  private async advance(scopes: RequestScope[]): Promise<void> {
+    if (!scopes.length) return;
+    let bad: Set<RequestScope>;
+    try {
+      bad = await this.denoiser.advance(scopes);
+    } catch (e) {
+      for (const s of scopes) this.finish(s, new InferenceError(`request ${s.id}: its guidance and Euler step failed (${(e as Error).message ?? e})`));
       return;
     }
-    s.scheduler.step(s.latents!, v);
-    if (s.scheduler.done) s.phase = 'decoding';
-    const [C, h, w] = s.latentShape;
-    const total = s.scheduler.totalSteps;
-    let preview: ProgressEvent['preview'];
-    if (s.wantsPreview) {
-      try {
-        preview = { width: w, height: h, rgba: (this.options.renderPreview ?? latentPreview)(s.latents!, C, h, w, s.id) };
-      } catch (e) {
-        this.finish(s, new InferenceError(`request ${s.id}: its step preview failed (${(e as Error).message ?? e}); the request was stopped, others carry on`));
-        return;
+    for (const s of scopes) {
+      if (isFinal(s.phase)) continue; // cancelled while the update ran
+      if (bad.has(s)) {
+        this.finish(s, new InferenceError(`request ${s.id}: non-finite values at step ${s.scheduler.stepIndex + 1}; the request was stopped, others carry on`));
+        continue;
       }
+      s.steps++;
+      if (s.scheduler.done) s.phase = 'decoding';
+      const [C, h, w] = s.latentShape;
+      const total = s.scheduler.totalSteps;
+      let preview: ProgressEvent['preview'];
+      if (s.wantsPreview) {
+        try {
+          const latents = await this.denoiser.readLatents(s);
+          if (isFinal(s.phase)) continue;
+          preview = { width: w, height: h, rgba: (this.options.renderPreview ?? latentPreview)(latents, C, h, w, s.id) };
+        } catch (e) {
+          this.finish(s, new InferenceError(`request ${s.id}: its step preview failed (${(e as Error).message ?? e}); the request was stopped, others carry on`));
+          continue;
+        }
+      }
+      this.emit(s, { status: 'step', requestId: s.id, loaded: s.scheduler.stepIndex, total, progress: (100 * s.scheduler.stepIndex) / total, elapsedMs: now() - s.times.submitted, preview });
     }
-    this.emit(s, { status: 'step', requestId: s.id, loaded: s.scheduler.stepIndex, total, progress: (100 * s.scheduler.stepIndex) / total, elapsedMs: now() - s.times.submitted, preview });
   }
 
   private async decodeFinished(): Promise<void> {
@@ -357,7 +363,8 @@ export class Interleaver {
       let images: Uint8ClampedArray[];
       try {
         const tile = batch[0].footprint.decodeTile;
-        images = tile ? [await decodeTiled(this.model, this.ort, batch[0].latents!, h, w, tile)] : await decodeLatents(this.model, this.ort, batch.map((s) => s.latents!), h, w);
+        // tiles are cut on the host: a tiled image's latents come back once
+        images = tile ? [await decodeTiled(this.model, this.ort, await this.denoiser.readLatents(batch[0]), h, w, tile)] : await this.denoiser.decode(batch, h, w);
         if (tile) batch[0].warnings.push(`decoded in VAE tiles of ${tile * this.model.vaeConfig.scaleFactor} px to fit memory (seams blended; a whole decode differs slightly near them)`);
       } catch (e) {
         for (const s of batch) this.finish(s, new InferenceError(`VAE decode failed: ${(e as Error).message}`));
@@ -374,6 +381,7 @@ export class Interleaver {
           timings: { queuedMs: t.admitted - t.submitted, encodeMs: t.encodeMs, denoiseMs: started - t.denoiseStart, decodeMs: decoded - started, totalMs: decoded - t.submitted },
           createdAt: new Date().toISOString(),
           warnings: [...s.warnings],
+          transfers: { residency: this.denoiser.residency, steps: s.steps, ...s.transfers },
         };
         if (this.options.encodeInline) await this.deliver(s, images[i], metadata);
         else {
@@ -434,9 +442,4 @@ function yieldToEventLoop(): Promise<void> {
     };
     ch.port2.postMessage(null);
   });
-}
-
-function allFinite(a: Float32Array): boolean {
-  for (let i = 0; i < a.length; i++) if (!Number.isFinite(a[i])) return false;
-  return true;
 }

@@ -5,20 +5,19 @@ import type { GenerateResult, JobState, ProgressCallback } from '../api/types.ts
 import type { NormalizedRequest } from '../api/validate.ts';
 import { RequestRng } from '../rng.ts';
 import type { RequestSchedulerState } from '../scheduler/flow-match-euler.ts';
-import type { PromptEmbedding } from '../sd3/encode-prompt.ts';
 import type { RequestFootprint } from '../memory/footprint.ts';
-
+import { newTransfers, type RequestTensors, type RequestTransfers } from '../denoise/denoiser.ts';
 
 export class RequestScope {
   readonly rng: RequestRng;
   /** Where the request stands (the contract's JobState). */
   phase: JobState = 'queued';
-  latents: Float32Array | null = null;
-  cond: PromptEmbedding | null = null;
-  /** Negative-prompt embedding; only with classifier-free guidance. */
-  uncond: PromptEmbedding | null = null;
-  /** This step's velocity per branch, as runs return them (a guided request's two rows may come from two runs). */
-  velocity: { uncond: Float32Array | null; cond: Float32Array | null } = { uncond: null, cond: null };
+  /** Latents, prompt embeddings and this step's velocities, on the host or the device (the denoiser's choice); null until encoded and once ended. */
+  tensors: RequestTensors | null = null;
+  /** Bytes this request moved between host and device. */
+  readonly transfers: RequestTransfers = newTransfers();
+  /** Denoising steps taken (transfers per step are counted over these). */
+  steps = 0;
   readonly warnings: string[] = [];
   readonly times = { submitted: 0, admitted: 0, denoiseStart: 0, decodeStart: 0, finished: 0, encodeMs: 0 };
   /** Interleaver cycle at which the request was admitted and finished (fairness tests read these). */
@@ -64,15 +63,12 @@ export class RequestScope {
 
   /** Bytes of per-request tensors held right now. */
   get heldBytes(): number {
-    const emb = (e: PromptEmbedding | null) => (e ? e.embeds.byteLength + e.pooled.byteLength : 0);
-    return (this.latents?.byteLength ?? 0) + emb(this.cond) + emb(this.uncond);
+    return this.tensors?.bytes ?? 0;
   }
 
   release(): void {
-    this.latents = null;
-    this.velocity = { uncond: null, cond: null };
-    this.cond = null;
-    this.uncond = null;
+    this.tensors?.release();
+    this.tensors = null;
   }
 
   resolve(result: GenerateResult): void {

@@ -3,7 +3,9 @@
 // (see run-queue.ts), and it counts its own calls so tests can see them.
 // Element types come from the model: a float32 feed goes in as float16 where
 // the graph declares float16 (fp16 exports), and float16 outputs come back as
-// float32, so the engine's own math is always float32.
+// float32, so the engine's own math is always float32. It counts the bytes
+// its runs move between the host and the device: CPU tensors in, CPU tensors
+// out (tensors already on the GPU cross nothing).
 import type * as ortTypes from 'onnxruntime-web';
 import { fromHalf, toHalf } from './float16.ts';
 import { RunQueue } from './run-queue.ts';
@@ -18,6 +20,10 @@ export class ComponentSession {
   rows = 0;
   /** Highest number of this session's runs ever in flight at once: 1 unless the queue is broken. */
   maxInFlight = 0;
+  /** Bytes its runs took from host memory (CPU feeds) and gave back to it (CPU outputs). */
+  readonly transfers = { uploadBytes: 0, downloadBytes: 0 };
+  /** Outputs the session leaves on the GPU (onnxruntime's preferredOutputLocation 'gpu-buffer'). */
+  gpuOutputs: readonly string[] = [];
   private inFlight = 0;
 
   /** Inputs the graph declares as float16. */
@@ -31,6 +37,8 @@ export class ComponentSession {
     readonly weightBytes: number,
     /** Shared by every session of the same onnxruntime module. */
     readonly queue: RunQueue,
+    /** An input or output is float16 (such a session takes and gives host tensors only). */
+    readonly halfIO = false,
   ) {
     this.halfInputs = new Set(session.inputMetadata.filter((m) => m.isTensor && m.type === 'float16').map((m) => m.name));
   }
@@ -83,7 +91,9 @@ export class ComponentSession {
       this.maxInFlight = Math.max(this.maxInFlight, ++this.inFlight);
       try {
         const typed = this.typedFeeds(feeds);
+        for (const t of Object.values(typed)) if (t.location === 'cpu') this.transfers.uploadBytes += hostBytes(t);
         const out = outputNames ? await this.session.run(typed, outputNames) : await this.session.run(typed);
+        for (const t of Object.values(out)) if (t.location === 'cpu') this.transfers.downloadBytes += hostBytes(t);
         this.runs++;
         this.rows += Object.values(feeds)[0]?.dims[0] ?? 0;
         return this.float32Outputs(out as Feeds);
@@ -96,4 +106,10 @@ export class ComponentSession {
   async release(): Promise<void> {
     await this.queue.run(() => this.session.release(), `release ${this.name}`);
   }
+}
+
+/** Bytes of a CPU tensor's data. */
+function hostBytes(t: ortTypes.Tensor): number {
+  const d = t.data as { byteLength?: number; length: number };
+  return d.byteLength ?? d.length * 8; // string tensors have no byteLength; none cross here
 }

@@ -43,6 +43,8 @@ export interface LoadedModel {
   dims: ModelDims;
   /** The device's memory with this model's weights in it. */
   budget: MemoryBudget;
+  /** The transformer's output stays on the GPU (a float32-I/O model on our own WebGPU device): denoising never leaves it. */
+  deviceResident: boolean;
   release(): Promise<void>;
 }
 
@@ -60,6 +62,8 @@ export interface LoadOptions {
   streamExternalData?: boolean;
   /** The GPUDevice every WebGPU session runs on (onnxruntime makes its own otherwise). Opaque here: the core knows no DOM. */
   webgpuDevice?: unknown;
+  /** Keep the transformer's output on the GPU where the model allows it (float32 I/O on our WebGPU device). */
+  deviceResident?: boolean;
   /** Aborts the load: downloads stop at their next chunk, sessions made so far are released. */
   signal?: AbortSignal;
 }
@@ -308,16 +312,19 @@ export async function loadModel(files: ModelFiles, opts: LoadOptions): Promise<L
   // external data as a Blob where the source has one and the runtime streams it; bytes otherwise
   const dataTracked = (path: string) => (opts.streamExternalData && files.blob ? tracked(path, (p) => files.blob!(path, p)) : readTracked(path));
 
-  const createSession = async (plan: ComponentPlan, fit: DeviceFit): Promise<ComponentSession> => {
+  const createSession = async (plan: ComponentPlan, fit: DeviceFit, gpuOutputs: readonly string[] = []): Promise<ComponentSession> => {
     let graph = plan.graph ?? (await readTracked(plan.graphPath));
+    let summary = plan.summary;
     if (!plan.graph) {
       // a large inline graph is summarised only now: its fp16 weights and any external data it also has
-      const summary = summarize(plan.graphPath, graph);
+      summary = summarize(plan.graphPath, graph);
       checkHalfPrecision(plan.graphPath, summary, backend, fit);
       plan.data = await sizeExternalData(files, plan.folder, summary.externalLocations, progress);
       checkFileSizes(plan.data, fit);
     }
     if (plan.chunks > 1) graph = chunkAttention(graph, plan.chunks).model;
+    // outputs left on the GPU: only float32 ones (the engine converts float16 on the host), on our device
+    const gpuOnly = summary && !summary.halfIO && backend === 'webgpu' && opts.webgpuDevice ? gpuOutputs : [];
     const externalData: { path: string; data: Uint8Array | Blob }[] = [];
     for (const d of plan.data) externalData.push({ path: d.location, data: await dataTracked(d.path) });
     let s;
@@ -329,6 +336,7 @@ export async function loadModel(files: ModelFiles, opts: LoadOptions): Promise<L
             executionProviders: [backend === 'webgpu' && opts.webgpuDevice ? ({ name: 'webgpu', device: opts.webgpuDevice } as { name: 'webgpu' }) : backend],
             graphOptimizationLevel: 'all',
             externalData: externalData.length ? externalData : undefined,
+            ...(gpuOnly.length ? { preferredOutputLocation: Object.fromEntries(gpuOnly.map((n) => [n, 'gpu-buffer' as const])) } : {}),
           }),
         `create ${plan.folder}`,
       );
@@ -336,7 +344,8 @@ export async function loadModel(files: ModelFiles, opts: LoadOptions): Promise<L
       throw new ModelLoadError(plan.graphPath, `onnxruntime could not create a session (${(e as Error).message ?? e})`);
     }
     const bytes = plan.graphSize + plan.data.reduce((a, d) => a + d.size, 0);
-    const c = new ComponentSession(plan.folder, s, ort, bytes, queue);
+    const c = new ComponentSession(plan.folder, s, ort, bytes, queue, summary?.halfIO ?? true);
+    c.gpuOutputs = gpuOnly;
     created.push(c);
     checkContract(c, plan.graphPath);
     opts.signal?.throwIfAborted();
@@ -364,7 +373,7 @@ export async function loadModel(files: ModelFiles, opts: LoadOptions): Promise<L
     if (clipL.projectionSize + clipG.projectionSize !== transformerConfig.pooledProjectionDim) {
       throw new ModelLoadError('transformer/config.json', `pooled_projection_dim ${transformerConfig.pooledProjectionDim} != CLIP projections ${clipL.projectionSize} + ${clipG.projectionSize}`);
     }
-    const transformer = await createSession(components.get('transformer')!, plan.fit);
+    const transformer = await createSession(components.get('transformer')!, plan.fit, opts.deviceResident ? ['out_hidden_states'] : []);
     const vaeDecoder = await createSession(components.get('vae_decoder')!, plan.fit);
 
     const weightBytes = created.reduce((a, c) => a + c.weightBytes, 0);
@@ -396,6 +405,8 @@ export async function loadModel(files: ModelFiles, opts: LoadOptions): Promise<L
       scheduler: new FlowMatchEulerScheduler(parseSchedulerConfig(plan.schedulerJson)),
       dims: plan.dims,
       budget,
+      // the VAE then takes its latents from the GPU too, so both must have float32 I/O
+      deviceResident: transformer.gpuOutputs.length > 0 && !vaeDecoder.halfIO,
       release: async () => {
         await Promise.all(created.map((c) => c.release()));
       },

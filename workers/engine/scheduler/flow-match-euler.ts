@@ -126,6 +126,16 @@ export class RequestSchedulerState {
     return this.schedule.timesteps[this.stepIndex];
   }
 
+  /** This step's sigma_{i+1} - sigma_i, as float32 (what eulerStep multiplies by): for an update made elsewhere (the GPU). */
+  get dt(): number {
+    return Math.fround(this.schedule.sigmas[this.stepIndex + 1] - this.schedule.sigmas[this.stepIndex]);
+  }
+
+  /** Advances past a step whose update was applied elsewhere (the GPU). */
+  stepped(): void {
+    this.stepIndex++;
+  }
+
   /** Applies the Euler step in place and advances. */
   step(sample: Float32Array, velocity: Float32Array): void {
     eulerStep(this.schedule, this.stepIndex, sample, velocity, sample);
