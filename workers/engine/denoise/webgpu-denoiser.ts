@@ -13,6 +13,8 @@
 // Ordering needs no fences: onnxruntime submits its work on the same queue at
 // the end of every run, and ours is submitted before or after a run, never
 // during one.
+import { DeviceLostError } from '../errors.ts';
+import { yieldToEventLoop } from '../event-loop.ts';
 import type { Ort, Tensor } from '../model/component-session.ts';
 import type { LoadedModel } from '../model/load-model.ts';
 import { chwToRgba } from '../sd3/decode.ts';
@@ -112,12 +114,31 @@ export class WebGpuDenoiser implements Denoiser {
   private live = 0;
   private update: GPUComputePipeline | null = null;
   private unscale: GPUComputePipeline | null = null;
+  private lost: string | null = null;
 
   constructor(
     private readonly device: GPUDevice,
     private readonly model: LoadedModel,
     private readonly ort: Ort,
-  ) {}
+  ) {
+    void device.lost.then((info) => (this.lost = info.message || info.reason || 'unknown'));
+  }
+
+  /**
+   * A GPU call that fails because the device went away is a device loss, so
+   * the request is replayed on a new device rather than dropped. The lost
+   * promise settles in a task the loss queued before this failure's, so one
+   * turn of the event loop is enough to tell.
+   */
+  private async onDevice<T>(op: () => Promise<T>): Promise<T> {
+    try {
+      return await op();
+    } catch (e) {
+      await yieldToEventLoop();
+      if (this.lost !== null) throw new DeviceLostError(this.lost);
+      throw e;
+    }
+  }
 
   get liveTensors(): number {
     return this.live;
@@ -157,7 +178,11 @@ export class WebGpuDenoiser implements Denoiser {
     return t;
   }
 
-  async predict(rows: readonly DenoiseRow[], latentShape: readonly [number, number, number]): Promise<void> {
+  predict(rows: readonly DenoiseRow[], latentShape: readonly [number, number, number]): Promise<void> {
+    return this.onDevice(() => this.predictOnDevice(rows, latentShape));
+  }
+
+  private async predictOnDevice(rows: readonly DenoiseRow[], latentShape: readonly [number, number, number]): Promise<void> {
     const [C, h, w] = latentShape;
     const n = rows.length;
     const first = tensorsOf(rows[0].scope);
@@ -214,7 +239,11 @@ export class WebGpuDenoiser implements Denoiser {
     return { update: this.update, unscale: this.unscale };
   }
 
-  async advance(scopes: readonly RequestScope[]): Promise<Set<RequestScope>> {
+  advance(scopes: readonly RequestScope[]): Promise<Set<RequestScope>> {
+    return this.onDevice(() => this.advanceOnDevice(scopes));
+  }
+
+  private async advanceOnDevice(scopes: readonly RequestScope[]): Promise<Set<RequestScope>> {
     const { update } = this.pipelines();
     const flags = this.buffer(4 * scopes.length);
     const read = this.buffer(4 * scopes.length, MAP_READ | COPY_DST);
@@ -265,7 +294,11 @@ export class WebGpuDenoiser implements Denoiser {
     }
   }
 
-  async readLatents(s: RequestScope): Promise<Float32Array> {
+  readLatents(s: RequestScope): Promise<Float32Array> {
+    return this.onDevice(() => this.readLatentsOnDevice(s));
+  }
+
+  private async readLatentsOnDevice(s: RequestScope): Promise<Float32Array> {
     const t = tensorsOf(s);
     const read = this.buffer(t.latents.size, MAP_READ | COPY_DST);
     try {
@@ -283,7 +316,11 @@ export class WebGpuDenoiser implements Denoiser {
     }
   }
 
-  async decode(batch: readonly RequestScope[], latentH: number, latentW: number): Promise<Uint8ClampedArray[]> {
+  decode(batch: readonly RequestScope[], latentH: number, latentW: number): Promise<Uint8ClampedArray[]> {
+    return this.onDevice(() => this.decodeOnDevice(batch, latentH, latentW));
+  }
+
+  private async decodeOnDevice(batch: readonly RequestScope[], latentH: number, latentW: number): Promise<Uint8ClampedArray[]> {
     const { unscale } = this.pipelines();
     const { latentChannels, scalingFactor, shiftFactor, scaleFactor } = this.model.vaeConfig;
     const count = latentChannels * latentH * latentW;

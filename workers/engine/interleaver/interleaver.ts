@@ -16,7 +16,8 @@
 // its own request, and an error nobody can pin on one request ends the
 // requests of that cycle while the loop goes on serving the rest.
 import { isFinal, type GenerateResult, type ImageMetadata, type ProgressEvent } from '../api/types.ts';
-import { CancelledError, InferenceError, TooLargeError, formatBytes } from '../errors.ts';
+import { CancelledError, DeviceLostError, InferenceError, TooLargeError, formatBytes } from '../errors.ts';
+import { yieldToEventLoop } from '../event-loop.ts';
 import { availableBytes, largestFittingSize, refusal } from '../memory/budget.ts';
 import type { RunFootprint } from '../memory/footprint.ts';
 import type { Ort } from '../model/component-session.ts';
@@ -306,7 +307,7 @@ export class Interleaver {
           this.counters.transformerRuns++;
           this.counters.maxRowsPerRun = Math.max(this.counters.maxRowsPerRun, live.length);
         } catch (e) {
-          for (const { scope } of live) this.finish(scope, new InferenceError(`transformer run failed: ${(e as Error).message}`));
+          for (const { scope } of live) this.finish(scope, e instanceof DeviceLostError ? e : new InferenceError(`transformer run failed: ${(e as Error).message}`));
           continue;
         }
         await this.advance([...new Set(live.map((r) => r.scope))].filter((s) => s.phase === 'denoising' && s.tensors?.ready));
@@ -321,7 +322,7 @@ export class Interleaver {
     try {
       bad = await this.denoiser.advance(scopes);
     } catch (e) {
-      for (const s of scopes) this.finish(s, new InferenceError(`request ${s.id}: its guidance and Euler step failed (${(e as Error).message ?? e})`));
+      for (const s of scopes) this.finish(s, e instanceof DeviceLostError ? e : new InferenceError(`request ${s.id}: its guidance and Euler step failed (${(e as Error).message ?? e})`));
       return;
     }
     for (const s of scopes) {
@@ -341,7 +342,7 @@ export class Interleaver {
           if (isFinal(s.phase)) continue;
           preview = { width: w, height: h, rgba: (this.options.renderPreview ?? latentPreview)(latents, C, h, w, s.id) };
         } catch (e) {
-          this.finish(s, new InferenceError(`request ${s.id}: its step preview failed (${(e as Error).message ?? e}); the request was stopped, others carry on`));
+          this.finish(s, e instanceof DeviceLostError ? e : new InferenceError(`request ${s.id}: its step preview failed (${(e as Error).message ?? e}); the request was stopped, others carry on`));
           continue;
         }
       }
@@ -367,7 +368,7 @@ export class Interleaver {
         images = tile ? [await decodeTiled(this.model, this.ort, await this.denoiser.readLatents(batch[0]), h, w, tile)] : await this.denoiser.decode(batch, h, w);
         if (tile) batch[0].warnings.push(`decoded in VAE tiles of ${tile * this.model.vaeConfig.scaleFactor} px to fit memory (seams blended; a whole decode differs slightly near them)`);
       } catch (e) {
-        for (const s of batch) this.finish(s, new InferenceError(`VAE decode failed: ${(e as Error).message}`));
+        for (const s of batch) this.finish(s, e instanceof DeviceLostError ? e : new InferenceError(`VAE decode failed: ${(e as Error).message}`));
         continue;
       }
       for (const [i, s] of batch.entries()) {
@@ -428,18 +429,4 @@ function admitted(scopes: readonly RequestScope[]): number {
     decode = Math.max(decode, s.footprint.decode.activationBytes);
   }
   return state + row + decode;
-}
-
-/** A macrotask turn without setTimeout's clamping (1 ms in Node, 4 ms nested in browsers). */
-function yieldToEventLoop(): Promise<void> {
-  const g = globalThis as { setImmediate?: (cb: () => void) => void };
-  if (g.setImmediate) return new Promise((r) => g.setImmediate!(r));
-  return new Promise((r) => {
-    const ch = new MessageChannel();
-    ch.port1.onmessage = () => {
-      ch.port1.close();
-      r();
-    };
-    ch.port2.postMessage(null);
-  });
 }
