@@ -356,3 +356,20 @@ describe('device fit defaults', () => {
     expect(defaultDeviceFit('webgpu').memoryBytes).toBe(DEFAULT_GPU_MEMORY_BYTES);
   });
 });
+
+describe('weights from a server that leaves lengths out of HEAD', () => {
+  it('counts the bytes really read, not the sizes the server announced', async () => {
+    const { nodeFolderFiles } = await import('../../workers/engine/model/node-folder-files.ts');
+    const folder = nodeFolderFiles(TINY_MODEL_EXTERNAL_DIR, 'no-lengths');
+    // a compressed response's HEAD has no Content-Length: UrlModelFiles then reports 0
+    const files = { ...folder, id: folder.id, read: folder.read.bind(folder), exists: folder.exists.bind(folder), size: async (p: string) => ((await folder.size(p)) === null ? null : 0) };
+    const engine = createNodeEngine();
+    await engine.load(files);
+    let onDisk = 0;
+    for (const c of ['text_encoder', 'text_encoder_2', 'text_encoder_3', 'transformer', 'vae_decoder']) {
+      for (const f of await readdir(join(TINY_MODEL_EXTERNAL_DIR, c))) if (f.startsWith('model.onnx')) onDisk += (await stat(join(TINY_MODEL_EXTERNAL_DIR, c, f))).size;
+    }
+    expect(engine.status().weightBytes).toBe(onDisk);
+    await engine.unload();
+  });
+});

@@ -322,6 +322,7 @@ export async function loadModel(files: ModelFiles, opts: LoadOptions): Promise<L
       plan.data = await sizeExternalData(files, plan.folder, summary.externalLocations, progress);
       checkFileSizes(plan.data, fit);
     }
+    const graphBytes = graph.byteLength;
     if (plan.chunks > 1) graph = chunkAttention(graph, plan.chunks).model;
     // outputs left on the GPU: only float32 ones (the engine converts float16 on the host), on our device
     const gpuOnly = summary && !summary.halfIO && backend === 'webgpu' && opts.webgpuDevice ? gpuOutputs : [];
@@ -343,7 +344,8 @@ export async function loadModel(files: ModelFiles, opts: LoadOptions): Promise<L
     } catch (e) {
       throw new ModelLoadError(plan.graphPath, `onnxruntime could not create a session (${(e as Error).message ?? e})`);
     }
-    const bytes = plan.graphSize + plan.data.reduce((a, d) => a + d.size, 0);
+    // the bytes really read: a server may leave Content-Length out of its HEAD answers (compressed responses)
+    const bytes = graphBytes + externalData.reduce((a, d) => a + (d.data instanceof Blob ? d.data.size : d.data.byteLength), 0);
     const c = new ComponentSession(plan.folder, s, ort, bytes, queue, summary?.halfIO ?? true);
     c.gpuOutputs = gpuOnly;
     created.push(c);
