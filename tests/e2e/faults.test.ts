@@ -36,7 +36,10 @@ describe('the GPU device is lost mid-generation (webgpu)', () => {
     await b.page.locator('[data-testid="cell"][data-state="denoising"]').first().waitFor({ timeout: 120_000 });
     expect(await b.page.evaluate(() => (window as unknown as { __engine: { simulateDeviceLoss(): Promise<boolean> } }).__engine.simulateDeviceLoss())).toBe(true);
     await expect.poll(() => b.page.getByTestId('banner').textContent(), { timeout: 30_000 }).toMatch(/GPU device was lost/);
-    await expect.poll(() => done(b.page).count(), { timeout: 200_000, interval: 500 }).toBe(2);
+    await expect.poll(() => done(b.page).count(), { timeout: 200_000, interval: 500 }).toBe(2).catch(async (e) => {
+      console.log('cells at the timeout:', JSON.stringify(await b.page.locator('[data-testid="cell"]').evaluateAll((cs) => cs.map((c) => [c.getAttribute('data-state'), c.textContent]))), 'banner:', await b.page.getByTestId('banner').textContent());
+      throw e;
+    });
     expect(await b.page.getByTestId('banner').textContent()).toMatch(/restarted and resumed/);
     expect(await b.page.getByTestId('model-label').textContent()).toMatch(/webgpu$/);
     const diffs = await compareWithNode(b.page);

@@ -30,6 +30,8 @@ const UNIFORM = 0x0040;
 const STORAGE = 0x0080;
 const MODE_READ = 0x0001;
 const WORKGROUP = 64;
+/** How long a failed GPU call waits for the browser to report a device loss. */
+const LOSS_REPORT_MS = 1000;
 
 /** v = u + g (c - u) (guided) or v = c; flag[slot] when v is not finite; else x += dt v. */
 const UPDATE_WGSL = /* wgsl */ `
@@ -126,15 +128,22 @@ export class WebGpuDenoiser implements Denoiser {
 
   /**
    * A GPU call that fails because the device went away is a device loss, so
-   * the request is replayed on a new device rather than dropped. The lost
-   * promise settles in a task the loss queued before this failure's, so one
-   * turn of the event loop is enough to tell.
+   * the request is replayed on a new device rather than dropped. The browser
+   * may report the loss after the failed call (it comes from the GPU
+   * process), so a failure waits up to a second for it before counting as
+   * the request's own.
    */
   private async onDevice<T>(op: () => Promise<T>): Promise<T> {
     try {
       return await op();
     } catch (e) {
       await yieldToEventLoop();
+      if (this.lost === null) {
+        let timer: ReturnType<typeof setTimeout> | undefined;
+        await Promise.race([this.device.lost, new Promise((r) => (timer = setTimeout(r, LOSS_REPORT_MS)))]);
+        clearTimeout(timer);
+        await yieldToEventLoop();
+      }
       if (this.lost !== null) throw new DeviceLostError(this.lost);
       throw e;
     }
