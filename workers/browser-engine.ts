@@ -69,6 +69,13 @@ let gpu: Promise<GpuInfo> | null = null;
 let device: GPUDevice | null = null;
 let memory: GpuMemory | null = null;
 
+let deviceLostReason: string | null = null;
+
+/** Why our GPU device was lost, once it has been (a request failing then is not its own fault). */
+export function gpuDeviceLost(): string | null {
+  return deviceLostReason;
+}
+
 /** The device every WebGPU session runs on; null before detectGpu() or on wasm. */
 export function gpuDevice(): GPUDevice | null {
   return device;
@@ -99,6 +106,7 @@ export function detectGpu(): Promise<GpuInfo> {
     device = await adapter.requestDevice({ requiredLimits, requiredFeatures }).catch(() => null);
     if (!device) return fallback('the adapter refused a device');
     memory = meterGpuMemory(device);
+    void device.lost.then((info) => (deviceLostReason = info.message || info.reason || 'unknown'));
     const i = adapter.info;
     return {
       backend: 'webgpu',

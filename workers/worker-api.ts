@@ -9,7 +9,7 @@ import type { Engine, LoadModelOptions } from './engine/engine.ts';
 import type { CachedModelUsage } from './engine/model/file-cache.ts';
 import { CancelledError, ModelNotLoadedError } from './engine/errors.ts';
 import { checkTransformerOnBackends, type BackendCheck } from './backend-check.ts';
-import { createBrowserEngine, gpuMemory, type GpuInfo } from './browser-engine.ts';
+import { createBrowserEngine, gpuDeviceLost, gpuMemory, type GpuInfo } from './browser-engine.ts';
 import { deviceQueue } from './engine/model/run-queue.ts';
 import { resetGpuPeak, type GpuMemory } from './gpu-memory.ts';
 import { ImageStore, type ImageQuery, type QueuedRequest, type StoredImage } from './store/image-store.ts';
@@ -188,7 +188,8 @@ export class WorkerApi {
       result = await engine.generate(req, { onProgress: transferProgress(onProgress), preview, signal, normalized: true });
     } catch (e) {
       // a cancelled or failed request leaves the queue; only unfinished work is replayed
-      if ((e as { code?: string }).code !== 'device_lost') await store.dequeue(req.id);
+      // kept for replay when the device is gone, whatever error the loss surfaced as
+      if ((e as { code?: string }).code !== 'device_lost' && gpuDeviceLost() === null) await store.dequeue(req.id);
       throw e;
     }
     await store.complete({ id: result.id, png: result.png, metadata: result.metadata });

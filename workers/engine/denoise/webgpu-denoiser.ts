@@ -31,7 +31,7 @@ const STORAGE = 0x0080;
 const MODE_READ = 0x0001;
 const WORKGROUP = 64;
 /** How long a failed GPU call waits for the browser to report a device loss. */
-const LOSS_REPORT_MS = 1000;
+const LOSS_REPORT_MS = 10_000;
 
 /** v = u + g (c - u) (guided) or v = c; flag[slot] when v is not finite; else x += dt v. */
 const UPDATE_WGSL = /* wgsl */ `
@@ -130,8 +130,9 @@ export class WebGpuDenoiser implements Denoiser {
    * A GPU call that fails because the device went away is a device loss, so
    * the request is replayed on a new device rather than dropped. The browser
    * may report the loss after the failed call (it comes from the GPU
-   * process), so a failure waits up to a second for it before counting as
-   * the request's own.
+   * process, later still on a loaded machine), so a failure waits up to ten
+   * seconds for it before counting as the request's own: on a live device a
+   * failing call is a bug, rare enough to wait for.
    */
   private async onDevice<T>(op: () => Promise<T>): Promise<T> {
     try {
