@@ -39,11 +39,7 @@ export interface EngineOptions {
   fileCache?: FileCache;
   /** What the device can hold (memory, largest buffer, features): the one memory budget for loads and requests. */
   deviceFit?: Partial<DeviceFit>;
-  /**
-   * On WebGPU, keep latents, embeddings and the update on the GPU between steps. Off by default for now: under load, a
-   * device loss during GPU-resident denoising left one of two requests unreplayed in the browser suite (not yet understood).
-   * Takes effect at the next load; LoadModelOptions.denoiseOnDevice overrides it per load.
-   */
+  /** On WebGPU, keep latents, embeddings and the update on the GPU between steps (default true; false: the host path, for comparison). Takes effect at the next load. */
   denoiseOnDevice?: boolean;
 }
 
@@ -139,7 +135,7 @@ export class Engine {
         signal,
         streamExternalData: streaming,
         webgpuDevice: this.options.webgpuDevice,
-        deviceResident: this.options.backend === 'webgpu' && this.options.webgpuDevice != null && (opts.denoiseOnDevice ?? this.options.denoiseOnDevice ?? false),
+        deviceResident: this.options.backend === 'webgpu' && this.options.webgpuDevice != null && (opts.denoiseOnDevice ?? this.options.denoiseOnDevice ?? true),
         ...opts,
         // a streamed file is never one buffer: only memory limits what loads
         fit: { ...(streaming ? { maxFileBytes: Infinity } : {}), ...this.options.deviceFit, ...opts.fit },
