@@ -23,7 +23,11 @@ export type EngineApi = Comlink.Remote<WorkerApi>;
 export interface GalleryItem {
   metadata: ImageMetadata;
   url: string;
+  png: Blob;
 }
+
+/** Gallery images per page: opening it costs the same with 10 stored images or 10,000. */
+export const GALLERY_PAGE = 48;
 
 export interface EngineClientOptions {
   /** Makes the worker (the test build adds fault injection to it). */
@@ -57,6 +61,11 @@ export class EngineClient {
   banner = $state('');
   jobs = $state<Job[]>([]);
   gallery = $state<GalleryItem[]>([]);
+  /** The gallery's prompt search, and whether older matches are left to show. */
+  galleryText = $state('');
+  galleryMore = $state(false);
+  /** Where the current batch of the grid starts (the first job sent while none ran). */
+  batchStart = $state(0);
   cached = $state<CachedModelUsage[]>([]);
   fieldErrors = $state<Record<string, string>>({});
   /** Restarts so far (crash, device loss, hang). */
@@ -214,20 +223,36 @@ export class EngineClient {
       if (!this.model || q.modelId !== this.model.id) continue;
       let job = this.jobs.find((j) => j.id === q.id);
       if (!job) {
-        job = new Job(q.id, q.request.prompt);
+        job = new Job(q.id, q.request.prompt, q.request);
         this.jobs.push(job);
       }
       this.track(job, this.api.resume(q.id, this.progressFor(job), { preview: true }));
     }
   }
 
-  submit(requests: GenerateRequest[]): void {
+  /** Sends requests; each becomes a job in the grid (the X/Y plot keeps the ones it sent). */
+  submit(requests: GenerateRequest[]): Job[] {
     this.fieldErrors = {};
-    for (const r of requests) {
-      const job = new Job(newRequestId(), r.prompt);
+    if (!this.jobs.some((j) => j.active)) this.batchStart = this.jobs.length;
+    return requests.map((r) => {
+      const job = new Job(newRequestId(), r.prompt, r);
       this.jobs.push(job);
       this.track(job, this.api.generate({ ...r, id: job.id }, this.progressFor(job), { preview: true }));
+      return job;
+    });
+  }
+
+  /** The current batch: finished jobs, jobs, and steps done over all its steps (for the tab title and the overall bar). */
+  get progress(): { finished: number; jobs: number; steps: number; totalSteps: number; active: boolean } {
+    const batch = this.jobs.slice(this.batchStart);
+    let steps = 0;
+    let totalSteps = 0;
+    for (const j of batch) {
+      const total = j.total || j.request?.steps || 1;
+      totalSteps += total;
+      steps += j.active ? Math.min(j.step, total) : total;
     }
+    return { finished: batch.filter((j) => !j.active).length, jobs: batch.length, steps, totalSteps, active: batch.some((j) => j.active) };
   }
 
   private track(job: Job, reply: Promise<GenerateReply>): void {
@@ -236,9 +261,11 @@ export class EngineClient {
         // one reply per image: its file and settings arrive together, the gallery grows by one
         const url = this.urlFor(id, png);
         job.metadata = metadata;
+        job.png = png;
         job.imageUrl = url;
         job.state = 'done';
-        if (!this.gallery.some((g) => g.metadata.id === id)) this.gallery.unshift({ metadata, url });
+        const text = this.galleryText.trim().toLowerCase();
+        if (!this.gallery.some((g) => g.metadata.id === id) && (!text || metadata.prompt.toLowerCase().includes(text))) this.gallery.unshift({ metadata, url, png });
       })
       .catch((e) => {
         const err = describeError(e);
@@ -272,18 +299,47 @@ export class EngineClient {
     return url;
   }
 
-  /** The stored images, newest first (once at start: later ones arrive with their replies). */
+  /** The first page of stored images matching the search, newest first (later ones arrive with their replies). */
   async refreshGallery(): Promise<void> {
-    const list = await this.api.listImages({ limit: 200 });
-    this.gallery = await Promise.all(list.map(async (metadata) => ({ metadata, url: this.urls.get(metadata.id) ?? this.urlFor(metadata.id, (await this.api.getImage(metadata.id)).png) })));
+    await this.searchGallery(this.galleryText);
+  }
+
+  private searches = 0;
+
+  /** Filters the gallery by prompt; a later search wins over an earlier one still answering. */
+  async searchGallery(text: string): Promise<void> {
+    this.galleryText = text;
+    const n = ++this.searches;
+    const page = await this.api.galleryPage({ limit: GALLERY_PAGE, text });
+    if (n !== this.searches) return;
+    this.gallery = page.items.map(({ id, png, metadata }) => ({ metadata, png, url: this.urlFor(id, png) }));
+    this.galleryMore = page.more;
+  }
+
+  /** The next page, after the oldest image shown. */
+  async moreGallery(): Promise<void> {
+    const last = this.gallery.at(-1);
+    if (!last) return this.refreshGallery();
+    const page = await this.api.galleryPage({ limit: GALLERY_PAGE, text: this.galleryText, after: { createdAt: last.metadata.createdAt, id: last.metadata.id } });
+    this.gallery = [...this.gallery, ...page.items.filter((i) => !this.gallery.some((g) => g.metadata.id === i.id)).map(({ id, png, metadata }) => ({ metadata, png, url: this.urlFor(id, png) }))];
+    this.galleryMore = page.more;
   }
 
   async remove(id: string): Promise<void> {
-    await this.api.deleteImage(id);
-    const url = this.urls.get(id);
-    if (url) URL.revokeObjectURL(url);
-    this.urls.delete(id);
-    this.gallery = this.gallery.filter((g) => g.metadata.id !== id);
+    await this.removeMany([id]);
+  }
+
+  /** Deletes stored images; the page refills from older ones. */
+  async removeMany(ids: string[]): Promise<void> {
+    for (const id of ids) {
+      await this.api.deleteImage(id);
+      const url = this.urls.get(id);
+      if (url) URL.revokeObjectURL(url);
+      this.urls.delete(id);
+    }
+    const gone = new Set(ids);
+    this.gallery = this.gallery.filter((g) => !gone.has(g.metadata.id));
+    for (const j of this.jobs) if (gone.has(j.id)) j.deleted = true;
   }
 
   reproduce(m: ImageMetadata): void {

@@ -27,6 +27,14 @@ export interface ImageQuery {
   /** Case-insensitive substring of the prompt. */
   text?: string;
   modelId?: string;
+  /** Only images after this one in newest-first order (the last image of the previous page). */
+  after?: { createdAt: string; id: string };
+}
+
+/** One page of the gallery: images with their PNGs, newest first, and whether older ones match too. */
+export interface ImagePage {
+  items: StoredImage[];
+  more: boolean;
 }
 
 interface Schema extends DBSchema {
@@ -93,16 +101,31 @@ export class ImageStore {
   }
 
   async list(query: ImageQuery = {}): Promise<ImageMetadata[]> {
+    return (await this.page(query)).items.map((i) => i.metadata);
+  }
+
+  /** Newest first, filtered by prompt text and model, walking the time index only as far as the page needs. */
+  async page(query: ImageQuery = {}): Promise<ImagePage> {
     const limit = query.limit ?? 100;
-    const text = query.text?.toLowerCase();
-    const out: ImageMetadata[] = [];
-    let cursor = await this.db.transaction('images').store.index('createdAt').openCursor(null, 'prev');
-    while (cursor && out.length < limit) {
-      const m = cursor.value.metadata;
-      if ((!text || m.prompt.toLowerCase().includes(text)) && (!query.modelId || m.modelId === query.modelId)) out.push(m);
+    const text = query.text?.trim().toLowerCase();
+    const items: StoredImage[] = [];
+    const after = query.after;
+    // images of one millisecond share a key; within it the index walks ids downwards
+    const range = after ? IDBKeyRange.upperBound(after.createdAt) : null;
+    let cursor = await this.db.transaction('images').store.index('createdAt').openCursor(range, 'prev');
+    while (cursor) {
+      const { id, png, metadata: m } = cursor.value;
+      if (after && cursor.key === after.createdAt && id >= after.id) {
+        cursor = await cursor.continue();
+        continue;
+      }
+      if ((!text || m.prompt.toLowerCase().includes(text)) && (!query.modelId || m.modelId === query.modelId)) {
+        if (items.length === limit) return { items, more: true };
+        items.push({ id, png, metadata: m });
+      }
       cursor = await cursor.continue();
     }
-    return out;
+    return { items, more: false };
   }
 
   async delete(id: string): Promise<void> {
