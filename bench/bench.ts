@@ -128,6 +128,11 @@ async function main() {
     writeResults(OUT, 'client', figures);
     return;
   }
+  if (process.argv.includes('--gallery')) {
+    const { galleryBench } = await import('./gallery.ts');
+    await galleryBench(OUT);
+    return;
+  }
   if (process.argv.includes('--webgpu')) {
     const { webgpuBench } = await import('./webgpu.ts');
     await webgpuBench(OUT, process.argv.includes('--quick'));
@@ -240,8 +245,8 @@ async function main() {
   const soakFigures = await soak();
   console.table([soakFigures]);
   // figures of the other runs (--scale, --client, --webgpu) stay
-  const { scale, client, webgpu } = readResults(OUT);
-  const kept = { ...(scale ? { scale } : {}), ...(client ? { client } : {}), ...(webgpu ? { webgpu } : {}) };
+  const { scale, client, webgpu, gallery } = readResults(OUT);
+  const kept = { ...(scale ? { scale } : {}), ...(client ? { client } : {}), ...(webgpu ? { webgpu } : {}), ...(gallery ? { gallery } : {}) };
   writeFileSync(OUT, `${JSON.stringify({ date: new Date().toISOString(), machine: { cpus: (await import('node:os')).cpus().length, node: process.version }, backend: 'wasm', model: 'tiny-sd3', steps: STEPS, longSteps: LONG_STEPS, maxBatch: MAX_BATCH, overhead, rows, targets, soak: soakFigures, ...kept }, null, 2)}\n`);
   console.log(`wrote ${OUT}`);
 }

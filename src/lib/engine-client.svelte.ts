@@ -16,6 +16,7 @@ import type { LoadModelOptions } from '../../workers/engine/engine.ts';
 import type { CachedModelUsage } from '../../workers/engine/model/file-cache.ts';
 import type { Beat, GenerateReply, WorkerApi, WorkerStatus } from '../../workers/worker-api.ts';
 import { describeError } from './format.ts';
+import { GALLERY_PAGE } from '../../workers/store/image-store.ts';
 import { Job, newRequestId } from './jobs.svelte.ts';
 
 export type EngineApi = Comlink.Remote<WorkerApi>;
@@ -26,8 +27,6 @@ export interface GalleryItem {
   png: Blob;
 }
 
-/** Gallery images per page: opening it costs the same with 10 stored images or 10,000. */
-export const GALLERY_PAGE = 48;
 
 export interface EngineClientOptions {
   /** Makes the worker (the test build adds fault injection to it). */
@@ -127,8 +126,8 @@ export class EngineClient {
       this.banner = describeError(e).message;
       return;
     }
-    await this.load(this.source, this.loadOptions);
-    await this.refreshGallery();
+    // the gallery and the downloaded models show at once, while the model loads
+    await Promise.all([this.load(this.source, this.loadOptions), this.refreshGallery(), this.refreshCache()]);
     await this.resumePending();
   }
 

@@ -91,7 +91,7 @@ describe('privacy and security in the page', () => {
   });
 
   it('"Delete all data" wipes images, queue and downloaded models, for good', async () => {
-    expect(await b.page.getByTestId('cached-model').count()).toBe(1);
+    await expect.poll(() => b.page.getByTestId('cached-model').count()).toBe(1);
     b.page.once('dialog', (d) => void d.accept());
     await b.page.getByTestId('delete-all').click();
     await expect.poll(() => b.page.getByTestId('gallery-item').count()).toBe(0);
