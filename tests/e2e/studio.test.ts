@@ -91,7 +91,7 @@ describe('the studio in the page', () => {
     expect(JSON.parse(pngTextChunks(file.bytes).get('sd3-webgpu')!)).toMatchObject({ id, seed: 901, steps: 40, prompt: 'studio two' });
   });
 
-  it('a dropped PNG with an A1111 `parameters` chunk fills the form and names what it could not use', async () => {
+  it('a dropped PNG with an A1111 `parameters` chunk fills the form and names what it could not use; a pasted one of ours fills it exactly', async () => {
     const text = 'a castle on a hill\nNegative prompt: people, cars\nSteps: 12, Sampler: DPM++ 2M Karras, CFG scale: 6.5, Seed: 424242, Size: 96x64, Model hash: abc123, Model: sd3_medium';
     const pixels = encodePng({ width: 4, height: 4, data: new Uint8Array(64).fill(90), channels: 4, depth: 8 });
     const chunks = extractChunks(pixels);
@@ -104,10 +104,20 @@ describe('the studio in the page', () => {
     await b.page.getByTestId('form-notice').filter({ hasText: 'from-a1111.png' }).waitFor();
     expect([await value('prompts'), await value('negative'), await value('seed'), await value('steps'), await value('guidance'), await value('width'), await value('height')]).toEqual(['a castle on a hill', 'people, cars', '424242', '12', '6.5', '96', '64']);
     expect(await b.page.getByTestId('form-unused').locator('li').allTextContents()).toEqual(['Sampler: DPM++ 2M Karras (this app samples with Euler (flow match))', 'Model hash: abc123', 'Model: sd3_medium (the loaded model is ' + (await storedImages(b.page))[0].modelId + ')']);
+    // one of our own PNGs, pasted: its JSON chunk gives the exact settings
+    const [ours] = await storedImages(b.page);
+    await b.page.evaluate((bytes) => {
+      const dt = new DataTransfer();
+      dt.items.add(new File([Uint8Array.from(bytes)], 'ours.png', { type: 'image/png' }));
+      document.body.dispatchEvent(new ClipboardEvent('paste', { clipboardData: dt, bubbles: true, cancelable: true }));
+    }, ours.png);
+    await b.page.getByTestId('form-notice').filter({ hasText: 'ours.png (its sd3-webgpu settings)' }).waitFor();
+    expect([await value('prompts'), await value('negative'), await value('seed'), await value('steps'), await value('guidance')]).toEqual([ours.prompt, ours.negativePrompt, String(ours.seed), String(ours.steps), String(ours.guidance)]);
+    expect(await b.page.getByTestId('form-unused').count()).toBe(0);
     // a PNG without settings: a clear message, the form as it was
     await b.page.getByTestId('png-file').setInputFiles({ name: 'plain.png', mimeType: 'image/png', buffer: Buffer.from(pixels) });
     await b.page.getByTestId('form-notice').filter({ hasText: 'plain.png carries no generation settings' }).waitFor();
-    expect(await value('prompts')).toBe('a castle on a hill');
+    expect(await value('prompts')).toBe(ours.prompt);
   });
 
   it('the viewer opens on a click, moves with the arrows, closes with Esc and gives focus back', async () => {

@@ -5,6 +5,7 @@
 import { describe, expect, it } from 'vitest';
 import type { GenerateResult } from '../../workers/engine/api/types.ts';
 import { DeviceLostError, InferenceError } from '../../workers/engine/errors.ts';
+import { inlinePngEncoder } from '../../workers/engine/interleaver/interleaver.ts';
 import type { Feeds } from '../../workers/engine/model/component-session.ts';
 import { loadTinyEngine, maxPixelDiff, newTinyEngine } from '../helpers/tiny-engine.ts';
 
@@ -105,10 +106,10 @@ describe('faults', () => {
   it('a PNG encode that fails ends its own request, naming it; the others finish', async () => {
     let encodes = 0;
     const engine = await newTinyEngine({
-      encodePng: async (rgba, width) => {
+      encodePng: async (rgba, width, height) => {
         encodes++;
         if (width === 96) throw new Error('encoder out of memory'); // r2 alone is 96 px wide
-        return new Blob([rgba as Uint8ClampedArray<ArrayBuffer>], { type: 'image/png' });
+        return inlinePngEncoder(rgba, width, height);
       },
     });
     await oneFails(engine, (r) => engine.generate(r.id === 'r2' ? { ...r, width: 96 } : r), /encoding its PNG failed \(encoder out of memory\)/);
