@@ -2,18 +2,10 @@
 // pasted PNG, the viewer's "Use these settings" and the X/Y plot all fill or
 // read the same fields.
 import type { GenerateRequest, ModelInfo } from '../../workers/engine/api/types.ts';
-import type { ReadSettings } from '../../workers/engine/png/settings-chunks.ts';
+import type { ReadSettings, SettingsSource } from '../../workers/engine/png/settings-chunks.ts';
 
-/** The settings one image was made with (stored metadata has these fields). */
-export interface ImageSettings {
-  prompt: string;
-  negativePrompt: string;
-  seed: number;
-  steps: number;
-  guidance: number;
-  width: number;
-  height: number;
-}
+/** The settings one image was made with, as its metadata holds them. */
+export type ImageSettings = Omit<SettingsSource, 'modelId'>;
 
 /** An emptied number field is sent as NaN, so the engine names the field. */
 const num = (v: number | null | undefined) => (v === null || v === undefined ? NaN : v);

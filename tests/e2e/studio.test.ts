@@ -236,6 +236,41 @@ describe('the studio in the page', () => {
     await b.page.setViewportSize({ width: 1280, height: 900 });
   });
 
+  it('the gallery opens on one page of 48 and shows older ones on request, none twice, even when many share a millisecond', async () => {
+    const total = await b.page.evaluate(async () => {
+      const db = await new Promise<IDBDatabase>((ok, fail) => {
+        const r = indexedDB.open('sd3-webgpu');
+        r.onsuccess = () => ok(r.result);
+        r.onerror = () => fail(r.error);
+      });
+      const all = await new Promise<{ png: Blob; metadata: Record<string, unknown> }[]>((ok) => {
+        const q = db.transaction('images').objectStore('images').getAll();
+        q.onsuccess = () => ok(q.result);
+      });
+      const tx = db.transaction('images', 'readwrite');
+      const createdAt = new Date(Date.UTC(2020, 0, 1)).toISOString(); // older than the rest, all in one millisecond
+      for (let i = 0; i < 60; i++) {
+        const id = `old-${String(i).padStart(2, '0')}`;
+        tx.objectStore('images').put({ id, png: all[0].png, createdAt, metadata: { ...all[0].metadata, id, createdAt, prompt: `old ${i}` } });
+      }
+      await new Promise((ok) => (tx.oncomplete = ok));
+      db.close();
+      return all.length + 60;
+    });
+    await b.page.reload();
+    await expect.poll(() => b.page.getByTestId('gallery-item').count()).toBe(48);
+    while (await b.page.getByTestId('gallery-more').count()) {
+      const n = await b.page.getByTestId('gallery-item').count();
+      await b.page.getByTestId('gallery-more').click();
+      await expect.poll(() => b.page.getByTestId('gallery-item').count()).toBeGreaterThan(n);
+    }
+    const ids = await b.page.getByTestId('gallery-item').evaluateAll((els) => els.map((e) => (e as HTMLElement).dataset.id!));
+    expect(ids).toHaveLength(total);
+    expect(new Set(ids).size).toBe(total);
+    // newest first: the 60 old ones last
+    expect(ids.slice(-60).every((id) => id.startsWith('old-'))).toBe(true);
+  });
+
   it('axe-core finds no serious or critical violation in the main view, light or dark', async () => {
     expect(await axe(b.page)).toEqual([]);
     await b.page.emulateMedia({ colorScheme: 'dark' });

@@ -8,6 +8,7 @@ import extractChunks from 'png-chunks-extract';
 import encodeChunks from 'png-chunks-encode';
 import * as tEXt from 'png-chunk-text';
 import { unzlibSync } from 'fflate';
+import type { ImageMetadata } from '../api/types.ts';
 
 /** The keyword of our JSON chunk (iTXt: UTF-8). */
 export const JSON_KEYWORD = 'sd3-webgpu';
@@ -39,16 +40,7 @@ export interface ReadSettings {
 }
 
 /** The settings of one image, as the engine records them. */
-export interface SettingsSource {
-  prompt: string;
-  negativePrompt: string;
-  seed: number;
-  steps: number;
-  guidance: number;
-  width: number;
-  height: number;
-  modelId: string;
-}
+export type SettingsSource = Pick<ImageMetadata, 'prompt' | 'negativePrompt' | 'seed' | 'steps' | 'guidance' | 'width' | 'height' | 'modelId'>;
 
 /** A1111 quotes a value that holds a comma, a colon or a line break (as JSON). */
 const quote = (v: string) => (/[,:\n]/.test(v) ? JSON.stringify(v) : v);
