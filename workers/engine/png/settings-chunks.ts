@@ -8,7 +8,7 @@ import extractChunks from 'png-chunks-extract';
 import encodeChunks from 'png-chunks-encode';
 import * as tEXt from 'png-chunk-text';
 import { unzlibSync } from 'fflate';
-import type { ImageMetadata } from '../api/types.ts';
+import type { GenerateRequest, ImageMetadata } from '../api/types.ts';
 
 /** The keyword of our JSON chunk (iTXt: UTF-8). */
 export const JSON_KEYWORD = 'sd3-webgpu';
@@ -16,18 +16,8 @@ export const JSON_KEYWORD = 'sd3-webgpu';
 export const PARAMETERS_KEYWORD = 'parameters';
 export const SAMPLER_NAME = 'Euler (flow match)';
 
-/** What a PNG's settings can fill in the form. */
-export interface PngSettings {
-  prompt?: string;
-  negativePrompt?: string;
-  seed?: number;
-  steps?: number;
-  guidance?: number;
-  width?: number;
-  height?: number;
-  /** The model the image was made with, as its tool names it. */
-  model?: string;
-}
+/** What a PNG's settings can fill in the form, and the model the image was made with, as its tool names it. */
+export type PngSettings = Partial<Omit<GenerateRequest, 'id'>> & { model?: string };
 
 export interface ReadSettings {
   /** Which chunk the settings came from; null when the PNG carries none. */
