@@ -105,6 +105,7 @@ export interface XYPlan {
 
 /** Every cell's request: the form's settings, then the X value, then the Y value. */
 export function planXY(base: Omit<GenerateRequest, 'prompt'> & { prompt: string }, x: { kind: AxisKind; values: AxisValue[] } | null, y: { kind: AxisKind; values: AxisValue[] } | null): XYPlan {
+  if (x && y && x.kind === y.kind) throw new AxisError('y', `X and Y are both ${label(x.kind)}; choose two different axes`);
   const xs = x?.values ?? [{ label: '', apply: () => undefined }];
   const ys = y?.values ?? [{ label: '', apply: () => undefined }];
   if (xs.length * ys.length > MAX_CELLS) throw new AxisError(x ? 'x' : 'y', `${xs.length} × ${ys.length} = ${xs.length * ys.length} cells; at most ${MAX_CELLS} in one plot`);

@@ -52,7 +52,8 @@ describe('X/Y plot', () => {
     expect(plan.cells.every((c) => c.request.prompt === 'p' && c.request.steps === 4)).toBe(true);
     expect(plan.y).toEqual({ kind: 'seed', title: 'Seed', values: ['100', '101', '102'] });
     const big = { kind: 'steps' as const, values: parseAxis('x', 'steps', '1-9', ctx) };
-    expect(() => planXY({ prompt: 'p' }, big, big)).toThrow(`9 × 9 = 81 cells; at most ${MAX_CELLS} in one plot`);
+    expect(() => planXY({ prompt: 'p' }, big, { kind: 'guidance', values: parseAxis('y', 'guidance', '1-9', ctx) })).toThrow(`9 × 9 = 81 cells; at most ${MAX_CELLS} in one plot`);
+    expect(() => planXY({ prompt: 'p' }, big, big)).toThrow('X and Y are both Steps; choose two different axes');
   });
 
   it('sheet: small images drawn at 2× or more, large ones at 1×', () => {
