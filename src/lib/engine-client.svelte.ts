@@ -16,7 +16,7 @@ import type { LoadModelOptions } from '../../workers/engine/engine.ts';
 import type { CachedModelUsage } from '../../workers/engine/model/file-cache.ts';
 import type { Beat, GenerateReply, WorkerApi, WorkerStatus } from '../../workers/worker-api.ts';
 import { describeError } from './format.ts';
-import { GALLERY_PAGE } from '../../workers/store/image-store.ts';
+import { GALLERY_PAGE, matchesQuery, type StoredImage } from '../../workers/store/image-store.ts';
 import { Job, newRequestId } from './jobs.svelte.ts';
 
 export type EngineApi = Comlink.Remote<WorkerApi>;
@@ -263,8 +263,7 @@ export class EngineClient {
         job.png = png;
         job.imageUrl = url;
         job.state = 'done';
-        const text = this.galleryText.trim().toLowerCase();
-        if (!this.gallery.some((g) => g.metadata.id === id) && (!text || metadata.prompt.toLowerCase().includes(text))) this.gallery.unshift({ metadata, url, png });
+        if (!this.gallery.some((g) => g.metadata.id === id) && matchesQuery(metadata, { text: this.galleryText })) this.gallery.unshift({ metadata, url, png });
       })
       .catch((e) => {
         const err = describeError(e);
@@ -311,7 +310,7 @@ export class EngineClient {
     const n = ++this.searches;
     const page = await this.api.galleryPage({ limit: GALLERY_PAGE, text });
     if (n !== this.searches) return;
-    this.gallery = page.items.map(({ id, png, metadata }) => ({ metadata, png, url: this.urlFor(id, png) }));
+    this.gallery = page.items.map((i) => this.galleryItem(i));
     this.galleryMore = page.more;
   }
 
@@ -320,8 +319,13 @@ export class EngineClient {
     const last = this.gallery.at(-1);
     if (!last) return this.refreshGallery();
     const page = await this.api.galleryPage({ limit: GALLERY_PAGE, text: this.galleryText, after: { createdAt: last.metadata.createdAt, id: last.metadata.id } });
-    this.gallery = [...this.gallery, ...page.items.filter((i) => !this.gallery.some((g) => g.metadata.id === i.id)).map(({ id, png, metadata }) => ({ metadata, png, url: this.urlFor(id, png) }))];
+    const shown = new Set(this.gallery.map((g) => g.metadata.id));
+    this.gallery = [...this.gallery, ...page.items.filter((i) => !shown.has(i.id)).map((i) => this.galleryItem(i))];
     this.galleryMore = page.more;
+  }
+
+  private galleryItem({ id, png, metadata }: StoredImage): GalleryItem {
+    return { metadata, png, url: this.urlFor(id, png) };
   }
 
   async remove(id: string): Promise<void> {

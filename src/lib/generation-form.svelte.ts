@@ -86,19 +86,10 @@ export class GenerationForm {
 
   /** One request per prompt line and image; with a seed, image k gets seed + k. */
   requests(): GenerateRequest[] {
+    const { prompts, seed, ...rest } = this.base();
     const requests: GenerateRequest[] = [];
-    for (const prompt of this.lines()) {
-      for (let k = 0; k < Math.max(1, this.count); k++) {
-        requests.push({
-          prompt,
-          negativePrompt: this.negativePrompt,
-          ...(this.seed === null ? {} : { seed: num(this.seed) + requests.length }),
-          steps: num(this.steps),
-          guidance: num(this.guidance),
-          width: num(this.width),
-          height: num(this.height),
-        });
-      }
+    for (const prompt of prompts) {
+      for (let k = 0; k < Math.max(1, this.count); k++) requests.push({ prompt, ...rest, ...(seed === undefined ? {} : { seed: seed + requests.length }) });
     }
     return requests;
   }

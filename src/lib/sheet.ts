@@ -2,7 +2,7 @@
 // image, and the plot's settings in its chunks (A1111's X/Y plot fields, and
 // every cell's metadata as JSON).
 import type { ImageMetadata } from '../../workers/engine/api/types.ts';
-import { a1111Parameters, withSettingsChunks } from '../../workers/engine/png/settings-chunks.ts';
+import { a1111Parameters, pngBlobWithSettings } from '../../workers/engine/png/settings-chunks.ts';
 import { sheetLayout, type XYPlan } from './xy-plot.ts';
 
 export async function renderSheet(plan: XYPlan, cells: { png: Blob; metadata: ImageMetadata }[]): Promise<Blob> {
@@ -34,11 +34,10 @@ export async function renderSheet(plan: XYPlan, cells: { png: Blob; metadata: Im
     ctx.drawImage(bmp, L.left + col * L.cellW + (L.cellW - dw) / 2, L.top + row * L.cellH + (L.cellH - dh) / 2, dw, dh);
     bmp.close();
   }
-  const png = new Uint8Array(await (await canvas.convertToBlob({ type: 'image/png' })).arrayBuffer());
   const first = cells[0].metadata;
   const extra: Record<string, string> = { Script: 'X/Y plot' };
   if (plan.x) Object.assign(extra, { 'X Type': plan.x.title, 'X Values': plan.x.values.join(', ') });
   if (plan.y) Object.assign(extra, { 'Y Type': plan.y.title, 'Y Values': plan.y.values.join(', ') });
   const json = { xyPlot: { x: plan.x, y: plan.y, columns: plan.columns, rows: plan.rows }, cells: cells.map((c) => c.metadata) };
-  return new Blob([withSettingsChunks(png, a1111Parameters(first, extra), json) as Uint8Array<ArrayBuffer>], { type: 'image/png' });
+  return pngBlobWithSettings(await canvas.convertToBlob({ type: 'image/png' }), a1111Parameters(first, extra), json);
 }

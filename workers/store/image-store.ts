@@ -47,6 +47,12 @@ export const DB_NAME = 'sd3-webgpu';
 /** Gallery images per page: opening it costs the same with 10 stored images or 10,000. */
 export const GALLERY_PAGE = 48;
 
+/** Whether an image belongs in a query's results: its prompt holds the text (any case), and its model is the one asked. */
+export function matchesQuery(m: ImageMetadata, query: Pick<ImageQuery, 'text' | 'modelId'>): boolean {
+  const text = query.text?.trim().toLowerCase();
+  return (!text || m.prompt.toLowerCase().includes(text)) && (!query.modelId || m.modelId === query.modelId);
+}
+
 /** Storage is full or refused a write; what was stored before is intact. */
 export class StorageError extends EngineError {
   constructor(reason: string) {
@@ -110,7 +116,6 @@ export class ImageStore {
   /** Newest first, filtered by prompt text and model, walking the time index only as far as the page needs. */
   async page(query: ImageQuery = {}): Promise<ImagePage> {
     const limit = query.limit ?? 100;
-    const text = query.text?.trim().toLowerCase();
     const items: StoredImage[] = [];
     const after = query.after;
     // images of one millisecond share a key; within it the index walks ids downwards
@@ -122,7 +127,7 @@ export class ImageStore {
         cursor = await cursor.continue();
         continue;
       }
-      if ((!text || m.prompt.toLowerCase().includes(text)) && (!query.modelId || m.modelId === query.modelId)) {
+      if (matchesQuery(m, query)) {
         if (items.length === limit) return { items, more: true };
         items.push({ id, png, metadata: m });
       }

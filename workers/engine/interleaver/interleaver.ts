@@ -26,7 +26,7 @@ import { decodeTiled, latentPreview, rgbaToPng } from '../sd3/decode.ts';
 import { encodePrompts } from '../sd3/encode-prompt.ts';
 import { HostDenoiser, type Denoiser } from '../denoise/denoiser.ts';
 import type { RequestScope } from './request-scope.ts';
-import { a1111Parameters, withSettingsChunks } from '../png/settings-chunks.ts';
+import { a1111Parameters, pngBlobWithSettings } from '../png/settings-chunks.ts';
 
 /** RGBA to a PNG file. Hosts bring one that does not block the step loop (a canvas in the worker, zlib's thread pool in Node). */
 export type PngEncoder = (rgba: Uint8ClampedArray, width: number, height: number) => Promise<Blob>;
@@ -405,7 +405,8 @@ export class Interleaver {
     const { width, height } = s.request;
     let png: Blob;
     try {
-      png = await withSettings(await (this.options.encodePng ?? inlinePngEncoder)(rgba, width, height), metadata);
+      // the image's settings go inside its PNG: A1111's `parameters` and our metadata as JSON
+      png = await pngBlobWithSettings(await (this.options.encodePng ?? inlinePngEncoder)(rgba, width, height), a1111Parameters(metadata), metadata);
     } catch (e) {
       this.finish(s, new InferenceError(`request ${s.id}: encoding its PNG failed (${(e as Error).message ?? e}); the request was stopped, others carry on`));
       return;
@@ -413,12 +414,6 @@ export class Interleaver {
     this.emit(s, { status: 'complete', requestId: s.id, loaded: s.scheduler.totalSteps, total: s.scheduler.totalSteps, progress: 100, elapsedMs: now() - s.times.submitted });
     this.finish(s, { id: s.id, width, height, rgba, png, metadata });
   }
-}
-
-/** The image's settings written into its PNG: A1111's `parameters` and our metadata as JSON. */
-async function withSettings(png: Blob, metadata: ImageMetadata): Promise<Blob> {
-  const bytes = withSettingsChunks(new Uint8Array(await png.arrayBuffer()), a1111Parameters(metadata), metadata);
-  return new Blob([bytes as Uint8Array<ArrayBuffer>], { type: 'image/png' });
 }
 
 /**

@@ -184,6 +184,12 @@ export function withSettingsChunks(png: Uint8Array, parameters: string, json: un
   return encodeChunks([keep[0], ...text, ...keep.slice(1)]);
 }
 
+/** The same, for a PNG Blob (what encoders and canvases hand back). */
+export async function pngBlobWithSettings(png: Blob, parameters: string, json: unknown): Promise<Blob> {
+  const bytes = withSettingsChunks(new Uint8Array(await png.arrayBuffer()), parameters, json);
+  return new Blob([bytes as Uint8Array<ArrayBuffer>], { type: 'image/png' });
+}
+
 /** Settings from a PNG: our JSON chunk when present (exact), else an A1111 `parameters` chunk. */
 export function readPngSettings(png: Uint8Array): ReadSettings {
   const chunks = pngTextChunks(png);
