@@ -1,0 +1,313 @@
+// npm run serve: the seed's HTTP API (diffusers' examples/server-async) over the
+// engine, driven by real HTTP clients (fetch and node:http) against a real
+// server on 127.0.0.1, with the tiny model.
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { createHash } from 'node:crypto';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { request as httpRequest, type IncomingMessage } from 'node:http';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { decode as decodePng } from 'fast-png';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { Engine } from '../../workers/engine/engine.ts';
+import { readPngSettings } from '../../workers/engine/png/settings-chunks.ts';
+import { createServerEngine } from '../../server/node-backend.ts';
+import { SeedServer, type InferenceEnd } from '../../server/seed-server.ts';
+import { maxPixelDiff, newTinyEngine, TINY_MODEL_DIR } from '../helpers/tiny-engine.ts';
+
+const ROOT = fileURLToPath(new URL('../../', import.meta.url));
+const INFERENCE = '/api/diffusers/inference';
+
+/** A raw request with node:http: any path, any Host header, a body sent as is. */
+function raw(port: number, method: string, path: string, body?: string, headers: Record<string, string> = {}): Promise<{ status: number; body: string; headers: IncomingMessage['headers'] }> {
+  return new Promise((resolve, reject) => {
+    const req = httpRequest({ host: '127.0.0.1', port, method, path, headers: { 'Content-Type': 'application/json', ...headers } }, (res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (c: Buffer) => chunks.push(c));
+      res.on('end', () => resolve({ status: res.statusCode!, body: Buffer.concat(chunks).toString('utf8'), headers: res.headers }));
+    });
+    req.on('error', reject);
+    req.end(body);
+  });
+}
+
+/** The inference-end event of one request id. */
+function endOf(server: SeedServer, id: () => string | undefined): Promise<InferenceEnd> {
+  return new Promise((resolve) => {
+    const on = (e: InferenceEnd) => {
+      if (e.id === id()) {
+        server.off('inference-end', on);
+        resolve(e);
+      }
+    };
+    server.on('inference-end', on);
+  });
+}
+
+/** Resolves with the id of the next inference once its first step has run. */
+function firstStep(server: SeedServer): Promise<string> {
+  return new Promise((resolve) => {
+    const on = ({ id, event }: { id: string; event: { status: string } }) => {
+      if (event.status === 'step') {
+        server.off('progress', on);
+        resolve(id);
+      }
+    };
+    server.on('progress', on);
+  });
+}
+
+describe('npm run serve: the seed’s API', () => {
+  let engine: Engine;
+  let server: SeedServer;
+  let dir: string;
+  let port: number;
+  let base: string;
+  const post = (body: unknown) => fetch(`${base}${INFERENCE}`, { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(body) });
+
+  beforeAll(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'sd3-serve-'));
+    engine = await newTinyEngine({ maxActive: 16 });
+    server = new SeedServer({ engine, modelName: TINY_MODEL_DIR, imagesDir: join(dir, 'images') });
+    port = (await server.listen(0, '127.0.0.1')).port;
+    base = `http://127.0.0.1:${port}`;
+  });
+  afterAll(async () => {
+    await server.stop(0);
+    await engine.unload();
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  it('answers the seed’s test.py: welcome, one image at an absolute URL, a PNG with its settings', async () => {
+    const root = await fetch(`${base}/`);
+    expect(root.status).toBe(200);
+    expect(await root.json()).toEqual({ message: 'Welcome to the Diffusers Server' });
+    // test.py's payload, plus the seed's nullable fields and a field it does not know
+    const r = await post({ prompt: 'The T-800 Terminator Robot Returning From The Future, Anime Style', num_inference_steps: 30, num_images_per_prompt: 1, model: null, negative_prompt: null, style: 'ignored' });
+    expect(r.status).toBe(200);
+    const { response } = (await r.json()) as { response: string[] };
+    expect(response).toHaveLength(1);
+    expect(response[0]).toMatch(new RegExp(`^http://127\\.0\\.0\\.1:${port}/images/img[0-9a-f]{8}\\.png$`));
+    const img = await fetch(response[0]); // test.py: absolute URLs as they are
+    expect(img.status).toBe(200);
+    expect(img.headers.get('content-type')).toBe('image/png');
+    const bytes = new Uint8Array(await img.arrayBuffer());
+    expect(decodePng(bytes)).toMatchObject({ width: 64, height: 64 });
+    const { source, settings } = readPngSettings(bytes);
+    expect(source).toBe('sd3-webgpu');
+    expect(settings).toMatchObject({ prompt: 'The T-800 Terminator Robot Returning From The Future, Anime Style', steps: 30, guidance: 4.5, width: 64, height: 64, model: 'tiny-sd3' });
+    // CORS from any origin, as the seed's middleware
+    const cors = await fetch(`${base}/api/status`, { headers: { Origin: 'http://elsewhere.example' } });
+    expect(cors.headers.get('access-control-allow-origin')).toBe('http://elsewhere.example');
+  });
+
+  it('builds image URLs from the request’s Host, not the bind address', async () => {
+    const r = await raw(port, 'POST', INFERENCE, JSON.stringify({ prompt: 'hosted', num_inference_steps: 1 }), { Host: 'sd3.example:9000' });
+    expect(r.status).toBe(200);
+    expect(JSON.parse(r.body).response[0]).toMatch(/^http:\/\/sd3\.example:9000\/images\/img[0-9a-f]{8}\.png$/);
+  });
+
+  it('serves 8 parallel requests of 2 images each through one interleaver: 16 distinct PNGs, each with its own seed', async () => {
+    const before = engine.status();
+    const replies = await Promise.all(Array.from({ length: 8 }, (_, i) => post({ prompt: `parallel ${i}`, num_inference_steps: 3, num_images_per_prompt: 2 })));
+    expect(replies.map((r) => r.status)).toEqual(Array(8).fill(200));
+    const urls = (await Promise.all(replies.map(async (r) => ((await r.json()) as { response: string[] }).response))).flat();
+    expect(new Set(urls).size).toBe(16);
+    const pngs = await Promise.all(urls.map(async (u) => new Uint8Array(await (await fetch(u)).arrayBuffer())));
+    expect(new Set(pngs.map((b) => createHash('sha256').update(b).digest('hex'))).size).toBe(16);
+    const settings = pngs.map((b) => readPngSettings(b).settings);
+    expect(new Set(settings.map((s) => s.seed)).size).toBe(16);
+    expect(settings.filter((s) => s.prompt === 'parallel 5')).toHaveLength(2);
+    const after = engine.status();
+    expect(after.requestsServed - before.requestsServed).toBe(16);
+    // rows of different requests shared transformer runs (2 rows: one guided request alone)
+    expect(after.maxRowsPerRun).toBeGreaterThan(2);
+  });
+
+  it('takes our extra fields: a chosen seed gives image i seed + i, the engine’s own image for it', async () => {
+    const r = await post({ prompt: 'seeded', num_inference_steps: 2, num_images_per_prompt: 2, seed: 7, guidance_scale: 3, width: 96, height: 48 });
+    expect(r.status).toBe(200);
+    const { response } = (await r.json()) as { response: string[] };
+    const pngs = await Promise.all(response.map(async (u) => new Uint8Array(await (await fetch(u)).arrayBuffer())));
+    expect(pngs.map((b) => readPngSettings(b).settings)).toMatchObject([
+      { seed: 7, guidance: 3, width: 96, height: 48, steps: 2 },
+      { seed: 8, guidance: 3, width: 96, height: 48, steps: 2 },
+    ]);
+    const direct = await engine.generate({ prompt: 'seeded', seed: 8, steps: 2, guidance: 3, width: 96, height: 48 });
+    expect(maxPixelDiff(Uint8ClampedArray.from(decodePng(pngs[1]).data), direct.rgba)).toBe(0);
+  });
+
+  it('reports the seed’s status fields and ours', async () => {
+    const s = engine.status();
+    const r = await fetch(`${base}/api/status`);
+    expect(r.status).toBe(200);
+    const status = await r.json();
+    expect(status).toMatchObject({
+      current_model: TINY_MODEL_DIR,
+      type_models: 't2im',
+      memory: { weights_bytes: s.weightBytes, requests_bytes: 0, budget_bytes: s.budgetBytes, device: s.adapter ?? 'wasm' },
+      backend: 'wasm',
+      model: { id: 'tiny-sd3', defaults: { steps: 4, width: 64, height: 64 } },
+      active: 0,
+      queued: 0,
+      served: s.requestsServed,
+      cancelled: s.requestsCancelled,
+      active_inferences: 0,
+    });
+    expect(status.memory.memory_allocated_gb).toBe(Math.round((s.weightBytes / 1024 ** 3) * 100) / 100);
+    expect(status.total_requests).toBe(server.totalRequests);
+  });
+
+  it('refuses bad requests with the seed’s codes and FastAPI’s shapes, queueing nothing', async () => {
+    const before = engine.status();
+    const blank = await post({ prompt: '   ' });
+    expect([blank.status, await blank.json()]).toEqual([400, { detail: 'No prompt provided' }]);
+    const missing = await post({ num_inference_steps: 2 });
+    expect(missing.status).toBe(422);
+    expect((await missing.json()).detail).toMatchObject([{ type: 'missing', loc: ['body', 'prompt'], msg: 'Field required' }]);
+    const wrong = await post({ prompt: 5, num_inference_steps: 'many' });
+    expect(wrong.status).toBe(422);
+    expect((await wrong.json()).detail).toMatchObject([
+      { type: 'string_type', loc: ['body', 'prompt'], input: 5 },
+      { type: 'int_parsing', loc: ['body', 'num_inference_steps'], input: 'many' },
+    ]);
+    const badJson = await raw(port, 'POST', INFERENCE, '{"prompt": "a cat",');
+    expect(badJson.status).toBe(422);
+    expect(JSON.parse(badJson.body).detail).toMatchObject([{ type: 'json_invalid', msg: 'JSON decode error' }]);
+    const empty = await raw(port, 'POST', INFERENCE, '');
+    expect([empty.status, JSON.parse(empty.body).detail[0].loc]).toEqual([422, ['body']]);
+    const tooBig = await raw(port, 'POST', INFERENCE, JSON.stringify({ prompt: 'x'.repeat(2 * 1024 * 1024) }));
+    expect([tooBig.status, JSON.parse(tooBig.body).detail]).toEqual([413, 'Request body too large: at most 1048576 bytes']);
+    expect((await fetch(`${base}/nowhere`)).status).toBe(404);
+    expect((await fetch(`${base}${INFERENCE}`)).status).toBe(405);
+    const after = engine.status();
+    expect([after.requestsServed, after.requestsFailed, after.requestsCancelled]).toEqual([before.requestsServed, before.requestsFailed, before.requestsCancelled]);
+  });
+
+  it('names an out-of-range field as the client sent it, with its allowed range', async () => {
+    const cases: [Record<string, unknown>, string, RegExp][] = [
+      [{ guidance_scale: 1000 }, 'guidance_scale', /^guidance_scale: expected a finite number in 0\.\.100, got 1000$/],
+      [{ num_inference_steps: 501 }, 'num_inference_steps', /^num_inference_steps: expected an integer in 1\.\.500, got 501$/],
+      [{ width: 33 }, 'width', /^width: expected an integer in 16\.\.512, a multiple of 16, got 33$/],
+      [{ seed: -1 }, 'seed', /^seed: expected an integer in 0\.\.4294967295, got -1$/],
+      [{ num_images_per_prompt: 0 }, 'num_images_per_prompt', /^num_images_per_prompt: expected an integer in 1\.\.32, got 0$/],
+    ];
+    for (const [extra, field, msg] of cases) {
+      const r = await post({ prompt: 'out of range', ...extra });
+      expect(r.status).toBe(422);
+      const [issue] = (await r.json()).detail;
+      expect(issue.loc).toEqual(['body', field]);
+      expect(issue.msg).toMatch(msg);
+    }
+  });
+
+  it('serves only images it made: a missing name, a traversal and a foreign file are all 404', async () => {
+    await writeFile(join(dir, 'images', 'img00000000.png'), 'not made here');
+    for (const path of ['/images/imgdeadbeef.png', '/images/img00000000.png', '/images/..%2F..%2F..%2Fetc%2Fpasswd', '/images/../../package.json', '/images/%2e%2e%2fserver.test.ts', '/images/%E0%A4%A']) {
+      const r = await raw(port, 'GET', path);
+      expect([path, r.status]).toEqual([path, 404]);
+      expect(JSON.parse(r.body)).toEqual({ detail: 'Image not found' });
+    }
+  });
+
+  it('cancels a request whose client disconnects: its images are dropped from the engine', async () => {
+    const before = engine.status();
+    const started = firstStep(server);
+    const req = httpRequest({ host: '127.0.0.1', port, method: 'POST', path: INFERENCE, headers: { 'Content-Type': 'application/json' } });
+    req.on('error', () => undefined); // we hang up ourselves
+    req.end(JSON.stringify({ prompt: 'a long one', num_inference_steps: 500, num_images_per_prompt: 2 }));
+    const id = await started;
+    const ended = endOf(server, () => id);
+    const during = (await (await fetch(`${base}/api/status`)).json()) as { active: number; queued: number; active_inferences: number };
+    expect(during.active + during.queued).toBe(2);
+    expect(during.active_inferences).toBe(1);
+    req.destroy();
+    expect(await ended).toMatchObject({ id, outcome: 'client-gone', status: null });
+    const after = engine.status();
+    expect(after.requestsCancelled - before.requestsCancelled).toBe(2);
+    expect([after.requestsActive, after.requestsQueued, after.requestBytes, after.requestsServed]).toEqual([0, 0, 0, before.requestsServed]);
+  });
+
+  it('stops gracefully: running work finishes, new connections are refused; past the grace it is cancelled with 503', async () => {
+    const stopping = new SeedServer({ engine, modelName: 'tiny', imagesDir: join(dir, 'images') });
+    const p = (await stopping.listen(0, '127.0.0.1')).port;
+    const started = firstStep(stopping);
+    const running = fetch(`http://127.0.0.1:${p}${INFERENCE}`, { method: 'POST', body: JSON.stringify({ prompt: 'finish me', num_inference_steps: 40 }) });
+    await started;
+    const stopped = once(stopping, 'stopped');
+    const done = stopping.stop(60_000);
+    const reply = await running;
+    expect(reply.status).toBe(200);
+    expect((await reply.json()).response).toHaveLength(1);
+    await done;
+    await stopped;
+    await expect(fetch(`http://127.0.0.1:${p}/`)).rejects.toThrow();
+
+    const cut = new SeedServer({ engine, modelName: 'tiny', imagesDir: join(dir, 'images') });
+    const q = (await cut.listen(0, '127.0.0.1')).port;
+    const before = engine.status().requestsCancelled;
+    const began = firstStep(cut);
+    const late = fetch(`http://127.0.0.1:${q}${INFERENCE}`, { method: 'POST', body: JSON.stringify({ prompt: 'cancel me', num_inference_steps: 500 }) });
+    await began;
+    await cut.stop(0);
+    const r = await late;
+    expect([r.status, await r.json()]).toEqual([503, { detail: 'Server is shutting down: the request was cancelled' }]);
+    expect(engine.status().requestsCancelled - before).toBe(1);
+    expect(engine.status().model).not.toBeNull(); // not its engine: left loaded
+  });
+
+  it('on wasm where Dawn finds no WebGPU adapter, says so (here); on WebGPU where it finds one', async () => {
+    const made = await createServerEngine('auto');
+    if (made.backend === 'wasm') {
+      expect(made.fallbackReason).toMatch(/no WebGPU adapter|could not be loaded|refused a device/);
+      expect(made.engine.status().adapter).toBe(`none (${made.fallbackReason}); running on wasm`);
+    } else {
+      expect(made.fallbackReason).toBeNull();
+      expect(made.engine.options.backend).toBe('webgpu');
+    }
+    const wasm = await createServerEngine('wasm');
+    expect([wasm.backend, wasm.fallbackReason, wasm.engine.options.backend]).toEqual(['wasm', null, 'wasm']);
+  });
+});
+
+describe('npm run serve: the command', () => {
+  it('loads before it listens, serves, and on SIGTERM finishes the running request and exits 0', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'sd3-serve-cmd-'));
+    const child = spawn(process.execPath, ['--import', 'tsx', 'server/serve.ts', '--model', TINY_MODEL_DIR, '--port', '0', '--images-dir', dir], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+    try {
+      let stderr = '';
+      const lines: ((line: string) => void)[] = [];
+      child.stderr.on('data', (c: Buffer) => {
+        stderr += c;
+        for (const l of lines) l(stderr);
+      });
+      const waitFor = (re: RegExp) => new Promise<RegExpMatchArray>((resolve) => {
+        const check = (s: string) => {
+          const m = s.match(re);
+          if (m) resolve(m);
+        };
+        lines.push(check);
+        check(stderr);
+      });
+      const [, url] = (await once(child.stdout, 'data')).toString().match(/listening on (http:\/\/127\.0\.0\.1:\d+)/)!;
+      expect(stderr).toMatch(/model tiny-sd3 .* on (wasm|webgpu)/);
+      expect(await (await fetch(`${url}/`)).json()).toEqual({ message: 'Welcome to the Diffusers Server' });
+      const reply = fetch(`${url}${INFERENCE}`, { method: 'POST', body: JSON.stringify({ prompt: 'until the end', num_inference_steps: 60 }) });
+      await waitFor(/http-[0-9a-f]+: 1 image\(s\) queued/);
+      const exited = once(child, 'exit');
+      child.kill('SIGTERM');
+      const r = await reply;
+      expect(r.status).toBe(200);
+      const [image] = ((await r.json()) as { response: string[] }).response;
+      expect(image).toMatch(/\/images\/img[0-9a-f]{8}\.png$/);
+      expect(await exited).toEqual([0, null]);
+      expect(stderr).toMatch(/SIGTERM: no new requests; 1 running/);
+      expect(stderr).toMatch(/stopped\n$/);
+    } finally {
+      child.kill('SIGKILL');
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+});
