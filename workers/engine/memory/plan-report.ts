@@ -9,6 +9,8 @@ import { availableBytes, fitRequest, largestFittingSize, planRequest, refusal, t
 export interface PlanReport {
   model: string;
   family: string;
+  /** Where the model was found (variant folder, transformer folder) and where each config came from. */
+  layout: { summary: string; root: string; variant: string | null; variants: string[]; transformerFolder: string; discovery: string; shapeFamily: string | null; configSources: Record<string, string> };
   backend: string;
   device: { memoryBytes: number; maxBufferBytes: number; features: readonly string[] };
   weights: {
@@ -50,6 +52,16 @@ export function planReport(plan: ModelPlan, width: number, height: number, guida
   return {
     model: plan.id,
     family: plan.family,
+    layout: {
+      summary: plan.layout.summary,
+      root: plan.layout.root,
+      variant: plan.layout.variant,
+      variants: plan.layout.variants,
+      transformerFolder: plan.layout.transformerFolder,
+      discovery: plan.layout.discovery,
+      shapeFamily: plan.layout.shapeFamily,
+      configSources: plan.layout.configSources,
+    },
     backend: plan.backend,
     device: { memoryBytes: budget.memoryBytes, maxBufferBytes: budget.maxBufferBytes, features: plan.fit.features ?? [] },
     weights: { bytes: budget.weightBytes, components },

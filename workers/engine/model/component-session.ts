@@ -5,7 +5,9 @@
 // the graph declares float16 (fp16 exports), and float16 outputs come back as
 // float32, so the engine's own math is always float32. It counts the bytes
 // its runs move between the host and the device: CPU tensors in, CPU tensors
-// out (tensors already on the GPU cross nothing).
+// out (tensors already on the GPU cross nothing). The engine feeds and reads
+// tensors under its own (Optimum's) names; a graph that calls them otherwise
+// (TensorStack's `out_sample`) is given its roles, and names are mapped both ways.
 import type * as ortTypes from 'onnxruntime-web';
 import { fromHalf, toHalf } from './float16.ts';
 import { RunQueue } from './run-queue.ts';
@@ -28,6 +30,10 @@ export class ComponentSession {
 
   /** Inputs the graph declares as float16. */
   private readonly halfInputs: Set<string>;
+  /** The graph's own names by the engine's names, and the engine's names by the graph's outputs. */
+  private readonly inputNameOf = new Map<string, string>();
+  private readonly outputNameOf = new Map<string, string>();
+  private readonly outputRoleOf = new Map<string, string>();
 
   constructor(
     readonly name: string,
@@ -43,6 +49,20 @@ export class ComponentSession {
     this.halfInputs = new Set(session.inputMetadata.filter((m) => m.isTensor && m.type === 'float16').map((m) => m.name));
   }
 
+  /** The graph's names for the engine's roles (`{ out_hidden_states: 'out_sample' }`); unmapped names pass as they are. */
+  setRoles(roles: { inputs: Record<string, string>; outputs: Record<string, string> }): void {
+    for (const [role, name] of Object.entries(roles.inputs)) this.inputNameOf.set(role, name);
+    for (const [role, name] of Object.entries(roles.outputs)) {
+      this.outputNameOf.set(role, name);
+      this.outputRoleOf.set(name, role);
+    }
+  }
+
+  /** The graph's name of an output the engine calls `role`. */
+  outputName(role: string): string {
+    return this.outputNameOf.get(role) ?? role;
+  }
+
   get inputNames(): readonly string[] {
     return this.session.inputNames;
   }
@@ -53,25 +73,34 @@ export class ComponentSession {
 
   /** Element type of an input as the session declares it (e.g. int32 vs int64 input_ids). */
   inputType(name: string): ortTypes.Tensor.Type {
-    const meta = this.session.inputMetadata.find((m) => m.name === name);
+    const meta = this.session.inputMetadata.find((m) => m.name === (this.inputNameOf.get(name) ?? name));
     if (!meta || !meta.isTensor) throw new Error(`${this.name} has no tensor input ${name}`);
     return meta.type;
   }
 
   /** Element type of an output as the session declares it. */
   outputType(name: string): ortTypes.Tensor.Type {
-    const meta = this.session.outputMetadata.find((m) => m.name === name);
+    const meta = this.session.outputMetadata.find((m) => m.name === this.outputName(name));
     if (!meta || !meta.isTensor) throw new Error(`${this.name} has no tensor output ${name}`);
     return meta.type;
   }
 
   /** float32 feeds become float16 where the graph wants float16. */
   private typedFeeds(feeds: Feeds): Feeds {
-    if (!this.halfInputs.size) return feeds;
+    if (!this.halfInputs.size && !this.inputNameOf.size) return feeds;
     const out: Feeds = {};
-    for (const [name, t] of Object.entries(feeds)) {
+    for (const [role, t] of Object.entries(feeds)) {
+      const name = this.inputNameOf.get(role) ?? role;
       out[name] = this.halfInputs.has(name) && t.type === 'float32' ? new this.ort.Tensor('float16', toHalf(t.data as Float32Array), t.dims) : t;
     }
+    return out;
+  }
+
+  /** Outputs under the engine's names. */
+  private byRole(outputs: Feeds): Feeds {
+    if (!this.outputRoleOf.size) return outputs;
+    const out: Feeds = {};
+    for (const [name, t] of Object.entries(outputs)) out[this.outputRoleOf.get(name) ?? name] = t;
     return out;
   }
 
@@ -92,11 +121,11 @@ export class ComponentSession {
       try {
         const typed = this.typedFeeds(feeds);
         for (const t of Object.values(typed)) if (t.location === 'cpu') this.transfers.uploadBytes += hostBytes(t);
-        const out = outputNames ? await this.session.run(typed, outputNames) : await this.session.run(typed);
+        const out = outputNames ? await this.session.run(typed, outputNames.map((n) => this.outputName(n))) : await this.session.run(typed);
         for (const t of Object.values(out)) if (t.location === 'cpu') this.transfers.downloadBytes += hostBytes(t);
         this.runs++;
         this.rows += Object.values(feeds)[0]?.dims[0] ?? 0;
-        return this.float32Outputs(out as Feeds);
+        return this.float32Outputs(this.byRole(out as Feeds));
       } finally {
         this.inFlight--;
       }

@@ -116,14 +116,23 @@ export function graphNodes(model: Uint8Array): NodeInfo[] {
   return out;
 }
 
-/** Element types of the main graph's inputs and outputs (GraphProto 11 and 12: ValueInfoProto -> TypeProto -> Tensor.elem_type). */
-export function graphIoTypes(model: Uint8Array): { name: string; kind: 'input' | 'output'; elemType: number }[] {
+export interface GraphIo {
+  name: string;
+  kind: 'input' | 'output';
+  elemType: number;
+  /** The declared shape: a number per fixed axis, the axis' name (or '') per symbolic one. */
+  dims: (number | string)[];
+}
+
+/** The main graph's inputs and outputs with element types and shapes (GraphProto 11 and 12: ValueInfoProto -> TypeProto.tensor_type -> elem_type, shape). */
+export function graphIoTypes(model: Uint8Array): GraphIo[] {
   const g = graphField(model);
-  const out: { name: string; kind: 'input' | 'output'; elemType: number }[] = [];
+  const out: GraphIo[] = [];
   new Reader(model, g.dataStart, g.dataEnd).fields((f) => {
     if ((f.field !== 11 && f.field !== 12) || f.wire !== WIRE.LEN) return;
     let name = '';
     let elemType = 0;
+    const dims: (number | string)[] = [];
     new Reader(model, f.dataStart, f.dataEnd).fields((v) => {
       if (v.field === 1) name = readString(model, v);
       else if (v.field === 2)
@@ -131,12 +140,85 @@ export function graphIoTypes(model: Uint8Array): { name: string; kind: 'input' |
           if (t.field === 1 && t.wire === WIRE.LEN)
             new Reader(model, t.dataStart, t.dataEnd).fields((e) => {
               if (e.field === 1 && e.wire === WIRE.VARINT) elemType = e.value;
+              else if (e.field === 2 && e.wire === WIRE.LEN)
+                new Reader(model, e.dataStart, e.dataEnd).fields((d) => {
+                  if (d.field !== 1 || d.wire !== WIRE.LEN) return;
+                  let dim: number | string = '';
+                  new Reader(model, d.dataStart, d.dataEnd).fields((x) => {
+                    if (x.field === 1 && x.wire === WIRE.VARINT) dim = x.value;
+                    else if (x.field === 2) dim = readString(model, x);
+                  });
+                  dims.push(dim);
+                });
             });
         });
     });
-    out.push({ name, kind: f.field === 11 ? 'input' : 'output', elemType });
+    out.push({ name, kind: f.field === 11 ? 'input' : 'output', elemType, dims });
   });
   return out;
+}
+
+/** Names of every node of the main graph (torch exports name them after the module path: `/transformer_blocks.3/attn2/...`). */
+export function graphNodeNames(model: Uint8Array): string[] {
+  const g = graphField(model);
+  const out: string[] = [];
+  new Reader(model, g.dataStart, g.dataEnd).fields((f) => {
+    if (f.field !== GRAPH.node || f.wire !== WIRE.LEN) return;
+    new Reader(model, f.dataStart, f.dataEnd).fields((n) => {
+      if (n.field === NODE.name) out.push(readString(model, n));
+    });
+  });
+  return out;
+}
+
+/** What an MMDiT graph shows of its own architecture; a field is absent when the graph does not tell. */
+export interface TransformerShapes {
+  /** From pos_embed.proj.weight [hidden, in_channels, patch, patch]. */
+  hiddenSize?: number;
+  inChannels?: number;
+  patchSize?: number;
+  /** Side of the positional table pos_embed.pos_embed [1, side*side, hidden]. */
+  posEmbedMaxSize?: number;
+  /** Number of transformer_blocks. */
+  depth?: number;
+  /** Blocks with a second, image-only attention (MMDiT-X, SD3.5-medium). */
+  dualAttentionLayers: number[];
+  /** Attention with RMS-normed queries and keys (SD3.5). */
+  qkNorm: boolean;
+}
+
+/**
+ * Reads the architecture from initializer dims and from initializer and node
+ * names (diffusers' module paths survive torch.onnx.export in both; an
+ * optimizer may rename weights but keeps node names).
+ */
+export function transformerShapes(model: Uint8Array): TransformerShapes {
+  const inits = graphInitializers(model);
+  const names = [...inits.map((t) => t.name), ...graphNodeNames(model)];
+  const shapes: TransformerShapes = { dualAttentionLayers: [], qkNorm: false };
+  const proj = inits.find((t) => /(^|[./])pos_embed\.proj\.weight$/.test(t.name) && t.dims.length === 4);
+  if (proj) [shapes.hiddenSize, shapes.inChannels, shapes.patchSize] = [proj.dims[0], proj.dims[1], proj.dims[2]];
+  const table = inits.find((t) => /(^|[./])pos_embed\.pos_embed$/.test(t.name) && t.dims.length >= 2);
+  if (table) {
+    const hidden = table.dims[table.dims.length - 1];
+    const positions = table.dims.slice(0, -1).reduce((a, b) => a * b, 1);
+    shapes.posEmbedMaxSize = Math.round(Math.sqrt(positions));
+    shapes.hiddenSize ??= hidden;
+  }
+  let depth = 0;
+  const dual = new Set<number>();
+  for (const n of names) {
+    const block = /transformer_blocks[./](\d+)[./]/.exec(n);
+    if (block) {
+      const i = Number(block[1]);
+      depth = Math.max(depth, i + 1);
+      if (/transformer_blocks[./]\d+[./]attn2[./]/.test(n)) dual.add(i);
+    }
+    if (/[./]attn[./]norm_q[./]/.test(n)) shapes.qkNorm = true;
+  }
+  if (depth) shapes.depth = depth;
+  shapes.dualAttentionLayers = [...dual].sort((a, b) => a - b);
+  return shapes;
 }
 
 export interface GraphSummary {

@@ -12,9 +12,12 @@ import { chunkAttention, findAttention } from './attention-chunks.ts';
 import { ComponentSession, type Ort } from './component-session.ts';
 import { checkFileSizes, checkHalfPrecision, checkModelFits, defaultDeviceFit, type DeviceFit } from './device-fit.ts';
 import { CachedModelFiles } from './file-cache.ts';
-import { summarizeGraph, type GraphSummary } from './graph-info.ts';
+import { graphIoTypes, summarizeGraph, transformerShapes, type GraphIo, type GraphSummary, type TransformerShapes } from './graph-info.ts';
+import { blobChunks, graphSkeletonFromStream } from './graph-stream.ts';
 import type { ByteProgress, ModelFiles } from './model-files.ts';
-import { CLIP_LENGTH, familyDefaults, parseTransformerConfig, parseVaeConfig, penultimateOutput, type TransformerConfig, type VaeConfig } from './model-config.ts';
+import { CLIP_LENGTH, familyDefaults, parseTransformerConfig, parseVaeConfig, type TransformerConfig, type VaeConfig } from './model-config.ts';
+import { describeShapes, FileIndex, familyFromShapes, findLayout, hiddenStateLayers, matchRoles, SD3_SCHEDULER, SD3_VAE, tokenizerDefaults, type IoRoles, type ModelLayout } from './model-layout.ts';
+import { checkOps, lowerForWeb } from './lower-ops.ts';
 import { deviceQueue } from './run-queue.ts';
 import { PromptTokenizer } from './tokenizers.ts';
 
@@ -66,10 +69,11 @@ export interface LoadOptions {
   deviceResident?: boolean;
   /** Aborts the load: downloads stop at their next chunk, sessions made so far are released. */
   signal?: AbortSignal;
+  /** Graphs up to this size are read whole while planning; larger ones are streamed, their weights skipped (default 64 MB). */
+  planReadMaxBytes?: number;
 }
 
-async function readJson(files: ModelFiles, path: string): Promise<Record<string, unknown>> {
-  const bytes = await files.read(path);
+function parseJson(path: string, bytes: Uint8Array): Record<string, unknown> {
   try {
     const v = JSON.parse(new TextDecoder().decode(bytes));
     if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new Error('not a JSON object');
@@ -79,21 +83,43 @@ async function readJson(files: ModelFiles, path: string): Promise<Record<string,
   }
 }
 
+async function readJson(files: ModelFiles, path: string): Promise<Record<string, unknown>> {
+  return parseJson(path, await files.read(path));
+}
+
+/** A JSON file that may be absent or empty (AMD's 0-byte config.json): null then. */
+async function optionalJson(files: ModelFiles, index: FileIndex, path: string): Promise<Record<string, unknown> | null> {
+  if ((await index.size(path)) === null) return null;
+  const bytes = await files.read(path);
+  if (!new TextDecoder().decode(bytes).trim()) return null;
+  return parseJson(path, bytes);
+}
+
 /** Whether model_index.json declares a component (absent or [null, null] means no). */
 const declared = (index: Record<string, unknown>, name: string) => Array.isArray(index[name]) && (index[name] as unknown[])[0] !== null;
 
-/** Graphs up to this size are read while planning (external-data graphs are small; larger ones carry their weights inline). */
+/** Graphs up to this size are read whole while planning (external-data graphs are small); larger ones carry their weights inline and are streamed. */
 const PLAN_GRAPH_MAX_BYTES = 64 * 1024 ** 2;
 /** One row's attention scores are cut into query chunks of at most this much. */
 export const ATTENTION_CHUNK_TARGET_BYTES = 128 * 1024 ** 2;
 
 export interface ComponentPlan {
+  /** What the engine calls the component: text_encoder, …, transformer, vae_decoder. */
+  role: string;
+  /** Where it is in the source (`unet`, `stable-diffusion-3-medium_io32/unet`). */
   folder: string;
   graphPath: string;
   graphSize: number;
   /** Read while planning when small; else read at load time. */
   graph: Uint8Array | null;
   summary: GraphSummary | null;
+  /** The graph's inputs and outputs, and the ones the engine feeds and reads by role. */
+  io: GraphIo[];
+  roles: IoRoles;
+  /** What the transformer graph shows of its architecture. */
+  shapes: TransformerShapes | null;
+  /** Text encoders: the hidden-state output used, its width, the pooled projection's width. */
+  encoder: { hiddenOutput: string; hiddenSize: number; projectionSize: number } | null;
   /** External data files: their recorded location and size. */
   data: { location: string; path: string; size: number }[];
   /** Attention sites the chunk rewrite recognises (transformer and VAE decoder). */
@@ -106,6 +132,8 @@ export interface ComponentPlan {
 export interface ModelPlan {
   id: string;
   family: string;
+  /** Where the model was found and where each setting came from. */
+  layout: ModelLayout;
   backend: BackendName;
   defaults: GenerationDefaults;
   limits: ModelInfo['limits'];
@@ -177,14 +205,15 @@ const CONTRACT: Record<string, { inputs: Record<string, string[]>; outputs: Reco
 };
 
 /** A graph whose inputs or outputs the engine cannot feed or read is refused at load, naming the file and the tensor. */
-function checkContract(c: ComponentSession, graphPath: string): void {
+function checkContract(c: ComponentSession, graphPath: string, roles: IoRoles): void {
   const contract = CONTRACT[c.name];
   if (!contract) return;
   for (const [kind, names] of [['input', contract.inputs], ['output', contract.outputs]] as const) {
     const present = kind === 'input' ? c.inputNames : c.outputNames;
-    for (const [name, types] of Object.entries(names)) {
-      if (!present.includes(name)) throw new ModelLoadError(graphPath, `has no ${kind} ${name} (${kind}s: ${present.join(', ')}); SD3 exports in Optimum's layout name it so`);
-      const type = kind === 'input' ? c.inputType(name) : c.outputType(name);
+    for (const [role, types] of Object.entries(names)) {
+      const name = (kind === 'input' ? roles.inputs : roles.outputs)[role] ?? role;
+      if (!present.includes(name)) throw new ModelLoadError(graphPath, `has no ${kind} ${name} (${kind}s: ${present.join(', ')})`);
+      const type = kind === 'input' ? c.inputType(role) : c.outputType(role);
       if (!types.includes(type)) throw new ModelLoadError(graphPath, `${kind} ${name} is ${type}; the engine handles ${types.join(' or ')}`);
     }
   }
@@ -198,63 +227,177 @@ const summarize = (path: string, graph: Uint8Array): GraphSummary => {
   }
 };
 
+/** The family's name where shapes cannot tell a turbo from its base model. */
+const turboName = (index: Record<string, unknown> | null, id: string) => `${String(index?._name_or_path ?? '')} ${id}`.toLowerCase().includes('turbo');
+
+/** A fixed last axis of a graph output, or an error naming the file and the tensor. */
+function lastDim(plan: ComponentPlan, output: string, why: string): number {
+  const io = plan.io.find((v) => v.kind === 'output' && v.name === output);
+  const d = io?.dims[io.dims.length - 1];
+  if (typeof d !== 'number' || d <= 0) throw new ModelLoadError(plan.graphPath, `output ${output} has no fixed width, and ${why}`);
+  return d;
+}
+
 /**
- * Reads configs, small graphs and every weight file's size; decides the
- * attention chunks and checks the memory budget. Downloads no weights.
+ * Finds the model in its source (model-layout.ts), reads configs, small
+ * graphs (large inline ones are streamed, weights skipped) and every weight
+ * file's size; decides the attention chunks and checks the memory budget.
+ * Downloads no weights stored apart from their graphs.
  */
 export async function planModel(files: ModelFiles, opts: Omit<LoadOptions, 'ort'>, progress = new LoadProgress(opts.onProgress), readTracked?: (path: string) => Promise<Uint8Array>): Promise<ModelPlan> {
   const { backend } = opts;
   const fit = defaultDeviceFit(backend, opts.fit);
   const read = readTracked ?? ((path: string) => files.read(path));
+  const readMax = opts.planReadMaxBytes ?? PLAN_GRAPH_MAX_BYTES;
 
-  const index = await readJson(files, 'model_index.json');
-  if (!String(index._class_name ?? '').startsWith('StableDiffusion3')) {
-    throw new ModelLoadError('model_index.json', `expected a StableDiffusion3 pipeline, found ${JSON.stringify(index._class_name)}`);
-  }
-  for (const required of ['text_encoder', 'text_encoder_2', 'transformer']) {
-    if (!declared(index, required)) throw new ModelLoadError('model_index.json', `component ${required} is missing`);
-  }
-  const schedulerJson = await readJson(files, 'scheduler/scheduler_config.json');
-  parseSchedulerConfig(schedulerJson);
-  const transformerJson = await readJson(files, 'transformer/config.json');
-  const transformerConfig = parseTransformerConfig(transformerJson);
-  const vaeConfig = parseVaeConfig(await readJson(files, 'vae_decoder/config.json'));
-  const { family, defaults } = familyDefaults(index, transformerJson, transformerConfig, vaeConfig);
-  const withT5 = !opts.skipT5 && declared(index, 'text_encoder_3') && (await files.exists('text_encoder_3/model.onnx'));
-  const t5MaxLength = Math.min(opts.t5MaxLength ?? 256, 512);
-  const sizeMultiple = transformerConfig.patchSize * vaeConfig.scaleFactor;
-  const limits = { minSize: sizeMultiple, maxSize: transformerConfig.posEmbedMaxSize * sizeMultiple, sizeMultiple };
-
-  /** Sizes of a component's files; small graphs are read now to find their external data and attention. */
-  const planComponent = async (folder: string): Promise<ComponentPlan> => {
-    const graphPath = `${folder}/model.onnx`;
-    const graphSize = await files.size(graphPath);
-    if (graphSize === null) throw new ModelLoadError(graphPath, 'the file is missing (HTTP 404 or not in the folder)');
-    progress.plan(graphPath, graphSize);
-    const graph = graphSize <= PLAN_GRAPH_MAX_BYTES ? await read(graphPath) : null;
-    const plan: ComponentPlan = { folder, graphPath, graphSize, graph, summary: null, data: [], attentionSites: 0, chunks: 1 };
-    if (graph) {
-      plan.summary = summarize(graphPath, graph);
-      checkHalfPrecision(graphPath, plan.summary, backend, fit);
-      plan.data = await sizeExternalData(files, folder, plan.summary.externalLocations, progress);
-      checkFileSizes(plan.data, fit);
-      if (folder === 'transformer' || folder === 'vae_decoder') plan.attentionSites = findAttention(graph).length;
-    } else {
-      // an inline graph over the limit is one file the runtime must take whole
-      checkFileSizes([{ path: graphPath, size: graphSize }], fit);
-    }
-    return plan;
+  const fileIndex = await FileIndex.open(files);
+  const found = await findLayout(files, fileIndex, backend, fit.features ?? []);
+  const at = (path: string) => (found.root ? `${found.root}/${path}` : path);
+  const configSources: Record<string, string> = {};
+  const config = async (path: string, instead: string) => {
+    const json = await optionalJson(files, fileIndex, at(path));
+    configSources[path] = json ? 'file' : instead;
+    return json;
   };
 
-  const folders = ['text_encoder', 'text_encoder_2', ...(withT5 ? ['text_encoder_3'] : []), 'transformer', 'vae_decoder'];
+  const index = await config('model_index.json', 'absent: components found by their folders');
+  if (index && !String(index._class_name ?? '').startsWith('StableDiffusion3')) {
+    throw new ModelLoadError(at('model_index.json'), `expected a StableDiffusion3 pipeline, found ${JSON.stringify(index._class_name)}`);
+  }
+  for (const required of ['text_encoder', 'text_encoder_2']) {
+    if (index && !declared(index, required)) throw new ModelLoadError(at('model_index.json'), `component ${required} is missing`);
+  }
+  const withT5 = !opts.skipT5 && (!index || declared(index, 'text_encoder_3')) && (await fileIndex.exists(at('text_encoder_3/model.onnx')));
+  const t5MaxLength = Math.min(opts.t5MaxLength ?? 256, 512);
+
+  /** The whole graph when small, else its skeleton streamed past its weights (graph-stream.ts). */
+  const readGraph = async (graphPath: string, graphSize: number): Promise<{ graph: Uint8Array | null; skeleton: Uint8Array }> => {
+    if (graphSize <= readMax) {
+      const graph = await read(graphPath);
+      return { graph, skeleton: graph };
+    }
+    const chunks = files.blob ? blobChunks(await files.blob(graphPath, progress.start(graphPath))) : files.stream?.(graphPath, progress.start(graphPath));
+    if (!chunks) {
+      // a source that can only read whole files: keep what was read for the session
+      const graph = await read(graphPath);
+      return { graph, skeleton: graph };
+    }
+    try {
+      return { graph: null, skeleton: await graphSkeletonFromStream(chunks) };
+    } catch (e) {
+      if (e instanceof ModelLoadError) throw e;
+      throw new ModelLoadError(graphPath, `not an ONNX model (${(e as Error).message})`);
+    }
+  };
+
+  /** Sizes of a component's files; its graph (or skeleton) is read now for external data, attention, inputs and outputs. */
+  const planComponent = async (role: string, folder: string): Promise<ComponentPlan> => {
+    const graphPath = `${folder}/model.onnx`;
+    const graphSize = await fileIndex.size(graphPath);
+    if (graphSize === null) throw new ModelLoadError(graphPath, 'the file is missing (HTTP 404 or not in the folder)');
+    progress.plan(graphPath, graphSize);
+    const { graph, skeleton } = await readGraph(graphPath, graphSize);
+    const summary = summarize(graphPath, skeleton);
+    checkHalfPrecision(graphPath, summary, backend, fit);
+    checkOps(graphPath, skeleton, backend);
+    // an inline graph is one file the runtime must take whole
+    if (!summary.externalLocations.length) checkFileSizes([{ path: graphPath, size: graphSize }], fit);
+    const data = await sizeExternalData(files, folder, summary.externalLocations, progress, fileIndex);
+    checkFileSizes(data, fit);
+    const io = graphIoTypes(skeleton);
+    const names = (kind: 'input' | 'output') => io.filter((v) => v.kind === kind).map((v) => v.name);
+    return {
+      role,
+      folder,
+      graphPath,
+      graphSize,
+      graph,
+      summary,
+      data,
+      io,
+      roles: matchRoles(role, graphPath, names('input'), names('output')),
+      shapes: role === 'transformer' ? transformerShapes(skeleton) : null,
+      encoder: null,
+      attentionSites: role === 'transformer' || role === 'vae_decoder' ? findAttention(skeleton).length : 0,
+      chunks: 1,
+    };
+  };
+
+  const roles = ['text_encoder', 'text_encoder_2', ...(withT5 ? ['text_encoder_3'] : []), 'transformer', 'vae_decoder'];
   const components = new Map<string, ComponentPlan>();
-  for (const folder of folders) components.set(folder, await planComponent(folder));
+  for (const role of roles) components.set(role, await planComponent(role, at(role === 'transformer' ? found.transformerFolder : role)));
+  const transformer = components.get('transformer')!;
+  const vae = components.get('vae_decoder')!;
+
+  // the transformer's config, or its family's published one, told apart and checked by the graph's own shapes
+  const shapes = transformer.shapes!;
+  const shapeFamily = familyFromShapes(shapes);
+  const transformerConfigPath = `${found.transformerFolder}/config.json`;
+  let transformerJson = await config(transformerConfigPath, shapeFamily ? `${shapeFamily.family} defaults (the graph shows ${describeShapes(shapes)})` : 'absent');
+  if (!transformerJson) {
+    if (!shapeFamily) {
+      throw new ModelLoadError(at(transformerConfigPath), `it is missing or empty, and the transformer graph's shapes (${describeShapes(shapes)}) match no published family (sd3-medium, sd3.5-medium, sd3.5-large): add the transformer's config.json`);
+    }
+    transformerJson = shapeFamily.transformer;
+  }
+  const transformerConfig = parseTransformerConfig(transformerJson);
+  const mismatch = [
+    ['num_layers', transformerConfig.numLayers, shapes.depth, 'transformer blocks'],
+    ['hidden size (num_attention_heads × attention_head_dim)', transformerConfig.hiddenSize, shapes.hiddenSize, 'as hidden size'],
+    ['patch_size', transformerConfig.patchSize, shapes.patchSize, 'as patch size'],
+    ['pos_embed_max_size', transformerConfig.posEmbedMaxSize, shapes.posEmbedMaxSize, 'as positional table side'],
+  ].find(([, said, shown]) => shown !== undefined && said !== shown);
+  if (mismatch) throw new ModelLoadError(at(transformerConfigPath), `says ${mismatch[0]} ${mismatch[1]}, but the graph has ${mismatch[2]} ${mismatch[3]}`);
+
+  const vaeJson = (await config('vae_decoder/config.json', 'SD3 VAE defaults (every SD3 and SD3.5 checkpoint shares them)')) ?? SD3_VAE;
+  const vaeConfig = parseVaeConfig(vaeJson);
+  const latentInput = vae.io.find((v) => v.kind === 'input' && v.name === vae.roles.inputs.latent_sample);
+  if (typeof latentInput?.dims[1] === 'number' && latentInput.dims[1] !== vaeConfig.latentChannels) {
+    throw new ModelLoadError(vae.graphPath, `takes ${latentInput.dims[1]} latent channels, but its config says ${vaeConfig.latentChannels}`);
+  }
+  const schedulerJson = (await config('scheduler/scheduler_config.json', 'SD3 defaults (FlowMatchEulerDiscreteScheduler, shift 3.0: every SD3 and SD3.5 checkpoint)')) ?? { ...SD3_SCHEDULER };
+  parseSchedulerConfig(schedulerJson);
+
+  // text encoders: their configs, or what their graphs' outputs show
+  for (const role of roles.filter((r) => r.startsWith('text_encoder'))) {
+    const c = components.get(role)!;
+    const json = await config(`${role}/config.json`, "the graph's outputs");
+    const outputs = c.io.filter((v) => v.kind === 'output').map((v) => v.name);
+    if (role === 'text_encoder_3') {
+      // read by its role's name: the session maps it to the graph's
+      c.encoder = { hiddenOutput: 'last_hidden_state', hiddenSize: typeof json?.d_model === 'number' ? json.d_model : lastDim(c, c.roles.outputs.last_hidden_state, 'text_encoder_3/config.json (d_model) is missing'), projectionSize: 0 };
+      continue;
+    }
+    // CLIP's penultimate hidden state (hidden_states.0 is the embeddings, hidden_states.N the last layer)
+    const layers = typeof json?.num_hidden_layers === 'number' ? json.num_hidden_layers : hiddenStateLayers(outputs);
+    const hiddenOutput = `hidden_states.${layers - 1}`;
+    if (!layers || !outputs.includes(hiddenOutput)) {
+      throw new ModelLoadError(c.graphPath, `has no output ${layers ? hiddenOutput : 'hidden_states.N'} for the penultimate layer's hidden state (outputs: ${outputs.join(', ')})`);
+    }
+    const missing = `${role}/config.json is missing`;
+    c.encoder = {
+      hiddenOutput,
+      hiddenSize: typeof json?.hidden_size === 'number' ? json.hidden_size : lastDim(c, hiddenOutput, missing),
+      projectionSize: typeof json?.projection_dim === 'number' ? json.projection_dim : lastDim(c, c.roles.outputs.text_embeds, missing),
+    };
+  }
+  const [clipL, clipG] = [components.get('text_encoder')!.encoder!, components.get('text_encoder_2')!.encoder!];
+  if (clipL.projectionSize + clipG.projectionSize !== transformerConfig.pooledProjectionDim) {
+    throw new ModelLoadError(at(transformerConfigPath), `pooled_projection_dim ${transformerConfig.pooledProjectionDim} != CLIP projections ${clipL.projectionSize} + ${clipG.projectionSize}`);
+  }
+
+  let { family, defaults } = familyDefaults(index ?? {}, transformerJson, transformerConfig, vaeConfig);
+  if (shapeFamily && !(index?.sd3_webgpu_defaults)) {
+    const turbo = shapeFamily.family === 'sd3.5-large' && turboName(index, files.id);
+    family = turbo ? 'sd3.5-large-turbo' : shapeFamily.family;
+    defaults = { ...defaults, steps: turbo ? 4 : shapeFamily.steps, guidance: turbo ? 0 : shapeFamily.guidance };
+  }
+  const sizeMultiple = transformerConfig.patchSize * vaeConfig.scaleFactor;
+  const limits = { minSize: sizeMultiple, maxSize: transformerConfig.posEmbedMaxSize * sizeMultiple, sizeMultiple };
   const weightBytes = [...components.values()].reduce((a, p) => a + p.graphSize + p.data.reduce((b, d) => b + d.size, 0), 0);
 
   // activations are as wide as the weights: fp16 graphs compute in fp16 (an fp16-I/O graph over fp32 weights computes in fp32)
   const bytesOf = (c: ComponentPlan) => (c.summary?.halfPrecision ? 2 : 4);
-  const transformer = components.get('transformer')!;
-  const vae = components.get('vae_decoder')!;
   const dims: ModelDims = {
     transformer: transformerConfig,
     vae: vaeConfig,
@@ -272,16 +415,33 @@ export async function planModel(files: ModelFiles, opts: Omit<LoadOptions, 'ort'
     vae.chunks = dims.vaeChunks = attentionChunks(latentPixels * latentPixels * dims.vaeBytes, target);
   }
 
+  for (const t of ['tokenizer', 'tokenizer_2', ...(withT5 ? ['tokenizer_3'] : [])]) {
+    configSources[`${t}/tokenizer_config.json`] = (await fileIndex.exists(at(`${t}/tokenizer_config.json`))) ? 'file' : t === 'tokenizer_3' ? 'T5 defaults' : 'CLIP defaults (bos/eos/pad, 77 tokens)';
+  }
+  const layout: ModelLayout = {
+    ...found,
+    configSources,
+    shapeFamily: shapeFamily?.family ?? null,
+    summary: [
+      found.root ? `variant folder ${found.root} (${found.variantReason}; found: ${found.variants.join(', ')})` : `components at the root${found.variant ? ` (${found.variantReason})` : ''}`,
+      `transformer in ${found.transformerFolder}/`,
+      index ? 'model_index.json' : 'no model_index.json',
+      configSources['scheduler/scheduler_config.json'] === 'file' ? 'scheduler config' : 'scheduler: SD3 defaults',
+      shapeFamily ? `graph shapes: ${shapeFamily.family}` : `graph shapes: ${describeShapes(shapes)} (no published family)`,
+      `files found by ${found.discovery}`,
+    ].join('; '),
+  };
+
   const budget: MemoryBudget = { memoryBytes: fit.memoryBytes, weightBytes, maxBufferBytes: fit.maxBufferBytes };
   checkModelFits(budget, requestFootprint(dims, limits.minSize, limits.minSize, 0), limits.minSize, defaults, backend, withT5);
-  return { id: files.id, family, backend, defaults, limits, index, schedulerJson, transformerConfig, vaeConfig, withT5, t5MaxLength, components, dims, budget, fit };
+  return { id: files.id, family, layout, backend, defaults, limits, index: index ?? {}, schedulerJson, transformerConfig, vaeConfig, withT5, t5MaxLength, components, dims, budget, fit };
 }
 
-async function sizeExternalData(files: ModelFiles, folder: string, locations: string[], progress: LoadProgress): Promise<ComponentPlan['data']> {
+async function sizeExternalData(files: ModelFiles, folder: string, locations: string[], progress: LoadProgress, index?: FileIndex): Promise<ComponentPlan['data']> {
   const data: ComponentPlan['data'] = [];
   for (const location of locations) {
     const path = `${folder}/${location}`;
-    const size = await files.size(path);
+    const size = await (index ?? files).size(path);
     if (size === null) throw new ModelLoadError(path, `the graph's external data file is missing`);
     progress.plan(path, size);
     data.push({ location, path, size });
@@ -315,17 +475,15 @@ export async function loadModel(files: ModelFiles, opts: LoadOptions): Promise<L
   const createSession = async (plan: ComponentPlan, fit: DeviceFit, gpuOutputs: readonly string[] = []): Promise<ComponentSession> => {
     let graph = plan.graph ?? (await readTracked(plan.graphPath));
     let summary = plan.summary;
-    if (!plan.graph) {
-      // a large inline graph is summarised only now: its fp16 weights and any external data it also has
+    if (!summary) {
       summary = summarize(plan.graphPath, graph);
       checkHalfPrecision(plan.graphPath, summary, backend, fit);
-      plan.data = await sizeExternalData(files, plan.folder, summary.externalLocations, progress);
-      checkFileSizes(plan.data, fit);
     }
     const graphBytes = graph.byteLength;
+    graph = lowerForWeb(graph, backend).model;
     if (plan.chunks > 1) graph = chunkAttention(graph, plan.chunks).model;
     // outputs left on the GPU: only float32 ones (the engine converts float16 on the host), on our device
-    const gpuOnly = summary && !summary.halfIO && backend === 'webgpu' && opts.webgpuDevice ? gpuOutputs : [];
+    const gpuOnly = !summary.halfIO && backend === 'webgpu' && opts.webgpuDevice ? gpuOutputs.map((role) => plan.roles.outputs[role] ?? role) : [];
     const externalData: { path: string; data: Uint8Array | Blob }[] = [];
     for (const d of plan.data) externalData.push({ path: d.location, data: await dataTracked(d.path) });
     let s;
@@ -346,10 +504,11 @@ export async function loadModel(files: ModelFiles, opts: LoadOptions): Promise<L
     }
     // the bytes really read: a server may leave Content-Length out of its HEAD answers (compressed responses)
     const bytes = graphBytes + externalData.reduce((a, d) => a + (d.data instanceof Blob ? d.data.size : d.data.byteLength), 0);
-    const c = new ComponentSession(plan.folder, s, ort, bytes, queue, summary?.halfIO ?? true);
+    const c = new ComponentSession(plan.role, s, ort, bytes, queue, summary.halfIO);
+    c.setRoles(plan.roles);
     c.gpuOutputs = gpuOnly;
     created.push(c);
-    checkContract(c, plan.graphPath);
+    checkContract(c, plan.graphPath, plan.roles);
     opts.signal?.throwIfAborted();
     return c;
   };
@@ -357,24 +516,21 @@ export async function loadModel(files: ModelFiles, opts: LoadOptions): Promise<L
   try {
     const plan = await planModel(files, opts, progress, readTracked);
     const { components, transformerConfig, vaeConfig, defaults } = plan;
+    const at = (path: string) => (plan.layout.root ? `${plan.layout.root}/${path}` : path);
 
-    const textEncoder = async (folder: string, tokenizerFolder: string): Promise<TextEncoder> => {
-      const config = await readJson(files, `${folder}/config.json`);
-      const tokenizer = new PromptTokenizer(await readJson(files, `${tokenizerFolder}/tokenizer.json`), await readJson(files, `${tokenizerFolder}/tokenizer_config.json`));
-      const s = await createSession(components.get(folder)!, plan.fit);
-      const isT5 = folder === 'text_encoder_3';
-      const hiddenOutput = isT5 ? 'last_hidden_state' : penultimateOutput(config, folder);
-      if (!s.outputNames.includes(hiddenOutput)) throw new ModelLoadError(`${folder}/model.onnx`, `has no output ${hiddenOutput} (outputs: ${s.outputNames.join(', ')})`);
-      const hiddenSize = Number(isT5 ? config.d_model : config.hidden_size);
-      return { session: s, tokenizer, hiddenOutput, hiddenSize, projectionSize: Number(config.projection_dim ?? 0) };
+    const textEncoder = async (role: string, tokenizerFolder: string): Promise<TextEncoder> => {
+      const tokenizerJson = await readJson(files, at(`${tokenizerFolder}/tokenizer.json`));
+      // Amuse ships tokenizer folders without tokenizer_config.json: CLIP's or T5's defaults then
+      const tokenizerConfig = plan.layout.configSources[`${tokenizerFolder}/tokenizer_config.json`] === 'file' ? await readJson(files, at(`${tokenizerFolder}/tokenizer_config.json`)) : tokenizerDefaults(tokenizerFolder, tokenizerJson);
+      const tokenizer = new PromptTokenizer(tokenizerJson, tokenizerConfig);
+      const c = components.get(role)!;
+      const s = await createSession(c, plan.fit);
+      return { session: s, tokenizer, ...c.encoder! };
     };
 
     const clipL = await textEncoder('text_encoder', 'tokenizer');
     const clipG = await textEncoder('text_encoder_2', 'tokenizer_2');
     const t5 = plan.withT5 ? await textEncoder('text_encoder_3', 'tokenizer_3') : null;
-    if (clipL.projectionSize + clipG.projectionSize !== transformerConfig.pooledProjectionDim) {
-      throw new ModelLoadError('transformer/config.json', `pooled_projection_dim ${transformerConfig.pooledProjectionDim} != CLIP projections ${clipL.projectionSize} + ${clipG.projectionSize}`);
-    }
     const transformer = await createSession(components.get('transformer')!, plan.fit, opts.deviceResident ? ['out_hidden_states'] : []);
     const vaeDecoder = await createSession(components.get('vae_decoder')!, plan.fit);
 
@@ -392,6 +548,7 @@ export async function loadModel(files: ModelFiles, opts: LoadOptions): Promise<L
       memoryBytes: budget.memoryBytes,
       largestSize: largest?.width ?? 0,
       attentionChunks: { transformer: plan.dims.transformerChunks, vae: plan.dims.vaeChunks },
+      layout: { root: plan.layout.root, variant: plan.layout.variant, transformerFolder: plan.layout.transformerFolder, configSources: plan.layout.configSources, summary: plan.layout.summary },
     };
     progress.ready(weightBytes);
     return {
