@@ -5,7 +5,8 @@
 //   (b) interleaved, batch size 1
 //   (c) interleaved and batched
 //   (d) naive: a separate set of sessions per request (the "deep copy")
-// Writes bench/results.json and prints a table.
+// Writes bench/results.json and prints a table. --server: the seed's HTTP API
+// against the engine alone (bench/server.ts).
 import { writeFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import type { GenerateRequest } from '../workers/engine/api/types.ts';
@@ -128,6 +129,11 @@ async function main() {
     writeResults(OUT, 'client', figures);
     return;
   }
+  if (process.argv.includes('--server')) {
+    const { serverBench } = await import('./server.ts');
+    await serverBench(OUT);
+    return;
+  }
   if (process.argv.includes('--gallery')) {
     const { galleryBench } = await import('./gallery.ts');
     await galleryBench(OUT);
@@ -245,8 +251,8 @@ async function main() {
   const soakFigures = await soak();
   console.table([soakFigures]);
   // figures of the other runs (--scale, --client, --webgpu) stay
-  const { scale, client, webgpu, gallery } = readResults(OUT);
-  const kept = { ...(scale ? { scale } : {}), ...(client ? { client } : {}), ...(webgpu ? { webgpu } : {}), ...(gallery ? { gallery } : {}) };
+  const { scale, client, webgpu, gallery, server } = readResults(OUT);
+  const kept = { ...(scale ? { scale } : {}), ...(client ? { client } : {}), ...(webgpu ? { webgpu } : {}), ...(gallery ? { gallery } : {}), ...(server ? { server } : {}) };
   writeFileSync(OUT, `${JSON.stringify({ date: new Date().toISOString(), machine: { cpus: (await import('node:os')).cpus().length, node: process.version }, backend: 'wasm', model: 'tiny-sd3', steps: STEPS, longSteps: LONG_STEPS, maxBatch: MAX_BATCH, overhead, rows, targets, soak: soakFigures, ...kept }, null, 2)}\n`);
   console.log(`wrote ${OUT}`);
 }
