@@ -12,7 +12,7 @@ import { checkTransformerOnBackends, type BackendCheck } from './backend-check.t
 import { createBrowserEngine, gpuDeviceLost, gpuMemory, type GpuInfo } from './browser-engine.ts';
 import { deviceQueue } from './engine/model/run-queue.ts';
 import { resetGpuPeak, type GpuMemory } from './gpu-memory.ts';
-import { ImageStore, type ImagePage, type ImageQuery, type QueuedRequest, type StoredImage } from './store/image-store.ts';
+import { ImageStore, type ImageQuery, type QueuedRequest, type StoredImage } from './store/image-store.ts';
 
 export interface WorkerStatus extends EngineStatus {
   gpu: GpuInfo | null;
@@ -214,11 +214,6 @@ export class WorkerApi {
 
   async listImages(query: ImageQuery = {}): Promise<ImageMetadata[]> {
     return (await this.store).list(query);
-  }
-
-  /** One page of the gallery with the PNGs (Blobs are handles: nothing is read until shown). */
-  async galleryPage(query: ImageQuery = {}): Promise<ImagePage> {
-    return guard(async () => (await this.store).page(query));
   }
 
   async deleteImage(id: string): Promise<void> {

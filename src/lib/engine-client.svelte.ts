@@ -16,7 +16,7 @@ import type { LoadModelOptions } from '../../workers/engine/engine.ts';
 import type { CachedModelUsage } from '../../workers/engine/model/file-cache.ts';
 import type { Beat, GenerateReply, WorkerApi, WorkerStatus } from '../../workers/worker-api.ts';
 import { describeError } from './format.ts';
-import { GALLERY_PAGE, matchesQuery, type StoredImage } from '../../workers/store/image-store.ts';
+import { GALLERY_PAGE, ImageStore, matchesQuery, type ImageQuery, type StoredImage } from '../../workers/store/image-store.ts';
 import { Job, newRequestId } from './jobs.svelte.ts';
 
 export type EngineApi = Comlink.Remote<WorkerApi>;
@@ -63,6 +63,8 @@ export class EngineClient {
   /** The gallery's prompt search, and whether older matches are left to show. */
   galleryText = $state('');
   galleryMore = $state(false);
+  /** Gallery pages being read now (the page says so while one is). */
+  galleryReads = $state(0);
   /** Where the current batch of the grid starts (the first job sent while none ran). */
   batchStart = $state(0);
   cached = $state<CachedModelUsage[]>([]);
@@ -81,6 +83,9 @@ export class EngineClient {
   private readonly urls = new Map<string, string>();
   private timers: ReturnType<typeof setInterval>[] = [];
   private statusInFlight = false;
+  /** The gallery reads IndexedDB from this thread, on its own connection: paging never waits
+   * behind the worker, which may be busy for seconds compiling a model or running a step. */
+  private images: Promise<ImageStore> | null = null;
 
   constructor(private readonly options: EngineClientOptions) {
     this.source = options.source;
@@ -308,7 +313,7 @@ export class EngineClient {
   async searchGallery(text: string): Promise<void> {
     this.galleryText = text;
     const n = ++this.searches;
-    const page = await this.api.galleryPage({ limit: GALLERY_PAGE, text });
+    const page = await this.galleryPage({ text });
     if (n !== this.searches) return;
     this.gallery = page.items.map((i) => this.galleryItem(i));
     this.galleryMore = page.more;
@@ -318,10 +323,24 @@ export class EngineClient {
   async moreGallery(): Promise<void> {
     const last = this.gallery.at(-1);
     if (!last) return this.refreshGallery();
-    const page = await this.api.galleryPage({ limit: GALLERY_PAGE, text: this.galleryText, after: { createdAt: last.metadata.createdAt, id: last.metadata.id } });
+    const page = await this.galleryPage({ text: this.galleryText, after: { createdAt: last.metadata.createdAt, id: last.metadata.id } });
     const shown = new Set(this.gallery.map((g) => g.metadata.id));
     this.gallery = [...this.gallery, ...page.items.filter((i) => !shown.has(i.id)).map((i) => this.galleryItem(i))];
     this.galleryMore = page.more;
+  }
+
+  private galleryStore(): Promise<ImageStore> {
+    this.images ??= ImageStore.open();
+    return this.images;
+  }
+
+  private async galleryPage(query: ImageQuery) {
+    this.galleryReads++;
+    try {
+      return await (await this.galleryStore()).page({ ...query, limit: GALLERY_PAGE });
+    } finally {
+      this.galleryReads--;
+    }
   }
 
   private galleryItem({ id, png, metadata }: StoredImage): GalleryItem {
@@ -334,8 +353,9 @@ export class EngineClient {
 
   /** Deletes stored images; the page refills from older ones. */
   async removeMany(ids: string[]): Promise<void> {
+    const store = await this.galleryStore();
     for (const id of ids) {
-      await this.api.deleteImage(id);
+      await store.delete(id);
       const url = this.urls.get(id);
       if (url) URL.revokeObjectURL(url);
       this.urls.delete(id);

@@ -3,7 +3,7 @@
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { chromium, type BrowserContext, type Page } from 'playwright-core';
+import { chromium, type BrowserContext, type Locator, type Page } from 'playwright-core';
 
 export const CHROMIUM_PATH = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
 
@@ -55,4 +55,32 @@ export async function openApp(baseUrl: string, backend: 'wasm' | 'webgpu' = 'was
     .filter({ hasText: backend === 'wasm' ? /tiny-sd3.* · wasm/ : /tiny-sd3.* · webgpu/ })
     .waitFor({ timeout: 120_000 });
   return b;
+}
+
+/** How long a test waits for a state the page reaches (the test's own limit is longer): a
+ * bound on a wait for an event or a state, never a pace of polling. Generous, because this
+ * 2-core machine under load can take minutes for what takes seconds when idle. */
+export const STATE_WAIT_MS = 180_000;
+
+/** Waits until exactly `n` elements match `locator` (it rises to n, then nothing past it is there). */
+export async function waitForCount(locator: Locator, n: number, timeout = STATE_WAIT_MS): Promise<void> {
+  if (n > 0) await locator.nth(n - 1).waitFor({ state: 'attached', timeout });
+  await locator.nth(n).waitFor({ state: 'detached', timeout });
+}
+
+/** Waits until the gallery shows exactly `n` images and reads nothing more: the page's own count. */
+export async function waitForGallery(page: Page, n: number, timeout = STATE_WAIT_MS): Promise<void> {
+  await page.locator(`[data-testid="gallery-list"][data-count="${n}"][data-reading="false"]`).waitFor({ state: 'attached', timeout });
+}
+
+/** Waits until an element of `locator` has the attribute value. */
+export async function waitForAttribute(locator: Locator, name: string, value: string, timeout = STATE_WAIT_MS): Promise<void> {
+  await locator.and(locator.page().locator(`[${name}="${value}"]`)).first().waitFor({ state: 'attached', timeout });
+}
+
+/** Waits until an element of `locator` shows the text: a string as a case-sensitive substring
+ * (Playwright's own string match ignores case), a RegExp as it is. */
+export async function waitForText(locator: Locator, text: string | RegExp, timeout = STATE_WAIT_MS): Promise<void> {
+  const pattern = typeof text === 'string' ? new RegExp(text.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')) : text;
+  await locator.filter({ hasText: pattern }).first().waitFor({ state: 'attached', timeout });
 }

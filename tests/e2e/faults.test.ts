@@ -5,7 +5,7 @@
 // run gives (compared with the Node engine on wasm).
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import type { Page } from 'playwright-core';
-import { openApp, type BrowserSession } from './chromium.ts';
+import { STATE_WAIT_MS, openApp, waitForAttribute, waitForCount, waitForGallery, waitForText, type BrowserSession } from './chromium.ts';
 import { diffFromNode, storedImages } from './page-images.ts';
 
 /** Every stored image against the Node engine's image for the same settings. */
@@ -35,8 +35,8 @@ describe('the GPU device is lost mid-generation (webgpu)', () => {
     await submit(b.page, ['lost a', 'lost b'], 12, 31);
     await b.page.locator('[data-testid="cell"][data-state="denoising"]').first().waitFor({ timeout: 120_000 });
     expect(await b.page.evaluate(() => (window as unknown as { __engine: { simulateDeviceLoss(): Promise<boolean> } }).__engine.simulateDeviceLoss())).toBe(true);
-    await expect.poll(() => b.page.getByTestId('banner').textContent(), { timeout: 30_000 }).toMatch(/GPU device was lost/);
-    await expect.poll(() => done(b.page).count(), { timeout: 200_000, interval: 500 }).toBe(2).catch(async (e) => {
+    await waitForText(b.page.getByTestId('banner'), /GPU device was lost/);
+    await waitForCount(done(b.page), 2).catch(async (e) => {
       console.log('cells at the timeout:', JSON.stringify(await b.page.locator('[data-testid="cell"]').evaluateAll((cs) => cs.map((c) => [c.getAttribute('data-state'), c.textContent]))), 'banner:', await b.page.getByTestId('banner').textContent());
       throw e;
     });
@@ -59,8 +59,8 @@ describe('worker crash and full storage (wasm)', () => {
     await submit(b.page, ['crash a', 'crash b'], 400, 41);
     await b.page.locator('[data-testid="cell"][data-state="denoising"]').first().waitFor({ timeout: 60_000 });
     await b.page.evaluate(() => (window as unknown as { __engine: { simulateCrash(): Promise<void> } }).__engine.simulateCrash());
-    await expect.poll(() => b.page.getByTestId('banner').textContent(), { timeout: 30_000 }).toMatch(/worker crashed/);
-    await expect.poll(() => done(b.page).count(), { timeout: 200_000, interval: 500 }).toBe(2);
+    await waitForText(b.page.getByTestId('banner'), /worker crashed/);
+    await waitForCount(done(b.page), 2);
     const diffs = await compareWithNode(b.page);
     expect(diffs.map((d) => d.prompt).sort()).toEqual(['crash a', 'crash b']);
     for (const d of diffs) expect(d.diff, d.prompt).toBeLessThanOrEqual(3);
@@ -90,19 +90,21 @@ describe('worker crash and full storage (wasm)', () => {
             };
           }),
       );
-    await expect.poll(probe, { timeout: 30_000, interval: 500 }).toBe('QuotaExceededError');
+    // Chrome applies the quota override on its own time and tells no one: a real write is the
+    // only way to see it, so this one wait tries writes (each one a state check, not a sleep)
+    await expect.poll(probe, { timeout: STATE_WAIT_MS, interval: 500 }).toBe('QuotaExceededError');
     await submit(b.page, ['no room'], 2, 51);
     const cell = b.page.locator('[data-testid="cell"]', { hasText: 'no room' });
     // its image could not be stored: the cell says so (the engine made it; the quota refused it)
-    await expect.poll(() => cell.getAttribute('data-state'), { timeout: 30_000 }).toBe('failed');
-    await expect.poll(() => b.page.getByTestId('banner').textContent(), { timeout: 30_000 }).toMatch(/quota exceeded.*earlier images are safe/);
+    await waitForAttribute(cell, 'data-state', 'failed');
+    await waitForText(b.page.getByTestId('banner'), /quota exceeded.*earlier images are safe/);
     expect(await b.page.getByTestId('cell-error').last().textContent()).toMatch(/quota exceeded/);
     await b.page.reload();
     await b.page.getByTestId('model-label').filter({ hasText: /tiny-sd3/ }).waitFor({ timeout: 60_000 });
-    await expect.poll(() => b.page.getByTestId('gallery-item').count(), { timeout: 30_000 }).toBe(before);
+    await waitForGallery(b.page, before);
     for (const d of await compareWithNode(b.page)) expect(d.diff).toBeLessThanOrEqual(3); // the PNGs are whole
     await cdp.send('Storage.overrideQuotaForOrigin', { origin }); // room again
     await submit(b.page, ['room again'], 2, 52);
-    await expect.poll(() => b.page.getByTestId('gallery-item').count(), { timeout: 60_000 }).toBe(before + 1);
+    await waitForGallery(b.page, before + 1);
   });
 });

@@ -4,7 +4,7 @@
 // two session creates at once: both must go through the device queue); and the
 // app generates through the UI on webgpu, matching the Node wasm engine.
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
-import { openBrowser, type BrowserSession } from './chromium.ts';
+import { openBrowser, waitForText, type BrowserSession } from './chromium.ts';
 import { diffFromNode, storedImages } from './page-images.ts';
 
 interface PageApi {
@@ -26,7 +26,7 @@ describe('foundation in Chromium with WebGPU', () => {
     });
     expect(adapter).not.toBeNull();
     expect(adapter!.maxBufferSize).toBe(1024 ** 3); // SwiftShader's 1 GiB (a real GPU's adapter differs)
-    await expect.poll(() => b.page.getByTestId('backend').textContent(), { timeout: 60_000 }).toMatch(/^WebGPU: /);
+    await waitForText(b.page.getByTestId('backend'), /^WebGPU: /);
   });
 
   it('runs the tiny transformer on webgpu in the worker, matching wasm, while the app loads its model on webgpu', async () => {

@@ -8,7 +8,7 @@ import { mkdir } from 'node:fs/promises';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { decode as decodePng } from 'fast-png';
 import { pngTextChunks } from '../../workers/engine/png/settings-chunks.ts';
-import { openBrowser, type BrowserSession } from './chromium.ts';
+import { STATE_WAIT_MS, openBrowser, waitForAttribute, waitForCount, waitForGallery, waitForText, type BrowserSession } from './chromium.ts';
 
 const ARTIFACTS = 'test-results';
 
@@ -28,7 +28,7 @@ describe('the journey in the page', () => {
   const fill = async (testId: string, value: string) => b.page.getByTestId(testId).fill(value);
 
   it('loads the tiny model and shows backend and status', async () => {
-    await expect.poll(() => b.page.getByTestId('status-backend').textContent()).toBe('wasm');
+    await waitForText(b.page.getByTestId('status-backend'), /^wasm$/);
     expect(await b.page.getByTestId('backend').textContent()).toMatch(/WebGPU: .*running on wasm by choice/);
   });
 
@@ -37,7 +37,7 @@ describe('the journey in the page', () => {
     await fill('steps', '30');
     await fill('seed', '100');
     await b.page.getByTestId('generate').click();
-    await expect.poll(() => doneCells().count(), { timeout: 120_000, interval: 250 }).toBe(6);
+    await waitForCount(doneCells(), 6);
     // several generated together, not one by one: a transformer run carried the rows of 4 or more (guided: 2 rows each)
     const status = await b.page.evaluate(() => (window as unknown as { __engine: { status(): Promise<{ maxRowsPerRun: number }> } }).__engine.status());
     expect(status.maxRowsPerRun).toBeGreaterThanOrEqual(8);
@@ -71,12 +71,12 @@ describe('the journey in the page', () => {
 
   it('finds them in the gallery after a reload, and reproduce gives identical pixels', async () => {
     await b.page.reload();
-    await expect.poll(() => b.page.getByTestId('gallery-item').count(), { timeout: 60_000 }).toBe(6);
-    await expect.poll(() => b.page.getByTestId('model-label').textContent(), { timeout: 60_000 }).toMatch(/tiny-sd3/);
+    await waitForGallery(b.page, 6);
+    await waitForText(b.page.getByTestId('model-label'), /tiny-sd3/);
     const first = b.page.getByTestId('gallery-item').first();
     const originalId = await first.getAttribute('data-id');
     await first.getByTestId('gallery-reproduce').click();
-    await expect.poll(() => b.page.getByTestId('gallery-item').count(), { timeout: 60_000 }).toBe(7);
+    await waitForGallery(b.page, 7);
     const same = await b.page.evaluate(async (id) => {
       const api = (window as unknown as { __engine: { getImage(id: string): Promise<{ png: Blob; metadata: { seed: number; prompt: string } }>; listImages(q: object): Promise<{ id: string }[]> } }).__engine;
       const original = await api.getImage(id!);
@@ -99,15 +99,15 @@ describe('the journey in the page', () => {
     await fill('steps', '200');
     await b.page.getByTestId('generate').click();
     const target = b.page.locator('[data-testid="cell"]', { hasText: 'slow two' });
-    await expect.poll(() => target.getAttribute('data-state'), { timeout: 60_000 }).toBe('denoising');
+    await waitForAttribute(target, 'data-state', 'denoising');
     await target.getByTestId('cell-cancel').click();
-    await expect.poll(() => target.getAttribute('data-state'), { timeout: 30_000 }).toBe('cancelled');
+    await waitForAttribute(target, 'data-state', 'cancelled');
     // bad input while the others run
     await fill('prompts', 'never runs');
     await fill('steps', '0');
     await b.page.getByTestId('generate').click();
-    await expect.poll(() => b.page.getByTestId('error-steps').textContent()).toMatch(/steps: expected an integer in 1\.\.500, got 0/);
-    await expect.poll(() => doneCells().count(), { timeout: 120_000, interval: 250 }).toBe(before + 2);
+    await waitForText(b.page.getByTestId('error-steps'), /steps: expected an integer in 1\.\.500, got 0/);
+    await waitForCount(doneCells(), before + 2);
     expect(await b.page.locator('[data-testid="cell"]', { hasText: 'never runs' }).count()).toBe(0);
   });
 
@@ -117,12 +117,12 @@ describe('the journey in the page', () => {
     await fill('steps', '150');
     await fill('seed', '4242');
     await b.page.getByTestId('generate').click();
-    await expect.poll(() => b.page.locator('[data-testid="cell"][data-state="denoising"]').count(), { timeout: 60_000 }).toBeGreaterThan(0);
+    await b.page.locator('[data-testid="cell"][data-state="denoising"]').first().waitFor({ timeout: STATE_WAIT_MS });
     await b.page.reload();
     // after the reload the grid shows the resumed requests and they complete
-    await expect.poll(() => cells().count(), { timeout: 60_000 }).toBe(3);
-    await expect.poll(() => doneCells().count(), { timeout: 180_000, interval: 500 }).toBe(3);
-    await expect.poll(() => b.page.getByTestId('gallery-item').count(), { timeout: 30_000 }).toBe(galleryBefore + 3);
+    await waitForCount(cells(), 3);
+    await waitForCount(doneCells(), 3);
+    await waitForGallery(b.page, galleryBefore + 3);
     const seeds = await b.page.$$eval('[data-testid="gallery-item"] .meta', (els) => els.map((e) => e.textContent ?? ''));
     for (const s of [4242, 4243, 4244]) expect(seeds.some((t) => t.includes(`seed ${s} `))).toBe(true);
     expect(b.errors.slice(0, 5)).toEqual([]);

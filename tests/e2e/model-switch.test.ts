@@ -6,7 +6,7 @@
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { startModelServer, type ModelServer } from '../helpers/model-server.ts';
 import { TINY_MODEL_EXTERNAL_DIR } from '../helpers/tiny-engine.ts';
-import { openApp, type BrowserSession } from './chromium.ts';
+import { openApp, waitForAttribute, waitForCount, waitForText, type BrowserSession } from './chromium.ts';
 import { storedImages } from './page-images.ts';
 
 describe('model switch in the page', () => {
@@ -38,8 +38,8 @@ describe('model switch in the page', () => {
     await b.page.locator('[data-testid="cell"][data-state="denoising"]').nth(3).waitFor({ timeout: 60_000 });
     const external = new URL('models/tiny-sd3-external/', inject('baseUrl')).href;
     await loadUrl(external);
-    await expect.poll(() => label().textContent(), { timeout: 60_000 }).toMatch('tiny-sd3-external');
-    await expect.poll(() => b.page.locator('[data-testid="cell"][data-state="failed"]').count(), { timeout: 60_000 }).toBe(4);
+    await waitForText(label(), 'tiny-sd3-external');
+    await waitForCount(b.page.locator('[data-testid="cell"][data-state="failed"]'), 4);
     expect(await cells().count()).toBe(4);
     for (let i = 0; i < 4; i++) {
       expect(await cell(i).getByTestId('cell-error').textContent()).toMatch(/was stopped: the engine switched from model .*tiny-sd3\/ to .*tiny-sd3-external\/ while it ran; run it again/);
@@ -54,14 +54,14 @@ describe('model switch in the page', () => {
     await b.page.getByTestId('hub-repo').fill('acme/slow');
     await b.page.getByTestId('hub-host').fill(server.url);
     await b.page.getByTestId('load-model').click();
-    await expect.poll(() => b.page.getByTestId('model-form').getAttribute('data-busy')).toBe('true');
+    await waitForAttribute(b.page.getByTestId('model-form'), 'data-busy', 'true');
     // sent while the load is under way
     await b.page.getByTestId('prompts').fill('waited for the load\nalso waited');
     await b.page.getByTestId('steps').fill('60');
     await b.page.getByTestId('generate').click();
-    await expect.poll(() => b.page.locator('[data-testid="cell"][data-state="queued"]').count()).toBe(2);
+    await waitForCount(b.page.locator('[data-testid="cell"][data-state="queued"]'), 2);
     expect(await b.page.getByTestId('model-form').getAttribute('data-busy')).toBe('true');
-    await expect.poll(() => b.page.locator('[data-testid="cell"][data-state="done"]').count(), { timeout: 120_000 }).toBe(2);
+    await waitForCount(b.page.locator('[data-testid="cell"][data-state="done"]'), 2);
     expect(await label().textContent()).toMatch(/acme\/slow ·/);
     const images = await storedImages(b.page);
     expect(images.map((i) => i.prompt).sort()).toEqual(['also waited', 'waited for the load']);

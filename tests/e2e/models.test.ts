@@ -11,7 +11,7 @@ import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { formatBytes } from '../../workers/engine/errors.ts';
 import { startModelServer, type ModelServer } from '../helpers/model-server.ts';
 import { TINY_MODEL_EXTERNAL_DIR } from '../helpers/tiny-engine.ts';
-import { openApp, type BrowserSession } from './chromium.ts';
+import { openApp, waitForAttribute, waitForCount, waitForText, type BrowserSession } from './chromium.ts';
 
 const REPO = 'acme/tiny-sd3-onnx';
 const BROKEN = 'acme/broken-sd3';
@@ -32,7 +32,7 @@ describe('loading real-checkpoint style models in the page', () => {
     await b.page.getByTestId('hub-subfolder').fill(SUB);
     await b.page.getByTestId('hub-host').fill(server.url);
     await b.page.getByTestId('load-model').click();
-    await expect.poll(() => b.page.getByTestId('model-form').getAttribute('data-busy'), { timeout: 60_000 }).toBe('false');
+    await waitForAttribute(b.page.getByTestId('model-form'), 'data-busy', 'false');
   };
   const generateOne = async (prompt: string) => {
     const done = b.page.locator('[data-testid="cell"][data-state="done"]');
@@ -40,7 +40,7 @@ describe('loading real-checkpoint style models in the page', () => {
     await b.page.getByTestId('prompts').fill(prompt);
     await b.page.getByTestId('steps').fill('2');
     await b.page.getByTestId('generate').click();
-    await expect.poll(() => done.count(), { timeout: 60_000 }).toBe(before + 1);
+    await waitForCount(done, before + 1);
   };
   const gets = () => server.requests.filter((r) => r.method === 'GET').map((r) => r.path);
 
@@ -74,12 +74,12 @@ describe('loading real-checkpoint style models in the page', () => {
     await loadFromHub(REPO);
     const texts = await b.page.evaluate(() => (window as unknown as { __progressTexts: string[] }).__progressTexts);
     const lastProgress = texts.at(-1) ?? '';
-    await expect.poll(() => label().textContent()).toMatch(`${REPO}/${SUB}`);
+    await waitForText(label(), `${REPO}/${SUB}`);
     // progress shows bytes over the whole model, out of its true total
     expect(lastProgress).toContain(`/ ${formatBytes(weightBytes)}`);
     for (const f of WEIGHT_FILES) expect(gets().filter((p) => p === `/${REPO}/resolve/main/${SUB}/${f}`)).toHaveLength(1);
     const item = b.page.getByTestId('cached-model').filter({ hasText: `${REPO}/${SUB}` });
-    await expect.poll(() => item.textContent()).toMatch(formatBytes(cachedBytes));
+    await waitForText(item, formatBytes(cachedBytes));
     await generateOne('from the hub');
   });
 
@@ -88,7 +88,7 @@ describe('loading real-checkpoint style models in the page', () => {
     await label().filter({ hasText: /tiny-sd3/ }).waitFor({ timeout: 60_000 });
     server.requests.length = 0;
     await loadFromHub(REPO);
-    await expect.poll(() => label().textContent()).toMatch(`${REPO}/${SUB}`);
+    await waitForText(label(), `${REPO}/${SUB}`);
     expect(server.requests).toEqual([]);
   });
 
@@ -106,11 +106,11 @@ describe('loading real-checkpoint style models in the page', () => {
     // load the built-in model, so the hub model loads afresh (the repo's name matches /tiny-sd3/ too: wait for the form)
     await b.page.getByTestId('model-kind').selectOption('tiny');
     await b.page.getByTestId('load-model').click();
-    await expect.poll(() => b.page.getByTestId('model-form').getAttribute('data-busy'), { timeout: 60_000 }).toBe('false');
+    await waitForAttribute(b.page.getByTestId('model-form'), 'data-busy', 'false');
     expect(await label().textContent()).not.toContain(REPO);
     server.requests.length = 0;
     await loadFromHub(REPO);
-    await expect.poll(() => label().textContent()).toMatch(`${REPO}/${SUB}`);
+    await waitForText(label(), `${REPO}/${SUB}`);
     expect(gets()).toEqual([new URL(key).pathname]);
     await generateOne('healed cache');
   });
@@ -120,7 +120,7 @@ describe('loading real-checkpoint style models in the page', () => {
     await b.page.locator('details summary', { hasText: 'Memory' }).click();
     await b.page.getByTestId('gpu-memory').fill('0.001');
     await loadFromHub(BROKEN);
-    await expect.poll(() => b.page.getByTestId('model-error').textContent()).toMatch(/this model needs ~.* of GPU memory \(.* of weights \+ .* for the smallest image, 16×16; its default is 64×64\); this adapter offers 1\.0 MB/);
+    await waitForText(b.page.getByTestId('model-error'), /this model needs ~.* of GPU memory \(.* of weights \+ .* for the smallest image, 16×16; its default is 64×64\); this adapter offers 1\.0 MB/);
     expect(await label().textContent()).toMatch(`${REPO}/${SUB}`);
     await b.page.getByTestId('gpu-memory').fill('8');
     await generateOne('still serving');
@@ -129,7 +129,7 @@ describe('loading real-checkpoint style models in the page', () => {
   it('a missing file names itself; the loaded model keeps working', async () => {
     server.faults.set(`/${BROKEN}/resolve/main/${SUB}/transformer/model.onnx_data`, 404);
     await loadFromHub(BROKEN);
-    await expect.poll(() => b.page.getByTestId('model-error').textContent()).toMatch(/transformer\/model\.onnx_data/);
+    await waitForText(b.page.getByTestId('model-error'), /transformer\/model\.onnx_data/);
     expect(await label().textContent()).toMatch(`${REPO}/${SUB}`);
     await generateOne('after a broken repo');
   });
@@ -137,7 +137,7 @@ describe('loading real-checkpoint style models in the page', () => {
   it('deleting a downloaded model frees its cache', async () => {
     const item = b.page.getByTestId('cached-model').filter({ hasText: `${REPO}/${SUB}` });
     await item.getByTestId('cached-delete').click();
-    await expect.poll(() => item.count()).toBe(0);
+    await waitForCount(item, 0);
     const left = await b.page.evaluate(async () => (await (await caches.open('sd3-webgpu-models-v2')).keys()).filter((r) => r.url.includes('tiny-sd3-onnx')).length);
     expect(left).toBe(0);
   });

@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { startModelServer, type ModelServer } from '../helpers/model-server.ts';
 import { TINY_MODEL_EXTERNAL_DIR } from '../helpers/tiny-engine.ts';
-import { openBrowser, type BrowserSession } from './chromium.ts';
+import { openBrowser, waitForCount, waitForGallery, waitForText, type BrowserSession } from './chromium.ts';
 
 const HOSTILE = `<img src=x onerror="window.__pwned=1"><b>bold</b><script>window.__pwned=2</script>`;
 
@@ -42,13 +42,13 @@ describe('privacy and security in the page', () => {
     await b.page.getByTestId('hub-repo').fill('acme/tiny');
     await b.page.getByTestId('hub-host').fill(server.url);
     await b.page.getByTestId('load-model').click();
-    await expect.poll(() => b.page.getByTestId('model-label').textContent(), { timeout: 60_000 }).toMatch('acme/tiny');
+    await waitForText(b.page.getByTestId('model-label'), 'acme/tiny');
     await b.page.getByTestId('prompts').fill(HOSTILE);
     await b.page.getByTestId('steps').fill('2');
     await b.page.getByTestId('generate').click();
-    await expect.poll(() => b.page.getByTestId('gallery-item').count(), { timeout: 60_000 }).toBe(1);
+    await waitForGallery(b.page, 1);
     await b.page.reload();
-    await expect.poll(() => b.page.getByTestId('gallery-item').count(), { timeout: 60_000 }).toBe(1);
+    await waitForGallery(b.page, 1);
 
     // the worker's downloads were seen, so the log is complete
     expect(requests.some((u) => u.includes('/models/tiny-sd3/transformer/model.onnx'))).toBe(true);
@@ -69,7 +69,13 @@ describe('privacy and security in the page', () => {
     expect(csp).not.toMatch(/unsafe-inline'[^;]*;.*script|script-src[^;]*unsafe-inline/);
     const result = await b.page.evaluate(async () => {
       const violations: string[] = [];
-      document.addEventListener('securitypolicyviolation', (e) => violations.push(`${e.violatedDirective} ${e.blockedURI}`));
+      // both blocked scripts report a violation: wait for the two reports, not for a timer
+      const reported = new Promise<void>((r) =>
+        document.addEventListener('securitypolicyviolation', (e) => {
+          violations.push(`${e.violatedDirective} ${e.blockedURI}`);
+          if (violations.length === 2) r();
+        }),
+      );
       const inline = document.createElement('script');
       inline.textContent = 'window.__inline = 1';
       document.body.append(inline);
@@ -81,7 +87,7 @@ describe('privacy and security in the page', () => {
       });
       document.body.append(remote);
       const failed = await remoteFailed;
-      await new Promise((r) => setTimeout(r, 100));
+      await reported;
       return { inlineRan: (window as unknown as { __inline?: number }).__inline === 1, remoteFailed: failed, violations };
     });
     expect(result.inlineRan).toBe(false);
@@ -91,11 +97,11 @@ describe('privacy and security in the page', () => {
   });
 
   it('"Delete all data" wipes images, queue and downloaded models, for good', async () => {
-    await expect.poll(() => b.page.getByTestId('cached-model').count()).toBe(1);
+    await waitForCount(b.page.getByTestId('cached-model'), 1);
     b.page.once('dialog', (d) => void d.accept());
     await b.page.getByTestId('delete-all').click();
-    await expect.poll(() => b.page.getByTestId('gallery-item').count()).toBe(0);
-    await expect.poll(() => b.page.getByTestId('cached-model').count()).toBe(0);
+    await waitForGallery(b.page, 0);
+    await waitForCount(b.page.getByTestId('cached-model'), 0);
     await b.page.reload();
     await b.page.getByTestId('model-label').filter({ hasText: /tiny-sd3/ }).waitFor({ timeout: 60_000 });
     const left = await b.page.evaluate(async () => {

@@ -13,7 +13,8 @@ import type { Download, Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import type { ImageMetadata } from '../../workers/engine/api/types.ts';
 import { parseA1111, pngTextChunks } from '../../workers/engine/png/settings-chunks.ts';
-import { openApp, type BrowserSession } from './chromium.ts';
+import { openApp, waitForGallery, type BrowserSession } from './chromium.ts';
+import { GALLERY_PAGE } from '../../workers/store/image-store.ts';
 import { storedImages } from './page-images.ts';
 
 const require = createRequire(import.meta.url);
@@ -162,7 +163,7 @@ describe('the studio in the page', () => {
     expect(await b.page.getByTestId('xy-cell').count()).toBe(6);
     await b.page.getByTestId('xy-progress').filter({ hasText: '6/6 cells' }).waitFor();
     // each cell is an ordinary gallery image with its own settings
-    await expect.poll(() => b.page.getByTestId('gallery-item').count()).toBe(galleryBefore + 6);
+    await waitForGallery(b.page, galleryBefore + 6);
     const newest = (await storedImages(b.page)).filter((m) => m.prompt === 'xy plot');
     expect(newest.map((m) => `${m.guidance}/${m.seed}`).sort()).toEqual(['2/50', '2/60', '2/70', '5.5/50', '5.5/60', '5.5/70']);
     const sheet = await downloaded(b.page, () => b.page.getByTestId('xy-export').click());
@@ -190,7 +191,7 @@ describe('the studio in the page', () => {
 
   it('the gallery searches by prompt, zips a selection and deletes it', async () => {
     await b.page.getByTestId('gallery-search').fill('studio');
-    await expect.poll(() => b.page.getByTestId('gallery-item').count()).toBe(2);
+    await waitForGallery(b.page, 2);
     const items = b.page.getByTestId('gallery-item');
     const ids = await items.evaluateAll((els) => els.map((e) => (e as HTMLElement).dataset.id!));
     for (const i of [0, 1]) await items.nth(i).getByTestId('gallery-select').check();
@@ -205,10 +206,10 @@ describe('the studio in the page', () => {
       expect(JSON.parse(strFromU8(files[name.replace('.png', '.json')])).id).toBe(s.id);
     }
     await b.page.getByTestId('gallery-delete-selected').click();
-    await expect.poll(() => b.page.getByTestId('gallery-item').count()).toBe(0);
+    await waitForGallery(b.page, 0);
     expect((await storedImages(b.page)).filter((m) => m.prompt.startsWith('studio'))).toEqual([]);
     await b.page.getByTestId('gallery-search').fill('');
-    await expect.poll(() => b.page.getByTestId('gallery-item').count()).toBe((await storedImages(b.page)).length);
+    await waitForGallery(b.page, (await storedImages(b.page)).length);
   });
 
   it('follows the colour scheme, and no control overlaps another or leaves the page at 1440, 1024 and 390 px', async () => {
@@ -258,12 +259,14 @@ describe('the studio in the page', () => {
       return all.length + 60;
     });
     await b.page.reload();
-    await expect.poll(() => b.page.getByTestId('gallery-item').count()).toBe(48);
-    while (await b.page.getByTestId('gallery-more').count()) {
-      const n = await b.page.getByTestId('gallery-item').count();
+    // the page's own count says when each page is in: no timer decides
+    await waitForGallery(b.page, GALLERY_PAGE);
+    for (let shown = GALLERY_PAGE; shown < total; ) {
       await b.page.getByTestId('gallery-more').click();
-      await expect.poll(() => b.page.getByTestId('gallery-item').count()).toBeGreaterThan(n);
+      shown = Math.min(total, shown + GALLERY_PAGE);
+      await waitForGallery(b.page, shown);
     }
+    expect(await b.page.getByTestId('gallery-more').count()).toBe(0);
     const ids = await b.page.getByTestId('gallery-item').evaluateAll((els) => els.map((e) => (e as HTMLElement).dataset.id!));
     expect(ids).toHaveLength(total);
     expect(new Set(ids).size).toBe(total);
