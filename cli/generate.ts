@@ -1,5 +1,6 @@
 // The CLI on the same engine as the app (Node, onnxruntime-web's wasm backend).
-//   npm run generate -- --model <folder|url|hf:owner/repo> --prompt "..." --seed 7 --steps 4 --size 64 --out out.png
+//   npm run generate -- --model <folder|url|hf:owner/repo[/subfolder][@revision]> --prompt "..." --seed 7 --steps 4 --size 64 --out out.png
+//   Hub repos: HF_TOKEN (or the token file `huggingface-cli login` writes) for gated repos, HF_ENDPOINT for a mirror.
 //   npm run generate -- --model <...> --prompts prompts.txt --concurrency 8 --out-dir out/
 //   npm run generate -- --model <...> --plan [--size N] [--guidance G] [--gpu-memory GB]   (memory plan as JSON, no weights downloaded)
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
@@ -10,13 +11,17 @@ import { EngineError, ModelTooLargeError } from '../workers/engine/errors.ts';
 import { DEFAULT_MAX_ACTIVE } from '../workers/engine/interleaver/interleaver.ts';
 import { planReport, refusedModelReport } from '../workers/engine/memory/plan-report.ts';
 import { planModel } from '../workers/engine/model/load-model.ts';
-import { createNodeEngine, openNodeModelFiles, parseModelArg } from '../workers/engine/node.ts';
+import type { ModelSourceSpec } from '../workers/engine/api/types.ts';
+import { parseModelArg } from '../workers/engine/model/hub-spec.ts';
+import { createNodeEngine, openNodeModelFiles } from '../workers/engine/node.ts';
 import { defaultNodeCacheFolder, nodeFileCache } from '../workers/engine/model/node-file-cache.ts';
 
-const USAGE = `usage: npm run generate -- --model <folder|url|hf:owner/repo> (--prompt TEXT --out FILE.png | --prompts FILE.txt --out-dir DIR)
+const USAGE = `usage: npm run generate -- --model <folder|url|hf:owner/repo[/subfolder][@revision]> (--prompt TEXT --out FILE.png | --prompts FILE.txt --out-dir DIR)
   [--negative TEXT] [--seed N] [--steps N] [--guidance G] [--size N | --width N --height N]
   [--concurrency N] [--max-batch N] [--no-t5] [--cache-dir DIR | --no-cache]
   URL and Hub models are cached in --cache-dir (default $SD3_WEBGPU_CACHE or ~/.cache/sd3-webgpu/models).
+  Gated Hub repos need a read token: HF_TOKEN, else the file huggingface-cli login writes ($HF_HOME/token);
+  HF_ENDPOINT names a Hub mirror.
        npm run generate -- --model <...> --plan [--size N | --width N --height N] [--guidance G] [--no-t5]
   [--gpu-memory GB] [--max-buffer-mb MB] [--backend webgpu|wasm] [--no-f16]
   prints the memory plan (weights, per-request bytes, largest buffer, how many fit, verdict) as JSON and
@@ -65,7 +70,14 @@ export async function main(argv: string[]): Promise<number> {
     console.log(USAGE);
     return 0;
   }
-  if (args.plan) return plan(args);
+  let source: ModelSourceSpec;
+  try {
+    source = parseModelArg(args.model);
+  } catch (e) {
+    console.error(`error: ${(e as Error).message}`);
+    return 2;
+  }
+  if (args.plan) return plan(args, source);
   if (!args.prompt === !args.prompts) {
     console.error(`error: give exactly one of --prompt and --prompts\n${USAGE}`);
     return 2;
@@ -107,7 +119,7 @@ export async function main(argv: string[]): Promise<number> {
   const engine = createNodeEngine({ maxActive: concurrency, maxBatch, fileCache });
   let lastFile = '';
   const info = await engine
-    .load(parseModelArg(args.model), (e) => {
+    .load(source, (e) => {
       if (e.status === 'done' && e.file !== lastFile) console.error(`loaded ${(lastFile = e.file ?? '')}${e.cached ? ' (cached)' : ''}`);
     }, { skipT5: args['no-t5'] })
     .catch((e: Error) => {
@@ -145,7 +157,7 @@ export async function main(argv: string[]): Promise<number> {
 }
 
 /** --plan: the memory plan for one request size, as JSON on stdout; exit 0 if it fits, 1 if refused, 2 for bad flags. */
-async function plan(args: { model: string; size?: string; width?: string; height?: string; guidance?: string; 'gpu-memory'?: string; 'max-buffer-mb'?: string; backend: string; 'no-f16': boolean; 'no-t5': boolean }): Promise<number> {
+async function plan(args: { size?: string; width?: string; height?: string; guidance?: string; 'gpu-memory'?: string; 'max-buffer-mb'?: string; backend: string; 'no-f16': boolean; 'no-t5': boolean }, source: ModelSourceSpec): Promise<number> {
   const flagError = (flag: string, allowed: string, got: string | undefined) => {
     console.error(`error: ${flag}: expected ${allowed}, got ${got}`);
     return 2;
@@ -156,7 +168,7 @@ async function plan(args: { model: string; size?: string; width?: string; height
   if (gb !== undefined && !(gb > 0 && gb <= 1024)) return flagError('--gpu-memory', 'a number of GB in (0, 1024]', args['gpu-memory']);
   const bufferMb = num(args['max-buffer-mb']);
   if (bufferMb !== undefined && !(Number.isInteger(bufferMb) && bufferMb >= 1)) return flagError('--max-buffer-mb', 'an integer >= 1', args['max-buffer-mb']);
-  const files = openNodeModelFiles(parseModelArg(args.model));
+  const files = openNodeModelFiles(source);
   const fit = {
     ...(gb !== undefined ? { memoryBytes: Math.round(gb * 1024 ** 3) } : {}),
     maxBufferBytes: (bufferMb ?? 1024) * 1024 ** 2,

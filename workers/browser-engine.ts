@@ -124,13 +124,13 @@ export function detectGpu(): Promise<GpuInfo> {
  * the browser's HTTP cache: caching them again would keep a stale copy after
  * an update. Other URLs and Hub repos go through the download cache.
  */
-function openBrowserModelFiles(spec: Parameters<typeof openModelFiles>[0]): ModelFiles {
+function openBrowserModelFiles(spec: Parameters<typeof openModelFiles>[0], access?: Parameters<typeof openModelFiles>[1]): ModelFiles {
   if (spec.kind === 'url' && new URL(spec.url, self.location.href).origin === self.location.origin) {
     const files = new UrlModelFiles(spec.url, spec.url, undefined, { httpCache: true });
     // no cacheKey: the download cache leaves these alone
     return { id: files.id, read: (p, cb) => files.read(p, cb), size: (p) => files.size(p), exists: (p) => files.exists(p), stream: (p, cb) => files.stream(p, cb) };
   }
-  return openModelFiles(spec);
+  return openModelFiles(spec, access);
 }
 
 /** PNG from RGBA on the canvas's own encoder, off the worker's thread: the step loop keeps going. */

@@ -17,7 +17,7 @@ import { graphInitializers, hasHalfPrecisionWeights, ONNX_DTYPE } from '../../wo
 import { nodeCacheBackend } from '../../workers/engine/model/node-file-cache.ts';
 import { createNodeEngine } from '../../workers/engine/node.ts';
 import { reshard } from '../../tools/reshard/reshard.ts';
-import { startModelServer, type ModelServer } from '../helpers/model-server.ts';
+import { servedCommit, startModelServer, type ModelServer } from '../helpers/model-server.ts';
 import { loadTinyEngine, maxPixelDiff, TINY_MODEL_DIR, TINY_MODEL_EXTERNAL_DIR } from '../helpers/tiny-engine.ts';
 
 const { onnx } = onnxProto;
@@ -38,7 +38,9 @@ describe('Hub layout, cache and device fit', () => {
   let cacheDir: string;
   let weightBytes: number;
   const engineWithCache = (opts: Parameters<typeof createNodeEngine>[0] = {}) => createNodeEngine({ fileCache: new FileCache(nodeCacheBackend(cacheDir)), ...opts });
-  const modelGets = () => server.requests.filter((r) => r.method === 'GET');
+  // files come from the commit the branch resolved to (as huggingface_hub fetches them); paths here name the branch
+  const atBranch = (path: string) => path.replace(`/resolve/${servedCommit({ repo: REPO, folder: '' })}/`, '/resolve/main/');
+  const modelGets = () => server.requests.filter((r) => r.method === 'GET' && r.path.includes('/resolve/')).map((r) => ({ ...r, path: atBranch(r.path) }));
 
   beforeAll(async () => {
     root = await mkdtemp(join(tmpdir(), 'sd3-hub-'));
@@ -85,7 +87,8 @@ describe('Hub layout, cache and device fit', () => {
     const events: ProgressEvent[] = [];
     const engine = engineWithCache();
     await engine.load(hub(server), (e) => events.push(e));
-    expect(server.requests).toEqual([]);
+    // only the revision is asked, to find its commit (the files, and the listing of that commit, are cached)
+    expect(server.requests.map((r) => r.path)).toEqual([`/api/models/${REPO}/revision/main`]);
     expect(events.filter((e) => e.status === 'done').every((e) => e.cached)).toBe(true);
     expect((await engine.generate({ prompt: 'cached', seed: 1 })).rgba.length).toBe(64 * 64 * 4);
   });
@@ -106,7 +109,7 @@ describe('Hub layout, cache and device fit', () => {
     server.requests.length = 0;
     await createNodeEngine({ fileCache: cache }).load(hub(server));
     expect(cache.dropped).toEqual([dataKey]);
-    expect(modelGets().map((r) => r.path)).toEqual([new URL(dataKey).pathname]);
+    expect(modelGets().map((r) => r.path)).toEqual([atBranch(new URL(dataKey).pathname)]);
 
     // hashes are checked once when a file is written, and again on request
     const report = await cache.verify(`${REPO}/${SUB}`);
@@ -115,7 +118,7 @@ describe('Hub layout, cache and device fit', () => {
     server.requests.length = 0;
     const engine = createNodeEngine({ fileCache: cache });
     await engine.load(hub(server));
-    expect(modelGets().map((r) => r.path)).toEqual([new URL(graphKey).pathname]);
+    expect(modelGets().map((r) => r.path)).toEqual([atBranch(new URL(graphKey).pathname)]);
     const local = await loadTinyEngine();
     const [a, b] = await Promise.all([engine.generate({ prompt: 'healed', seed: 9 }), local.generate({ prompt: 'healed', seed: 9 })]);
     expect(maxPixelDiff(a.rgba, b.rgba)).toBe(0);
@@ -133,7 +136,7 @@ describe('Hub layout, cache and device fit', () => {
     const engine = createNodeEngine({ fileCache: cache });
     await engine.load(hub(server));
     expect(cache.dropped).toEqual([graphKey]);
-    expect(modelGets().map((r) => r.path)).toEqual([new URL(graphKey).pathname]);
+    expect(modelGets().map((r) => r.path)).toEqual([atBranch(new URL(graphKey).pathname)]);
     expect((await engine.generate({ prompt: 'healed graph', seed: 3, steps: 1 })).rgba.length).toBe(64 * 64 * 4);
   });
 

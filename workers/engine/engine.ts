@@ -11,7 +11,7 @@ import type { Ort } from './model/component-session.ts';
 import type { DeviceFit } from './model/device-fit.ts';
 import { CachedModelFiles, isCacheable, type FileCache } from './model/file-cache.ts';
 import { loadModel, type LoadedModel } from './model/load-model.ts';
-import { openModelFiles, type ModelFiles } from './model/model-files.ts';
+import { openModelFiles, type HubAccess, type ModelFiles } from './model/model-files.ts';
 import { HostDenoiser } from './denoise/denoiser.ts';
 import { WebGpuDenoiser } from './denoise/webgpu-denoiser.ts';
 
@@ -34,7 +34,7 @@ export interface EngineOptions {
   renderPreview?: PreviewRenderer;
   maxBatch?: number;
   /** Maps a source to its files; Node entry points add `path` support. */
-  openFiles?: (spec: ModelSourceSpec) => ModelFiles;
+  openFiles?: (spec: ModelSourceSpec, access?: HubAccess) => ModelFiles;
   /** Download cache for URL and Hub sources (Cache Storage in the browser, a folder in Node). */
   fileCache?: FileCache;
   /** What the device can hold (memory, largest buffer, features): the one memory budget for loads and requests. */
@@ -53,6 +53,8 @@ export interface LoadModelOptions {
   streamExternalData?: boolean;
   /** Overrides the engine's denoiseOnDevice for this model (tests and the benchmark compare both paths). */
   denoiseOnDevice?: boolean;
+  /** A Hugging Face token for this load's Hub source (gated repos): sent to the Hub host only, never recorded. */
+  hubToken?: string;
 }
 
 export interface GenerateOptions {
@@ -123,7 +125,7 @@ export class Engine {
   }
 
   private async loadNow(source: ModelSourceSpec | ModelFiles, onProgress: ProgressCallback | undefined, opts: LoadModelOptions, signal: AbortSignal): Promise<ModelInfo> {
-    const opened = 'read' in source ? source : (this.options.openFiles ?? openModelFiles)(source);
+    const opened = 'read' in source ? source : (this.options.openFiles ?? openModelFiles)(source, { token: opts.hubToken });
     const cache = this.options.fileCache;
     const cacheable = cache && isCacheable(opened) ? opened : null;
     const streaming = this.options.streaming ?? false;

@@ -50,17 +50,21 @@ export class InvalidRequestError extends EngineError {
   }
 }
 
-/** A model file could not be fetched or parsed; `file` names it. */
+/** Why a source refused a model, where it said: a gated repo, a refused token, nothing at that name, no answer at all. */
+export type SourceFailure = 'gated' | 'unauthorized' | 'not_found' | 'unreachable';
+
+/** A model file could not be fetched or parsed; `file` names it, `failure` says how the source refused it (when it did). */
 export class ModelLoadError extends EngineError {
   constructor(
     readonly file: string,
     reason: string,
+    readonly failure?: SourceFailure,
   ) {
     super('model_load', `could not load ${file}: ${reason}`);
   }
 
   protected override details() {
-    return { file: this.file };
+    return { file: this.file, ...(this.failure ? { failure: this.failure } : {}) };
   }
 }
 

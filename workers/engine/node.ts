@@ -3,23 +3,22 @@
 import * as ort from 'onnxruntime-web';
 import { Engine, type EngineOptions } from './engine.ts';
 import type { ModelSourceSpec } from './api/types.ts';
-import { openModelFiles } from './model/model-files.ts';
+import { openModelFiles, type HubAccess } from './model/model-files.ts';
+import { withNodeHubDefaults } from './model/node-hub.ts';
 import { nodeFolderFiles } from './model/node-folder-files.ts';
 import { encodePngOffThread } from './model/node-png.ts';
 
 export { ort };
 
-/** Files for any source, local folders included. */
-export function openNodeModelFiles(spec: ModelSourceSpec) {
-  return spec.kind === 'path' ? nodeFolderFiles(spec.path) : openModelFiles(spec);
+/** Files for any source, local folders included; Hub sources take HF_ENDPOINT and HF_TOKEN (or the token file) as huggingface_hub does. */
+export function openNodeModelFiles(spec: ModelSourceSpec, access?: HubAccess) {
+  if (spec.kind === 'path') return nodeFolderFiles(spec.path);
+  const hub = withNodeHubDefaults(spec, access);
+  return openModelFiles(hub.spec, hub.access);
 }
 
-/** A source from a CLI argument: an http(s) URL, a Hub repo id, or a folder. */
-export function parseModelArg(arg: string): ModelSourceSpec {
-  if (/^https?:\/\//.test(arg)) return { kind: 'url', url: arg };
-  if (arg.startsWith('hf:')) return { kind: 'hub', repo: arg.slice(3) };
-  return { kind: 'path', path: arg };
-}
+/** A source from a CLI argument: an http(s) URL, `hf:owner/repo[/subfolder][@revision]`, or a folder. */
+export { parseModelArg } from './model/hub-spec.ts';
 
 export function createNodeEngine(options: Partial<EngineOptions> = {}): Engine {
   // one wasm thread per run keeps results independent of the machine's core count

@@ -6,7 +6,7 @@
 // (`verify`: reading gigabytes again on every load would cost minutes).
 // Storage itself is pluggable: Cache Storage in the browser
 // (workers/store/model-cache.ts), a folder in Node (node-file-cache.ts).
-import type { ByteProgress, ModelFiles } from './model-files.ts';
+import type { ByteProgress, ModelFiles, RefStore } from './model-files.ts';
 
 export interface CacheMeta {
   /** The model the file belongs to (for usage per model and deletion). */
@@ -137,8 +137,11 @@ export class FileCache {
 
 /** A source whose files have stable URLs and stream (and so can be cached). */
 export interface CacheableModelFiles extends ModelFiles {
+  /** Valid once prepare() has resolved. */
   cacheKey(path: string): string;
   stream(path: string, onProgress?: ByteProgress): AsyncIterable<Uint8Array>;
+  /** Work before the first cache key (a Hub repo resolves its revision to a commit); `refs` remembers what it resolved, for offline loads. */
+  prepare?(refs: RefStore): Promise<void>;
 }
 
 export function isCacheable(files: ModelFiles): files is CacheableModelFiles {
@@ -152,6 +155,7 @@ export class CachedModelFiles implements ModelFiles {
   readonly hits = new Set<string>();
   /** Why storing a file failed (quota…): the load carries on without caching it. */
   readonly storeErrors: string[] = [];
+  private ready: Promise<void> | null = null;
 
   constructor(
     private readonly inner: CacheableModelFiles,
@@ -162,8 +166,38 @@ export class CachedModelFiles implements ModelFiles {
     return this.inner.id;
   }
 
+  /** The source's preparation, once (tried again after a failure); a resolved commit is remembered in the cache beside the files. */
+  private prepared(): Promise<void> {
+    if (!this.inner.prepare) return Promise.resolve();
+    const refs: RefStore = {
+      get: async (key) => {
+        const hit = await this.cache.get(key);
+        return hit ? new TextDecoder().decode(await hit.bytes()) : null;
+      },
+      set: async (key, commit) => {
+        await this.cache.put(key, this.inner.id, oneChunk(new TextEncoder().encode(commit)));
+      },
+    };
+    this.ready ??= this.inner.prepare(refs);
+    this.ready.catch(() => (this.ready = null));
+    return this.ready;
+  }
+
+  /** The source's listing, when it has one; kept beside the files (a commit's listing never changes), so a cached model lists offline. */
+  async list(): Promise<{ path: string; size: number }[] | null> {
+    await this.prepared();
+    if (!this.inner.list) return null;
+    const key = `${this.inner.cacheKey('')}#listing`;
+    const hit = await this.cache.get(key);
+    if (hit) return JSON.parse(new TextDecoder().decode(await hit.bytes())) as { path: string; size: number }[];
+    const listing = await this.inner.list();
+    if (listing) await this.cache.put(key, this.inner.id, oneChunk(new TextEncoder().encode(JSON.stringify(listing)))).catch(() => undefined);
+    return listing;
+  }
+
   /** The stored file, downloading it into the cache first when absent; null when storing failed. */
   private async stored(path: string, onProgress?: ByteProgress): Promise<StoredFile | null> {
+    await this.prepared();
     const key = this.inner.cacheKey(path);
     const cached = await this.cache.get(key);
     if (cached) {
@@ -196,12 +230,17 @@ export class CachedModelFiles implements ModelFiles {
   }
 
   async size(path: string): Promise<number | null> {
+    await this.prepared();
     return (await this.cache.size(this.inner.cacheKey(path))) ?? this.inner.size(path);
   }
 
   async exists(path: string): Promise<boolean> {
     return (await this.size(path)) !== null;
   }
+}
+
+async function* oneChunk(bytes: Uint8Array): AsyncIterable<Uint8Array> {
+  yield bytes;
 }
 
 /** Passes a stream through, remembering whether it was the source that failed (storage failing stops reading instead). */

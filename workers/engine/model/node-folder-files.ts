@@ -1,7 +1,7 @@
 // ModelFiles over a folder on disk, for Node (CLI, benchmarks, tests). Kept out
 // of the browser bundle: only Node entry points import it.
-import { readFile, stat } from 'node:fs/promises';
-import { basename, join, resolve } from 'node:path';
+import { readdir, readFile, stat } from 'node:fs/promises';
+import { basename, join, relative, resolve, sep } from 'node:path';
 import { ModelLoadError } from '../errors.ts';
 import type { ByteProgress, ModelFiles } from './model-files.ts';
 
@@ -27,6 +27,16 @@ export function nodeFolderFiles(folder: string, id?: string): ModelFiles {
     },
     async exists(path: string) {
       return (await this.size(path)) !== null;
+    },
+    /** Every file under the folder, '/'-separated, with its size. */
+    async list() {
+      const out: { path: string; size: number }[] = [];
+      for (const e of await readdir(root, { withFileTypes: true, recursive: true })) {
+        if (!e.isFile()) continue;
+        const full = join(e.parentPath, e.name);
+        out.push({ path: relative(root, full).split(sep).join('/'), size: (await stat(full)).size });
+      }
+      return out.sort((a, b) => (a.path < b.path ? -1 : 1));
     },
   };
 }
