@@ -15,6 +15,7 @@ import type { Engine } from '../../workers/engine/engine.ts';
 import { readPngSettings } from '../../workers/engine/png/settings-chunks.ts';
 import { createServerEngine } from '../../server/node-backend.ts';
 import { SeedServer, type InferenceEnd } from '../../server/seed-server.ts';
+import { main } from '../../server/serve.ts';
 import { maxPixelDiff, newTinyEngine, TINY_MODEL_DIR } from '../helpers/tiny-engine.ts';
 
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
@@ -273,6 +274,13 @@ describe('npm run serve: the seed’s API', () => {
 });
 
 describe('npm run serve: the command', () => {
+  it('refuses bad flags with exit code 2 before loading anything', async () => {
+    expect(await main(['--backend', 'cuda'])).toBe(2);
+    expect(await main(['--port', '70000'])).toBe(2);
+    expect(await main(['--grace', 'soon'])).toBe(2);
+    expect(await main(['--bogus'])).toBe(2);
+  });
+
   it('loads before it listens, serves, and on SIGTERM finishes the running request and exits 0', async () => {
     const dir = await mkdtemp(join(tmpdir(), 'sd3-serve-cmd-'));
     const child = spawn(process.execPath, ['--import', 'tsx', 'server/serve.ts', '--model', TINY_MODEL_DIR, '--port', '0', '--images-dir', dir], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
@@ -291,7 +299,9 @@ describe('npm run serve: the command', () => {
         lines.push(check);
         check(stderr);
       });
-      const [, url] = (await once(child.stdout, 'data')).toString().match(/listening on (http:\/\/127\.0\.0\.1:\d+)/)!;
+      // the first line on stdout, or the reason it never came
+      const first = await Promise.race([once(child.stdout, 'data'), once(child, 'exit').then(() => Promise.reject(new Error(`serve exited early:\n${stderr}`)))]);
+      const [, url] = String(first).match(/listening on (http:\/\/127\.0\.0\.1:\d+)/)!;
       expect(stderr).toMatch(/model tiny-sd3 .* on (wasm|webgpu)/);
       expect(await (await fetch(`${url}/`)).json()).toEqual({ message: 'Welcome to the Diffusers Server' });
       const reply = fetch(`${url}${INFERENCE}`, { method: 'POST', body: JSON.stringify({ prompt: 'until the end', num_inference_steps: 60 }) });
