@@ -158,15 +158,41 @@ export function graphIoTypes(model: Uint8Array): GraphIo[] {
   return out;
 }
 
-/** Names of every node of the main graph (torch exports name them after the module path: `/transformer_blocks.3/attn2/...`). */
+/** Names of every node of the main graph, in order ('' where unnamed; torch exports name them after the module path: `/transformer_blocks.3/attn2/...`). */
 export function graphNodeNames(model: Uint8Array): string[] {
   const g = graphField(model);
   const out: string[] = [];
   new Reader(model, g.dataStart, g.dataEnd).fields((f) => {
     if (f.field !== GRAPH.node || f.wire !== WIRE.LEN) return;
+    let name = '';
     new Reader(model, f.dataStart, f.dataEnd).fields((n) => {
-      if (n.field === NODE.name) out.push(readString(model, n));
+      if (n.field === NODE.name) name = readString(model, n);
     });
+    out.push(name);
+  });
+  return out;
+}
+
+/** Dims of every Constant node's tensor value (torch.onnx folds buffers such as pos_embed's table into them). */
+export function constantTensorDims(model: Uint8Array): { name: string; output: string; dims: number[] }[] {
+  const out: { name: string; output: string; dims: number[] }[] = [];
+  const g = graphField(model);
+  new Reader(model, g.dataStart, g.dataEnd).fields((f) => {
+    if (f.field !== GRAPH.node || f.wire !== WIRE.LEN) return;
+    let name = '';
+    let opType = '';
+    let output = '';
+    let dims: number[] | null = null;
+    new Reader(model, f.dataStart, f.dataEnd).fields((n) => {
+      if (n.field === NODE.name) name = readString(model, n);
+      else if (n.field === NODE.opType) opType = readString(model, n);
+      else if (n.field === NODE.output) output = readString(model, n);
+      else if (n.field === NODE.attribute)
+        new Reader(model, n.dataStart, n.dataEnd).fields((a) => {
+          if (a.field === 5 && a.wire === WIRE.LEN) dims = tensorInfo(model, a.dataStart, a.dataEnd).dims; // AttributeProto.t
+        });
+    });
+    if (opType === 'Constant' && dims) out.push({ name, output, dims });
   });
   return out;
 }
@@ -194,11 +220,27 @@ export interface TransformerShapes {
  */
 export function transformerShapes(model: Uint8Array): TransformerShapes {
   const inits = graphInitializers(model);
-  const names = [...inits.map((t) => t.name), ...graphNodeNames(model)];
+  const nodeNames = graphNodeNames(model);
+  const names = [...inits.map((t) => t.name), ...nodeNames];
   const shapes: TransformerShapes = { dualAttentionLayers: [], qkNorm: false };
   const proj = inits.find((t) => /(^|[./])pos_embed\.proj\.weight$/.test(t.name) && t.dims.length === 4);
   if (proj) [shapes.hiddenSize, shapes.inChannels, shapes.patchSize] = [proj.dims[0], proj.dims[1], proj.dims[2]];
-  const table = inits.find((t) => /(^|[./])pos_embed\.pos_embed$/.test(t.name) && t.dims.length >= 2);
+  const square = (dims: number[]) => {
+    const side = Math.round(Math.sqrt(dims.slice(0, -1).reduce((a, b) => a * b, 1)));
+    return dims.length >= 3 && side > 1 && side * side === dims.slice(0, -1).reduce((a, b) => a * b, 1) && (shapes.hiddenSize === undefined || dims[dims.length - 1] === shapes.hiddenSize);
+  };
+  // the positional table: the pos_embed.pos_embed buffer, the same under a name torch.onnx made up
+  // (`onnx::Slice_804`, read by a pos_embed node), or a constant it was folded into
+  const posReads = new Set<string>();
+  graphNodes(model).forEach((n, i) => {
+    if (/pos_embed/.test(nodeNames[i])) for (const input of n.inputs) posReads.add(input);
+  });
+  const table =
+    inits.find((t) => /(^|[./])pos_embed\.pos_embed$/.test(t.name) && t.dims.length >= 2) ??
+    inits.find((t) => posReads.has(t.name) && square(t.dims)) ??
+    constantTensorDims(model)
+      .filter((c) => /pos_embed/.test(c.name) && square(c.dims))
+      .sort((a, b) => b.dims.reduce((x, y) => x * y, 1) - a.dims.reduce((x, y) => x * y, 1))[0];
   if (table) {
     const hidden = table.dims[table.dims.length - 1];
     const positions = table.dims.slice(0, -1).reduce((a, b) => a * b, 1);

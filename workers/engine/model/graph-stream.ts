@@ -7,7 +7,7 @@
 // constants and the graph's inputs and outputs: what graph-info.ts and the
 // attention finder read. It is never handed to onnxruntime.
 import { WIRE, Writer } from './protobuf.ts';
-import { GRAPH, MODEL, TENSOR } from './graph-info.ts';
+import { GRAPH, MODEL, NODE, TENSOR } from './graph-info.ts';
 
 /** Tensor payloads up to this size stay in the skeleton (scalars and shapes that rewrites read). */
 const KEEP_PAYLOAD_BYTES = 4096;
@@ -137,6 +137,26 @@ async function tensorSkeleton(r: ChunkReader, end: number): Promise<Writer> {
   return w;
 }
 
+/** Nodes up to this size are copied whole; larger ones (a Constant holding a folded buffer) lose their tensor payloads. */
+const KEEP_NODE_BYTES = 64 * 1024;
+
+/** A NodeProto or AttributeProto whose tensor attributes (AttributeProto.t = 5, .tensors = 11) lose their large payloads. */
+async function nodeSkeleton(r: ChunkReader, end: number, tensorFields: Set<number>, nested: (field: number) => boolean): Promise<Writer> {
+  const w = new Writer();
+  while (r.consumed < end) {
+    const k = (await readKey(r))!;
+    if (k.wire !== WIRE.LEN) {
+      await copyScalar(r, w, k);
+      continue;
+    }
+    const len = (await r.varint())!;
+    if (tensorFields.has(k.field)) w.message(k.field, await tensorSkeleton(r, r.consumed + len));
+    else if (nested(k.field)) w.message(k.field, await nodeSkeleton(r, r.consumed + len, new Set([5, 11]), () => false));
+    else w.bytes(k.field, await r.bytes(len));
+  }
+  return w;
+}
+
 /** A GraphProto with its initializers' payloads left out; nodes, inputs and outputs copied whole. */
 async function graphSkeleton(r: ChunkReader, end: number): Promise<Writer> {
   const w = new Writer();
@@ -148,6 +168,7 @@ async function graphSkeleton(r: ChunkReader, end: number): Promise<Writer> {
     }
     const len = (await r.varint())!;
     if (k.field === GRAPH.initializer) w.message(k.field, await tensorSkeleton(r, r.consumed + len));
+    else if (k.field === GRAPH.node && len > KEEP_NODE_BYTES) w.message(k.field, await nodeSkeleton(r, r.consumed + len, new Set(), (f) => f === NODE.attribute));
     else w.bytes(k.field, await r.bytes(len));
   }
   return w;
