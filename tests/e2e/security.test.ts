@@ -7,7 +7,7 @@ import { cp, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
-import { startModelServer, type ModelServer } from '../helpers/model-server.ts';
+import { servedCommit, startModelServer, type ModelServer } from '../helpers/model-server.ts';
 import { TINY_MODEL_EXTERNAL_DIR } from '../helpers/tiny-engine.ts';
 import { openBrowser, waitForCount, waitForGallery, waitForText, type BrowserSession } from './chromium.ts';
 
@@ -52,7 +52,8 @@ describe('privacy and security in the page', () => {
 
     // the worker's downloads were seen, so the log is complete
     expect(requests.some((u) => u.includes('/models/tiny-sd3/transformer/model.onnx'))).toBe(true);
-    expect(requests.some((u) => u.startsWith(`${server.url}/acme/tiny/resolve/main/transformer/model.onnx_data`))).toBe(true);
+    // Hub files come from the commit the branch resolved to
+    expect(requests.some((u) => u.startsWith(`${server.url}/acme/tiny/resolve/${servedCommit({ repo: 'acme/tiny', folder: '' })}/transformer/model.onnx_data`))).toBe(true);
     const allowed = new Set([appOrigin, server.url]);
     const elsewhere = requests.filter((u) => !u.startsWith('blob:') && !u.startsWith('data:') && !allowed.has(new URL(u).origin));
     expect(elsewhere).toEqual([]);
