@@ -4,9 +4,11 @@
 // for its pipeline or tokenizers, TensorStack's `out_sample` and input order
 // with int32 T5 ids. Each generates, through the real engine on wasm, the
 // same pixels as the Optimum-layout original.
+import { existsSync, readFileSync } from 'node:fs';
 import { cp, mkdir, mkdtemp, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import onnxProto from 'onnx-proto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { GenerateRequest, GenerateResult, ModelInfo, ModelSourceSpec } from '../../workers/engine/api/types.ts';
@@ -261,5 +263,51 @@ describe('planning inline graphs by streaming past their weights', () => {
     } finally {
       await rm(dir, { recursive: true, force: true });
     }
+  });
+});
+
+/** The same layouts assembled from exports made by real tools (torch.onnx, onnxruntime's optimizer and fp16 converter): tools/fixtures/. */
+const REAL = fileURLToPath(new URL('../fixtures/real-exports/', import.meta.url));
+const realLayouts: Record<string, Record<string, string>> = existsSync(join(REAL, 'layouts.json')) ? JSON.parse(readFileSync(join(REAL, 'layouts.json'), 'utf8')) : {};
+
+describe.skipIf(!Object.keys(realLayouts).length)('published layouts assembled from real exports: the same pixels as the Optimum folder they come from', () => {
+  let root: string;
+  beforeAll(async () => {
+    root = await mkdtemp(join(tmpdir(), 'sd3-real-layouts-'));
+  });
+  afterAll(async () => {
+    if (root) await rm(root, { recursive: true, force: true });
+  });
+
+  it.each(Object.keys(realLayouts))('%s', async (name) => {
+    const files = realLayouts[name];
+    const dir = join(root, name);
+    for (const [path, from] of Object.entries(files)) {
+      await mkdir(dirname(join(dir, path)), { recursive: true });
+      // "" is a 0-byte file (AMD's config.json)
+      if (from) await cp(join(REAL, from), join(dir, path));
+      else await writeFile(join(dir, path), '');
+    }
+    // the Optimum folder most of its files come from
+    const counts = new Map<string, number>();
+    for (const from of Object.values(files)) if (from) counts.set(from.split('/')[0], (counts.get(from.split('/')[0]) ?? 0) + 1);
+    // (AMD's two variants tie: the io32 one is what wasm takes)
+    const base = [...counts].sort((a, b) => b[1] - a[1] || Number(/io32/.test(b[0])) - Number(/io32/.test(a[0])))[0][0];
+    const request = { ...REQUEST, steps: 2 };
+    const generateIn = async (spec: ModelSourceSpec) => {
+      const engine = createNodeEngine();
+      const info = await engine.load(spec);
+      try {
+        return { info, rgba: (await engine.generate(request)).rgba };
+      } finally {
+        await engine.unload();
+      }
+    };
+    const expected = await generateIn({ kind: 'path', path: join(REAL, base) });
+    const got = await generateIn({ kind: 'path', path: dir });
+    expect(maxPixelDiff(got.rgba, expected.rgba)).toBeLessThanOrEqual(1);
+    const variants = Object.keys(files).filter((p) => /_io(16|32)\//.test(p));
+    if (variants.length) expect(got.info.layout).toMatchObject({ variant: 'io32', root: expect.stringMatching(/_io32$/) });
+    if (Object.keys(files).some((p) => p.includes('unet/'))) expect(got.info.layout!.transformerFolder).toBe('unet');
   });
 });
