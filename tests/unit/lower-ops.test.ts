@@ -112,4 +112,26 @@ describe('lowering', () => {
     expect(maxDiff(z, want)).toBeLessThan(1e-5);
     await Promise.all([add.release(), split.release()]);
   });
+
+  it('packed-QKV and packed-KV MultiHeadAttention (the optimizer\'s unet form) are refused as they are and unpacked to equal onnxruntime\'s own attention', async () => {
+    const cases = JSON.parse(readFileSync(ROOT + 'ops/packed-attention.json', 'utf8')) as Record<string, { inputs: Record<string, { dims: number[]; data: number[] }>; y: number[] }>;
+    for (const [name, { inputs, y }] of Object.entries(cases)) {
+      const packed = read(`ops/${name}.onnx`);
+      // onnxruntime loads it, then fails on run: the inventory names it before any download
+      expect(() => checkOps(`unet/${name}.onnx`, packed, 'wasm')).not.toThrow();
+      expect(unsupportedOps(packed, 'wasm')).toEqual([{ op: 'MultiHeadAttention', domain: 'com.microsoft', count: 1 }]);
+      expect(unsupportedOps(packed, 'webgpu')).toEqual([{ op: 'MultiHeadAttention', domain: 'com.microsoft', count: 1 }]);
+      const feeds = Object.fromEntries(Object.entries(inputs).map(([k, v]) => [k, new ort.Tensor('float32', Float32Array.from(v.data), v.dims)]));
+      const raw = await ort.InferenceSession.create(packed);
+      await expect(raw.run(feeds)).rejects.toThrow(/not implemented/);
+      const { model, lowered } = lowerForWeb(packed, 'wasm');
+      expect(lowered).toEqual({ MultiHeadAttention: 1 });
+      expect(unsupportedOps(model, 'wasm')).toEqual([]);
+      const session = await ort.InferenceSession.create(model);
+      const out = (await session.run(feeds)).y.data as Float32Array;
+      expect(out.length, name).toBe(y.length);
+      expect(maxDiff(out, y), name).toBeLessThan(1e-5);
+      await Promise.all([raw.release(), session.release()]);
+    }
+  });
 });

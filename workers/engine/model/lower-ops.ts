@@ -4,7 +4,8 @@
 // optimizer, whose GPU defaults emit com.microsoft operators that the CPU
 // (wasm) provider of onnxruntime-web has no kernel for: NhwcConv, GroupNorm,
 // SkipGroupNorm, BiasAdd, BiasSplitGelu ("Could not find an implementation for
-// NhwcConv(1)"); WebGPU has no NhwcConv either. Each becomes the standard ops
+// NhwcConv(1)"); WebGPU has no NhwcConv either, and neither runs the packed-QKV
+// or packed-KV MultiHeadAttention the optimizer emits for unet ("not implemented"). Each becomes the standard ops
 // it stands for, emitted where it stood; weights are not touched (a weight in
 // another layout gets a Transpose node, which onnxruntime folds at load). The
 // Transpose pairs NhwcConv was wrapped in (NCHW -> NHWC -> NCHW) are folded
@@ -12,7 +13,7 @@
 import { graphField, graphInitializers, graphNodes, GRAPH, MODEL, NODE, ONNX_DTYPE, TENSOR, type NodeInfo } from './graph-info.ts';
 import { toHalfBits } from './float16.ts';
 import { readFields, readString, Reader, WIRE, Writer } from './protobuf.ts';
-import { LOWERABLE, unsupportedOps } from './op-support.ts';
+import { LOWERABLE, packedAttention, unsupportedOps } from './op-support.ts';
 
 export { checkOps } from './op-support.ts';
 
@@ -207,6 +208,28 @@ function lowerNode(model: Uint8Array, n: NodeInfo, tag: string, e: Emit): boolea
       e.add(node('Mul', [`${tag}/a`, `${tag}/gelu`], [n.outputs[0]], `${tag}/Gate`));
       return true;
     }
+    case 'MultiHeadAttention': {
+      // packed QKV [B, S, N, 3, H] (key and value absent) or packed KV [B, L, N, 2, H] (value absent): no provider
+      // but CUDA runs them. Split the packed tensor on its axis 3 and flatten each part to [B, S, N*H], the
+      // unpacked form every provider runs; attributes (num_heads, scale…) and the other inputs stay as they were.
+      const [query, key, value, ...rest] = n.inputs;
+      if (value) return false;
+      const packed = key || query;
+      const parts = key ? ['k', 'v'] : ['q', 'k', 'v'];
+      const sizes = e.constant(`${P}/split_${parts.length}`, () => int64s(`${P}/split_${parts.length}`, parts.map(() => 1)));
+      const flat = e.constant(`${P}/bs_flat`, () => int64s(`${P}/bs_flat`, [0, 0, -1]));
+      e.add(node('Split', [packed, sizes], parts.map((p) => `${tag}/${p}5`), `${tag}/Split`, { axis: 3 }));
+      for (const p of parts) e.add(node('Reshape', [`${tag}/${p}5`, flat], [`${tag}/${p}`], `${tag}/Flatten_${p}`));
+      const unpacked = key ? [query, `${tag}/k`, `${tag}/v`] : [`${tag}/q`, `${tag}/k`, `${tag}/v`];
+      const w = new Writer();
+      for (const i of [...unpacked, ...rest]) w.string(NODE.input, i);
+      for (const o of n.outputs) w.string(NODE.output, o);
+      w.string(NODE.name, `${tag}/Attention`).string(NODE.opType, 'MultiHeadAttention');
+      for (const r of rawAttributes(model, n)) w.raw(r);
+      w.string(NODE.domain, MS);
+      e.add(w);
+      return true;
+    }
     default:
       return false;
   }
@@ -311,6 +334,7 @@ export function lowerForWeb(model: Uint8Array, backend: WebBackend): { model: Ui
   const opset = defaultOpset(model);
   nodes.forEach((n, i) => {
     if (n.domain !== MS || !missing.has(n.opType)) return;
+    if (n.opType === 'MultiHeadAttention' && !packedAttention(n)) return; // the unpacked form runs as it is
     replace.set(i, (g) => {
       const e: Emit = {
         add: (w) => g.message(GRAPH.node, w),

@@ -37,13 +37,14 @@ const KERNELS: Record<Backend, Set<string>> = {
 
 const STANDARD = new Set(['', 'ai.onnx', 'ai.onnx.ml']);
 
-/** MultiHeadAttention with Q, K and V packed in one input: WebGPU's kernel raises "not implemented" on it. */
-const packedAttention = (n: NodeInfo) => n.opType === 'MultiHeadAttention' && !n.inputs[1] && !n.inputs[2];
+/** MultiHeadAttention with Q, K and V packed in one input ([B, S, N, 3, H]) or K and V in one ([B, L, N, 2, H]):
+ * the CPU kernel (wasm) and WebGPU's both raise "not implemented" on them, at run time, not at load. */
+export const packedAttention = (n: NodeInfo) => n.opType === 'MultiHeadAttention' && !n.inputs[2];
 
 function supported(n: NodeInfo, backend: Backend): boolean {
   if (STANDARD.has(n.domain)) return true;
   if (n.domain !== 'com.microsoft') return false;
-  if (backend === 'webgpu' && packedAttention(n)) return false;
+  if (packedAttention(n)) return false;
   return KERNELS[backend].has(n.opType);
 }
 
@@ -61,11 +62,12 @@ export function unsupportedOps(model: Uint8Array, backend: Backend): { op: strin
 }
 
 /** com.microsoft operators lower-ops.ts rewrites into standard ONNX: they do not stop a load. */
-export const LOWERABLE = new Set(['NhwcConv', 'GroupNorm', 'SkipGroupNorm', 'BiasAdd', 'BiasSplitGelu']);
+export const LOWERABLE = new Set(['NhwcConv', 'GroupNorm', 'SkipGroupNorm', 'BiasAdd', 'BiasSplitGelu', 'MultiHeadAttention']);
 
 /** The graph's operators that neither the backend nor lowering can run. */
 export function opsLeftAfterLowering(model: Uint8Array, backend: Backend): { op: string; domain: string; count: number }[] {
-  return unsupportedOps(model, backend).filter((o) => o.domain !== 'com.microsoft' || !LOWERABLE.has(o.op) || o.op === 'MultiHeadAttention');
+  // a MultiHeadAttention is unsupported only when packed, and lowering unpacks it
+  return unsupportedOps(model, backend).filter((o) => o.domain !== 'com.microsoft' || !LOWERABLE.has(o.op));
 }
 
 /** Refuses a graph (before any weight is downloaded) naming the file and each operator the backend cannot run. */
