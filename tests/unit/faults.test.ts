@@ -4,8 +4,10 @@
 // engine gives the images an undisturbed run gives.
 import { describe, expect, it } from 'vitest';
 import type { GenerateResult } from '../../workers/engine/api/types.ts';
+import type { Engine } from '../../workers/engine/engine.ts';
 import { DeviceLostError, InferenceError } from '../../workers/engine/errors.ts';
 import { inlinePngEncoder } from '../../workers/engine/interleaver/interleaver.ts';
+import { modelName } from '../../workers/engine/model-name.ts';
 import type { Feeds } from '../../workers/engine/model/component-session.ts';
 import { loadTinyEngine, maxPixelDiff, newTinyEngine } from '../helpers/tiny-engine.ts';
 
@@ -127,35 +129,84 @@ describe('faults', () => {
   });
 });
 
+/** Holds the engine's current transformer after its `after`-th run until `until` settles: requests are surely still running when a switch lands. */
+function holdTransformer(engine: Engine, after: number, until: Promise<unknown>): void {
+  const t = engine.model!.transformer;
+  const run = t.run.bind(t);
+  let runs = 0;
+  t.run = async (feeds: Feeds, names?: readonly string[]) => {
+    if (++runs > after) await until.catch(() => undefined);
+    return run(feeds, names);
+  };
+}
+
 describe('model switch', () => {
-  it('requests running when a new model takes over end naming the switch; requests sent during the load run on the new model', async () => {
+  it('a switch loses nothing: running requests finish on the old model, queued ones and those sent during the load run on the new one', async () => {
     const { TINY_MODEL_EXTERNAL_DIR } = await import('../helpers/tiny-engine.ts');
-    const engine = await newTinyEngine();
+    // two run at a time: the other two wait in the old model's queue when the switch comes
+    const engine = await newTinyEngine({ maxActive: 2 });
     const from = engine.model!.info.id;
     let steps = 0;
     let started!: () => void;
     const running = new Promise<void>((r) => (started = r));
+    let switched!: (v: unknown) => void;
+    holdTransformer(engine, 4, new Promise((r) => (switched = r)));
     const old = Array.from({ length: 4 }, (_, i) =>
-      engine.generate({ id: `old${i}`, prompt: `running ${i}`, seed: i, steps: 500 }, { onProgress: (e) => e.status === 'step' && ++steps === 8 && started() }),
+      engine.generate({ id: `old${i}`, prompt: `running ${i}`, seed: i, steps: 12 }, { onProgress: (e) => e.status === 'step' && ++steps === 4 && started() }),
     );
     await running;
     const load = engine.load({ kind: 'path', path: TINY_MODEL_EXTERNAL_DIR });
+    void load.then(switched);
     // sent while the load runs: they wait for it
     const during = [0, 1].map((i) => engine.generate({ id: `new${i}`, prompt: `during the load ${i}`, seed: 10 + i, steps: 3 }));
     const info = await load;
     expect(info.id).not.toBe(from);
-    const oldResults = await Promise.allSettled(old);
-    for (const [i, r] of oldResults.entries()) {
-      expect(r.status).toBe('rejected');
-      expect((r as PromiseRejectedResult).reason).toMatchObject({ code: 'model_switch', from, to: info.id });
-      expect((r as PromiseRejectedResult).reason.message).toBe(`request old${i} was stopped: the engine switched from model ${from} to ${info.id} while it ran; run it again to get its image from ${info.id}`);
-    }
+    const oldResults = await Promise.all(old);
+    // the two that ran finished where they started; the two still queued moved to the new model
+    expect(oldResults.map((r) => r.metadata.modelId)).toEqual([from, from, info.id, info.id]);
     const fresh = await Promise.all(during);
     expect(fresh.map((r) => r.metadata.modelId)).toEqual([info.id, info.id]);
-    // the same weights in another layout: the images are the ones the old model gives
+    // the same weights in another layout: every image is the one an undisturbed run gives
     const reference = await loadTinyEngine();
+    for (const [i, r] of oldResults.entries()) expect(maxPixelDiff(r.rgba, (await reference.generate({ prompt: `running ${i}`, seed: i, steps: 12 })).rgba)).toBe(0);
     for (const [i, r] of fresh.entries()) expect(maxPixelDiff(r.rgba, (await reference.generate({ prompt: `during the load ${i}`, seed: 10 + i, steps: 3 })).rgba)).toBe(0);
-    expect(engine.status()).toMatchObject({ requestsActive: 0, requestsQueued: 0, requestBytes: 0 });
+    await engine.idle();
+    expect(engine.status()).toMatchObject({ requestsActive: 0, requestsQueued: 0, requestBytes: 0, requestsFailed: 0, requestsCancelled: 0, requestsServed: 6 });
+    await engine.unload();
+  });
+
+  it("with onSwitch 'rerun', running requests start again from their seed on the new model and give the same images", async () => {
+    const { TINY_MODEL_EXTERNAL_DIR } = await import('../helpers/tiny-engine.ts');
+    const engine = await newTinyEngine();
+    let steps = 0;
+    let started!: () => void;
+    const running = new Promise<void>((r) => (started = r));
+    let switched!: (v: unknown) => void;
+    holdTransformer(engine, 2, new Promise((r) => (switched = r)));
+    const old = [0, 1].map((i) => engine.generate({ prompt: `rerun ${i}`, seed: 70 + i, steps: 12 }, { onProgress: (e) => e.status === 'step' && ++steps === 4 && started() }));
+    await running;
+    const load = engine.load({ kind: 'path', path: TINY_MODEL_EXTERNAL_DIR }, undefined, { onSwitch: 'rerun' });
+    void load.then(switched);
+    const info = await load;
+    const results = await Promise.all(old);
+    expect(results.map((r) => r.metadata.modelId)).toEqual([info.id, info.id]);
+    const reference = await loadTinyEngine();
+    for (const [i, r] of results.entries()) expect(maxPixelDiff(r.rgba, (await reference.generate({ prompt: `rerun ${i}`, seed: 70 + i, steps: 12 })).rgba)).toBe(0);
+    expect(engine.status()).toMatchObject({ requestsFailed: 0, requestsCancelled: 0, requestBytes: 0 });
+    await engine.unload();
+  });
+
+  it('loading the model already loaded is a no-op: running requests carry on, nothing is reloaded', async () => {
+    const engine = await newTinyEngine();
+    const model = engine.model;
+    const running = engine.generate({ prompt: 'keeps running', seed: 5, steps: 20 });
+    const info = await engine.load({ kind: 'path', path: (await import('../helpers/tiny-engine.ts')).TINY_MODEL_DIR });
+    expect(info.id).toBe(model!.info.id);
+    expect(engine.model).toBe(model); // the same sessions
+    expect((await running).metadata.modelId).toBe(info.id);
+    // other options make it another load
+    await engine.load({ kind: 'path', path: (await import('../helpers/tiny-engine.ts')).TINY_MODEL_DIR }, undefined, { skipT5: true });
+    expect(engine.model).not.toBe(model);
     await engine.unload();
   });
 

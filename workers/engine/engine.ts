@@ -3,7 +3,7 @@
 // nothing of the DOM, so the CLI and the benchmark run it in Node unchanged.
 import type { BackendName, EngineStatus, GenerateResult, ModelInfo, ModelSourceSpec, ProgressCallback } from './api/types.ts';
 import { normalizeRequest, type NormalizedRequest } from './api/validate.ts';
-import { DeviceLostError, InvalidRequestError, LoadAbortedError, ModelLoadError, ModelNotLoadedError, ModelSwitchError } from './errors.ts';
+import { DeviceLostError, InvalidRequestError, LoadAbortedError, ModelLoadError, ModelNotLoadedError } from './errors.ts';
 import { DEFAULT_MAX_ACTIVE, DEFAULT_MAX_BATCH, Interleaver, newCounters, type PngEncoder, type PreviewRenderer } from './interleaver/interleaver.ts';
 import { RequestScope } from './interleaver/request-scope.ts';
 import { fitRequest } from './memory/budget.ts';
@@ -55,6 +55,18 @@ export interface LoadModelOptions {
   denoiseOnDevice?: boolean;
   /** A Hugging Face token for this load's Hub source (gated repos): sent to the Hub host only, never recorded. */
   hubToken?: string;
+  /**
+   * What happens to requests running on the old model when this load replaces it: 'finish' (default) lets
+   * them end on the old model before it is released; 'rerun' starts them again from their seed on the new
+   * one. Requests still queued always run on the new model. Nothing accepted fails because of a switch.
+   */
+  onSwitch?: 'finish' | 'rerun';
+}
+
+/** What makes two loads the same: the source and every option that changes the sessions (not the token, not onSwitch). */
+function loadKey(id: string, opts: LoadModelOptions): string {
+  const { skipT5, t5MaxLength, fit, streamExternalData, denoiseOnDevice } = opts;
+  return JSON.stringify({ id, skipT5: skipT5 ?? false, t5MaxLength, fit, streamExternalData, denoiseOnDevice });
 }
 
 export interface GenerateOptions {
@@ -78,6 +90,12 @@ export class Engine {
   private loading: { controller: AbortController; settled: Promise<unknown>; source: string } | null = null;
   private lostReason: string | null = null;
   private interleaver: Interleaver | null = null;
+  /** The loaded model's load key: loading the same again is a no-op. */
+  private loadedKey: string | null = null;
+  /** Interleavers of replaced models whose running requests are finishing before their model is released. */
+  private readonly draining = new Set<Interleaver>();
+  /** Replaced models being released once their requests end (idle() waits for it). */
+  private retiring: Promise<void> = Promise.resolve();
   private readonly counters = newCounters();
 
   constructor(readonly options: EngineOptions) {}
@@ -88,15 +106,18 @@ export class Engine {
   }
 
   /**
-   * Loads a model once; every later request shares its sessions. It may start
+   * Loads a model once; every later request shares its sessions. Loading the
+   * model already loaded (same source and options) is a no-op. It may start
    * at any time: requests submitted while it runs wait and run on the new
-   * model; requests already running on the old one keep running during the
-   * downloads and end with ModelSwitchError when the new model takes over. A
-   * newer load, or `signal`, aborts it. A failed or aborted load leaves the
-   * previous model loaded and working.
+   * model; requests queued on the old one move to the new one; requests
+   * running on the old one finish there (or are re-run on the new one, with
+   * `onSwitch: 'rerun'`) before the old model is released. A newer load, or
+   * `signal`, aborts it. A failed or aborted load leaves the previous model
+   * loaded and working.
    */
   async load(source: ModelSourceSpec | ModelFiles, onProgress?: ProgressCallback, opts: LoadModelOptions = {}, signal?: AbortSignal): Promise<ModelInfo> {
     const name = 'read' in source ? source.id : source.kind === 'hub' ? source.repo : source.kind === 'url' ? source.url : source.kind === 'path' ? source.path : (source.name ?? 'a local folder');
+    if (!this.loading && this.loaded && this.lostReason === null && this.loadedKey === loadKey(this.sourceId(source), opts)) return this.loaded.info;
     this.loading?.controller.abort(new LoadAbortedError(`replaced by a load of ${name}`));
     const controller = new AbortController();
     const byCaller = () => controller.abort(signal?.reason instanceof LoadAbortedError ? signal.reason : new LoadAbortedError('aborted by its caller'));
@@ -122,6 +143,11 @@ export class Engine {
   /** The source of the load under way, or null. */
   get loadingSource(): string | null {
     return this.loading?.source ?? null;
+  }
+
+  /** The id a source's model gets (cheap: opening a source fetches nothing). */
+  private sourceId(source: ModelSourceSpec | ModelFiles): string {
+    return 'read' in source ? source.id : (this.options.openFiles ?? openModelFiles)(source).id;
   }
 
   private async loadNow(source: ModelSourceSpec | ModelFiles, onProgress: ProgressCallback | undefined, opts: LoadModelOptions, signal: AbortSignal): Promise<ModelInfo> {
@@ -161,24 +187,40 @@ export class Engine {
     const previous = this.loaded;
     const old = this.interleaver;
     this.loaded = next;
+    this.loadedKey = loadKey(next.info.id, opts);
     const { maxActive, maxBatch, encodePng, encodeInline, renderPreview } = this.options;
     const denoiser = next.deviceResident ? new WebGpuDenoiser(this.options.webgpuDevice as GPUDevice, next, this.options.ort) : new HostDenoiser(next, this.options.ort);
     this.interleaver = new Interleaver(next, this.options.ort, { maxActive: maxActive ?? DEFAULT_MAX_ACTIVE, maxBatch: maxBatch ?? DEFAULT_MAX_BATCH, encodePng, encodeInline, renderPreview }, this.counters, denoiser);
     if (old && previous) {
-      // what still runs on the old model ends, saying why, before its sessions go
-      old.failAll((id) => new ModelSwitchError(id, previous.info.id, next.info.id));
-      await old.idle();
-    }
-    await previous?.release();
+      // nothing accepted is lost to a switch: queued requests (and running ones, when asked) start again from
+      // their seed on the new model, the rest finish on the old one, which is released only after them
+      const moved = [...old.takeQueued(), ...(opts.onSwitch === 'rerun' ? old.takeActive() : [])];
+      for (const scope of moved) this.resubmit(scope);
+      // the new model serves at once; the old one is released when its last request ends
+      this.draining.add(old);
+      this.retiring = this.retiring.then(() => old.idle()).finally(() => {
+        this.draining.delete(old);
+        return previous.release();
+      }).catch(() => undefined); // a release that fails leaves nothing for a caller to act on
+    } else await previous?.release();
     return next.info;
   }
 
   async unload(): Promise<void> {
-    if (this.interleaver) for (const id of this.interleaver.ids()) this.interleaver.cancel(id);
-    await this.interleaver?.idle();
+    for (const il of [this.interleaver, ...this.draining]) if (il) for (const id of il.ids()) il.cancel(id);
+    await this.idle();
     await this.loaded?.release();
     this.loaded = null;
+    this.loadedKey = null;
     this.interleaver = null;
+  }
+
+  /** A request taken off a replaced model runs on the current one; its caller's promise follows the new run. */
+  private resubmit(scope: RequestScope): void {
+    this.submit(scope.request, { onProgress: scope.onProgress, preview: scope.wantsPreview, normalized: true }).then(
+      (r) => scope.resolve(r),
+      (e) => scope.reject(e),
+    );
   }
 
   /**
@@ -225,7 +267,8 @@ export class Engine {
       const footprint = fitRequest(model.budget, model.dims, req.width, req.height, req.guidance);
       const scope = new RequestScope(req, scheduler, footprint, [vae.latentChannels, lh, lw], opts.onProgress, opts.preview ?? false, performance.now());
       if (opts.signal?.aborted) throw opts.signal.reason ?? new DOMException('aborted', 'AbortError');
-      opts.signal?.addEventListener('abort', () => interleaver.cancel(req.id), { once: true });
+      // through the engine, not this interleaver: after a switch the request may run on another one
+      opts.signal?.addEventListener('abort', () => this.cancel(req.id), { once: true });
       return interleaver.submit(scope);
     } catch (e) {
       return Promise.reject(e);
@@ -234,7 +277,9 @@ export class Engine {
 
   /** Cancels a queued or running request; false if no such request is in flight. */
   cancel(id: string): boolean {
-    return this.interleaver?.cancel(id) ?? false;
+    if (this.interleaver?.cancel(id)) return true;
+    for (const il of this.draining) if (il.cancel(id)) return true;
+    return false;
   }
 
   /**
@@ -247,12 +292,14 @@ export class Engine {
    */
   deviceLost(reason: string): number {
     this.lostReason = reason;
-    return this.interleaver?.failAll(() => new DeviceLostError(reason)) ?? 0;
+    let ended = this.interleaver?.failAll(() => new DeviceLostError(reason)) ?? 0;
+    for (const il of this.draining) ended += il.failAll(() => new DeviceLostError(reason));
+    return ended;
   }
 
   /** Resolves once every queued and running request has ended. */
   async idle(): Promise<void> {
-    await this.interleaver?.idle();
+    await Promise.all([this.interleaver?.idle(), this.retiring]);
   }
 
   status(): EngineStatus {
@@ -264,7 +311,7 @@ export class Engine {
       requestsServed: this.counters.served,
       requestsFailed: this.counters.failed,
       requestsCancelled: this.counters.cancelled,
-      requestsActive: il?.activeCount ?? 0,
+      requestsActive: [il, ...this.draining].reduce((n, x) => n + (x?.activeCount ?? 0), 0),
       requestsQueued: il?.queuedCount ?? 0,
       weightBytes: this.loaded?.info.weightBytes ?? 0,
       requestBytes: il?.requestBytes ?? 0,

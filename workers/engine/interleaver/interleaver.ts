@@ -146,6 +146,22 @@ export class Interleaver {
     return true;
   }
 
+  /** Takes the queued requests (not yet admitted) off this interleaver, unsettled: a model switch runs them on the new model. */
+  takeQueued(): RequestScope[] {
+    return this.queue.splice(0);
+  }
+
+  /** Takes the running requests off, unsettled and with their tensors freed: a switch that re-runs them from their seed. */
+  takeActive(): RequestScope[] {
+    const taken = this.active.splice(0);
+    for (const s of taken) {
+      // a final phase makes a step still under way skip it (as for a cancel); resolve/reject set the real one later
+      s.phase = 'cancelled';
+      s.release();
+    }
+    return taken;
+  }
+
   /** Ends every queued and running request with an error (device lost); their tensors are freed now. */
   failAll(error: (id: string) => Error): number {
     const all = [...this.active, ...this.queue];
