@@ -4,11 +4,9 @@
 // for its pipeline or tokenizers, TensorStack's `out_sample` and input order
 // with int32 T5 ids. Each generates, through the real engine on wasm, the
 // same pixels as the Optimum-layout original.
-import { existsSync, readFileSync } from 'node:fs';
 import { cp, mkdir, mkdtemp, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 import onnxProto from 'onnx-proto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { GenerateRequest, GenerateResult, ModelInfo, ModelSourceSpec } from '../../workers/engine/api/types.ts';
@@ -24,6 +22,7 @@ import { buildModel } from '../../tools/model-builder/build.ts';
 import { FolderOutput } from '../../tools/model-builder/weight-store.ts';
 import { tinySpec } from '../helpers/built-models.ts';
 import { startModelServer, type ModelServer } from '../helpers/model-server.ts';
+import { assembleLayout, REAL_EXPORTS_DIR as REAL, realLayouts } from '../helpers/real-exports.ts';
 import { maxPixelDiff, TINY_MODEL_DIR } from '../helpers/tiny-engine.ts';
 
 const { onnx } = onnxProto;
@@ -267,9 +266,6 @@ describe('planning inline graphs by streaming past their weights', () => {
 });
 
 /** The same layouts assembled from exports made by real tools (torch.onnx, onnxruntime's optimizer and fp16 converter): tools/fixtures/. */
-const REAL = fileURLToPath(new URL('../fixtures/real-exports/', import.meta.url));
-const realLayouts: Record<string, Record<string, string>> = existsSync(join(REAL, 'layouts.json')) ? JSON.parse(readFileSync(join(REAL, 'layouts.json'), 'utf8')) : {};
-
 describe.skipIf(!Object.keys(realLayouts).length)('published layouts assembled from real exports: the same pixels as the Optimum folder they come from', () => {
   let root: string;
   beforeAll(async () => {
@@ -281,13 +277,7 @@ describe.skipIf(!Object.keys(realLayouts).length)('published layouts assembled f
 
   it.each(Object.keys(realLayouts))('%s', async (name) => {
     const files = realLayouts[name];
-    const dir = join(root, name);
-    for (const [path, from] of Object.entries(files)) {
-      await mkdir(dirname(join(dir, path)), { recursive: true });
-      // "" is a 0-byte file (AMD's config.json)
-      if (from) await cp(join(REAL, from), join(dir, path));
-      else await writeFile(join(dir, path), '');
-    }
+    const dir = await assembleLayout(name, join(root, name));
     // the Optimum folder most of its files come from
     const counts = new Map<string, number>();
     for (const from of Object.values(files)) if (from) counts.set(from.split('/')[0], (counts.get(from.split('/')[0]) ?? 0) + 1);

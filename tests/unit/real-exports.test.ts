@@ -2,37 +2,21 @@
 // in Optimum's layout, onnxruntime's transformer optimizer, its fp16 converter,
 // the Amuse / AMD / TensorStack layouts and names) generate in Node through the
 // engine and match diffusers' own pipeline run on the same weights and noise.
-import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { afterAll, describe, expect, it } from 'vitest';
-import type { GenerateResult } from '../../workers/engine/api/types.ts';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { main } from '../../cli/generate.ts';
+import type { PlanReport } from '../../workers/engine/memory/plan-report.ts';
+import type { GenerateResult, ModelSourceSpec } from '../../workers/engine/api/types.ts';
+import { ModelLoadError } from '../../workers/engine/errors.ts';
 import { createNodeEngine } from '../../workers/engine/node.ts';
-
-const ROOT = fileURLToPath(new URL('../fixtures/real-exports/', import.meta.url));
-interface Reference {
-  prompt: string;
-  negativePrompt: string;
-  seed: number;
-  width: number;
-  height: number;
-  steps: number;
-  runs: { guidance: number; rgb: string }[];
-}
-const reference = (name: string): Reference => JSON.parse(readFileSync(join(ROOT, 'reference', name, 'reference.json'), 'utf8'));
-
-/** Largest difference, in levels of 255, between engine RGBA and diffusers' RGB. */
-function diffToRgb(rgba: Uint8ClampedArray, rgb: Uint8Array): number {
-  let d = 0;
-  for (let i = 0; i < rgb.length / 3; i++) for (let c = 0; c < 3; c++) d = Math.max(d, Math.abs(rgba[i * 4 + c] - rgb[i * 3 + c]));
-  return d;
-}
+import { diffToRgb, REAL_EXPORTS_DIR as ROOT, REAL_REPOS, reference, referenceRgb, serveRealRepos, type Reference } from '../helpers/real-exports.ts';
+import type { ModelServer } from '../helpers/model-server.ts';
 
 /** Generates every reference run on a fixture folder. */
-async function generateAll(dir: string, ref: Reference): Promise<GenerateResult[]> {
+async function generateAll(source: string | ModelSourceSpec, ref: Reference, hubToken?: string): Promise<GenerateResult[]> {
   const engine = createNodeEngine();
-  await engine.load({ kind: 'path', path: dir });
+  await engine.load(typeof source === 'string' ? { kind: 'path', path: source } : source, undefined, { hubToken });
   try {
     const out: GenerateResult[] = [];
     for (const run of ref.runs) out.push(await engine.generate({ prompt: ref.prompt, negativePrompt: ref.negativePrompt, seed: ref.seed, steps: ref.steps, guidance: run.guidance, width: ref.width, height: ref.height }));
@@ -58,10 +42,10 @@ describe.each([
     const images = await generated(fixture, ref);
     const r = reference(ref);
     r.runs.forEach((run, i) => {
-      expect(diffToRgb(images[i].rgba, readFileSync(join(ROOT, 'reference', ref, run.rgb))), `guidance ${run.guidance}`).toBeLessThanOrEqual(2);
+      expect(diffToRgb(images[i].rgba, referenceRgb(ref, run)), `guidance ${run.guidance}`).toBeLessThanOrEqual(2);
     });
     // guidance changes the picture: the comparison is not of two flat images
-    expect(diffToRgb(images[0].rgba, readFileSync(join(ROOT, 'reference', ref, r.runs[1].rgb)))).toBeGreaterThan(10);
+    expect(diffToRgb(images[0].rgba, referenceRgb(ref, r.runs[1]))).toBeGreaterThan(10);
   });
 });
 
@@ -74,6 +58,31 @@ describe('optimizer-fused exports (NhwcConv, GroupNorm, SkipGroupNorm, SkipLayer
       for (let p = 0; p < plain[i].rgba.length; p++) d = Math.max(d, Math.abs(plain[i].rgba[p] - fused[i].rgba[p]));
       expect(d).toBeLessThanOrEqual(1);
     }
+  });
+
+  it('--plan says, per component, which operators the backend lacks and the load will lower (before any weight downloads)', async () => {
+    const plan = async (backend: string) => {
+      const out: string[] = [];
+      const log = vi.spyOn(console, 'log').mockImplementation((m: string) => void out.push(m));
+      try {
+        expect(await main(['--plan', '--model', join(ROOT, 'sd3-fused'), '--backend', backend, '--size', '64'])).toBe(0);
+      } finally {
+        log.mockRestore();
+      }
+      const report = JSON.parse(out.join('\n')) as PlanReport;
+      return Object.fromEntries(Object.entries(report.weights.components).map(([name, c]) => [name, c.lowered]));
+    };
+    const ops = JSON.parse(readFileSync(join(ROOT, 'ops.json'), 'utf8'))['sd3-fused'];
+    // neither backend has NhwcConv or the optimizer's GroupNorm / SkipGroupNorm; everything else runs as fused (unpacked attention, FastGelu…)
+    const vae = { NhwcConv: ops.vae_decoder.NhwcConv, GroupNorm: ops.vae_decoder.GroupNorm, SkipGroupNorm: ops.vae_decoder.SkipGroupNorm };
+    const none = { text_encoder: {}, text_encoder_2: {}, text_encoder_3: {}, transformer: {} };
+    expect(await plan('wasm')).toEqual({ ...none, vae_decoder: vae });
+    expect(await plan('webgpu')).toEqual({ ...none, vae_decoder: vae });
+    // the unfused export has nothing to lower
+    const engine = createNodeEngine();
+    const info = await engine.load({ kind: 'path', path: join(ROOT, 'sd3') });
+    await engine.unload();
+    expect(info.layout!.lowered).toEqual({});
   });
 
   it('the fused graphs carry the com.microsoft operators the optimizer emits', () => {
@@ -90,41 +99,46 @@ describe('fp16 converter outputs', () => {
   it.each([['sd35-fp16-io32'], ['sd35-fp16-io16']])('%s loads on wasm and generates close to diffusers', async (fixture) => {
     const images = await generated(fixture, 'sd35');
     const r = reference('sd35');
-    r.runs.forEach((run, i) => expect(diffToRgb(images[i].rgba, readFileSync(join(ROOT, 'reference', 'sd35', run.rgb)))).toBeLessThanOrEqual(12));
+    r.runs.forEach((run, i) => expect(diffToRgb(images[i].rgba, referenceRgb('sd35', run))).toBeLessThanOrEqual(12));
   });
 });
 
-describe('published layouts and names', () => {
-  const layouts: Record<string, Record<string, string>> = JSON.parse(readFileSync(join(ROOT, 'layouts.json'), 'utf8'));
-  const made: string[] = [];
-  afterAll(() => made.forEach((d) => rmSync(d, { recursive: true, force: true })));
-  /** Lays a layout out in a temporary folder from its file map ("" = an empty file). */
-  const assemble = (name: string) => {
-    const dir = mkdtempSync(join(tmpdir(), `real-${name}-`));
-    made.push(dir);
-    for (const [to, from] of Object.entries(layouts[name])) {
-      mkdirSync(dirname(join(dir, to)), { recursive: true });
-      if (from) copyFileSync(join(ROOT, from), join(dir, to));
-      else writeFileSync(join(dir, to), '');
-    }
-    return dir;
-  };
+// The path loads of these layouts are in layouts.test.ts (against the Optimum folder each comes from); here
+// they come as people meet them: from a gated Hub repo, with a token, compared with diffusers.
+describe('every fixture layout as a gated Hub repo (Optimum, optimizer-fused, Amuse, AMD variants, TensorStack names)', () => {
+  const TOKEN = 'hf_NodeGatedFixtureToken0123456789';
+  let served: Awaited<ReturnType<typeof serveRealRepos>>;
+  let server: ModelServer;
+  beforeAll(async () => {
+    served = await serveRealRepos(TOKEN);
+    server = served.server;
+  });
+  afterAll(async () => served?.close());
+  const hub = (repo: string): ModelSourceSpec => ({ kind: 'hub', repo, host: server.url });
 
-  it('Amuse (no model_index.json, no scheduler/, no tokenizer_config.json, model.onnx.data) matches the fused export it was made from', async () => {
-    const ref = reference('sd35');
-    const images = await generateAll(assemble('amuse'), ref);
-    ref.runs.forEach((run, i) => expect(diffToRgb(images[i].rgba, readFileSync(join(ROOT, 'reference', 'sd35', run.rgb)))).toBeLessThanOrEqual(2));
+  it.each(REAL_REPOS.map((r) => [r.repo, r] as const))('%s loads with the token and generates diffusers\' pixels', async (repo, r) => {
+    const ref = reference(r.reference);
+    const images = await generateAll(hub(repo), ref, TOKEN);
+    ref.runs.forEach((run, i) => expect(diffToRgb(images[i].rgba, referenceRgb(r.reference, run)), `guidance ${run.guidance}`).toBeLessThanOrEqual(r.tolerance));
+    // every file came with the token, and the token is in no file name or URL
+    const sent = server.requests.filter((q) => q.path.includes(`/${repo}/resolve/`));
+    expect(sent.length).toBeGreaterThan(5);
+    expect(sent.filter((q) => !q.authorization)).toEqual([]);
+    expect(server.requests.filter((q) => q.path.includes(TOKEN))).toEqual([]);
   });
 
-  it('TensorStack names (out_sample, inputs reordered, T5 ids int32) match diffusers', async () => {
-    const ref = reference('sd3');
-    const images = await generateAll(assemble('tensorstack-names'), ref);
-    ref.runs.forEach((run, i) => expect(diffToRgb(images[i].rgba, readFileSync(join(ROOT, 'reference', 'sd3', run.rgb)))).toBeLessThanOrEqual(2));
+  it('without the token, the error names the repo and says a token is needed; nothing was generated from it', async () => {
+    const engine = createNodeEngine();
+    const err = await engine.load(hub(REAL_REPOS[0].repo)).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(ModelLoadError);
+    expect(err).toMatchObject({ failure: 'gated' });
+    expect((err as Error).message).toContain(`${REAL_REPOS[0].repo} is gated: it needs a Hugging Face token. Accept its license at ${server.url}/${REAL_REPOS[0].repo}`);
+    expect(engine.status().model).toBeNull();
   });
 
-  it('AMD (io16/io32 variant folders, a 0-byte config.json, no model_index.json or scheduler/) loads and generates', async () => {
-    const ref = reference('sd35');
-    const images = await generateAll(assemble('amd'), ref);
-    ref.runs.forEach((run, i) => expect(diffToRgb(images[i].rgba, readFileSync(join(ROOT, 'reference', 'sd35', run.rgb)))).toBeLessThanOrEqual(12));
+  it('a token whose account has not accepted the license: told so, naming the repo', async () => {
+    const engine = createNodeEngine();
+    const err = await engine.load(hub(REAL_REPOS[3].repo), undefined, { hubToken: 'hf_SomeoneElsesToken000000000000000' }).catch((e: unknown) => e);
+    expect((err as Error).message).toContain(`${REAL_REPOS[3].repo} is gated and your token's account has not accepted its license`);
   });
 });

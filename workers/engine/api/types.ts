@@ -114,7 +114,15 @@ export interface ModelInfo {
   /** Query chunks each attention was cut into at load so its scores fit the adapter's buffers (1: as exported). */
   attentionChunks: { transformer: number; vae: number };
   /** Where the model was found in its source (variant folder, transformer folder) and where each config came from (file, family defaults, the graph). */
-  layout?: { root: string; variant: 'io16' | 'io32' | null; transformerFolder: string; configSources: Record<string, string>; summary: string };
+  layout?: {
+    root: string;
+    variant: 'io16' | 'io32' | null;
+    transformerFolder: string;
+    configSources: Record<string, string>;
+    summary: string;
+    /** com.microsoft operators rewritten into standard ONNX at load, per component: op -> nodes (empty: none). */
+    lowered?: Record<string, Record<string, number>>;
+  };
 }
 
 export interface EngineStatus {

@@ -15,7 +15,7 @@ export interface PlanReport {
   device: { memoryBytes: number; maxBufferBytes: number; features: readonly string[] };
   weights: {
     bytes: number;
-    components: Record<string, { bytes: number; dtype: 'fp16' | 'fp32'; attentionSites: number; attentionChunks: number }>;
+    components: Record<string, { bytes: number; dtype: 'fp16' | 'fp32'; attentionSites: number; attentionChunks: number; lowered: Record<string, number> }>;
   };
   request: RequestPlan;
   /** Requests of this size admitted at once (at most maxActive). */
@@ -30,7 +30,7 @@ export function planReport(plan: ModelPlan, width: number, height: number, guida
   const { budget, dims } = plan;
   const components: PlanReport['weights']['components'] = {};
   for (const [name, c] of plan.components) {
-    components[name] = { bytes: c.graphSize + c.data.reduce((a, d) => a + d.size, 0), dtype: c.summary?.halfPrecision ? 'fp16' : 'fp32', attentionSites: c.attentionSites, attentionChunks: c.chunks };
+    components[name] = { bytes: c.graphSize + c.data.reduce((a, d) => a + d.size, 0), dtype: c.summary?.halfPrecision ? 'fp16' : 'fp32', attentionSites: c.attentionSites, attentionChunks: c.chunks, lowered: c.lowered };
   }
   const request = planRequest(budget, dims, width, height, guidance, maxActive);
   const no = refusal(budget, fitRequest(budget, dims, width, height, guidance));

@@ -19,6 +19,7 @@ import { CLIP_LENGTH, familyDefaults, parseTransformerConfig, parseVaeConfig, ty
 import { describeShapes, FileIndex, familyFromShapes, findLayout, hiddenStateLayers, matchRoles, SD3_SCHEDULER, SD3_VAE, tokenizerDefaults, type IoRoles, type ModelLayout } from './model-layout.ts';
 import { checkOps, lowerForWeb } from './lower-ops.ts';
 import { deviceQueue } from './run-queue.ts';
+import { opsToLower } from './op-support.ts';
 import { PromptTokenizer } from './tokenizers.ts';
 
 export interface TextEncoder {
@@ -127,6 +128,8 @@ export interface ComponentPlan {
   /** Query chunks the loader will cut each attention into (1: unchanged). */
   chunks: number;
 }
+  /** com.microsoft operators the loader rewrites into standard ONNX for this backend (lower-ops.ts): op -> nodes. */
+  lowered: Record<string, number>;
 
 /** Everything known before any weight is downloaded. */
 export interface ModelPlan {
@@ -324,6 +327,7 @@ export async function planModel(files: ModelFiles, opts: Omit<LoadOptions, 'ort'
   };
 
   const roles = ['text_encoder', 'text_encoder_2', ...(withT5 ? ['text_encoder_3'] : []), 'transformer', 'vae_decoder'];
+      lowered: opsToLower(skeleton, backend),
   const components = new Map<string, ComponentPlan>();
   for (const role of roles) components.set(role, await planComponent(role, at(role === 'transformer' ? found.transformerFolder : role)));
   const transformer = components.get('transformer')!;
@@ -441,6 +445,9 @@ async function sizeExternalData(files: ModelFiles, folder: string, locations: st
   const data: ComponentPlan['data'] = [];
   for (const location of locations) {
     const path = `${folder}/${location}`;
+/** The operators lowered at load, per component that had any. */
+const loweredOps = (plan: ModelPlan): Record<string, Record<string, number>> => Object.fromEntries([...plan.components].filter(([, c]) => Object.keys(c.lowered).length).map(([name, c]) => [name, c.lowered]));
+
     const size = await (index ?? files).size(path);
     if (size === null) throw new ModelLoadError(path, `the graph's external data file is missing`);
     progress.plan(path, size);
@@ -548,7 +555,7 @@ export async function loadModel(files: ModelFiles, opts: LoadOptions): Promise<L
       memoryBytes: budget.memoryBytes,
       largestSize: largest?.width ?? 0,
       attentionChunks: { transformer: plan.dims.transformerChunks, vae: plan.dims.vaeChunks },
-      layout: { root: plan.layout.root, variant: plan.layout.variant, transformerFolder: plan.layout.transformerFolder, configSources: plan.layout.configSources, summary: plan.layout.summary },
+      layout: { root: plan.layout.root, variant: plan.layout.variant, transformerFolder: plan.layout.transformerFolder, configSources: plan.layout.configSources, summary: plan.layout.summary, lowered: loweredOps(plan) },
     };
     progress.ready(weightBytes);
     return {

@@ -13,7 +13,7 @@
 import { graphField, graphInitializers, graphNodes, GRAPH, MODEL, NODE, ONNX_DTYPE, TENSOR, type NodeInfo } from './graph-info.ts';
 import { toHalfBits } from './float16.ts';
 import { readFields, readString, Reader, WIRE, Writer } from './protobuf.ts';
-import { LOWERABLE, packedAttention, unsupportedOps } from './op-support.ts';
+import { opsToLower, packedAttention } from './op-support.ts';
 
 export { checkOps } from './op-support.ts';
 
@@ -323,7 +323,7 @@ export function foldTransposes(model: Uint8Array): { model: Uint8Array; folded: 
  * ONNX. Returns the input unchanged, `lowered` empty, when there is none.
  */
 export function lowerForWeb(model: Uint8Array, backend: WebBackend): { model: Uint8Array; lowered: Record<string, number> } {
-  const missing = new Set(unsupportedOps(model, backend).filter((o) => o.domain === MS && LOWERABLE.has(o.op)).map((o) => o.op));
+  const missing = new Set(Object.keys(opsToLower(model, backend)));
   if (!missing.size) return { model, lowered: {} };
   const nodes = graphNodes(model);
   const inits = graphInitializers(model);

@@ -64,6 +64,11 @@ export function unsupportedOps(model: Uint8Array, backend: Backend): { op: strin
 /** com.microsoft operators lower-ops.ts rewrites into standard ONNX: they do not stop a load. */
 export const LOWERABLE = new Set(['NhwcConv', 'GroupNorm', 'SkipGroupNorm', 'BiasAdd', 'BiasSplitGelu', 'MultiHeadAttention']);
 
+/** The com.microsoft operators lowering (lower-ops.ts) rewrites for this backend, with how many nodes each: what the plan reports. */
+export function opsToLower(model: Uint8Array, backend: Backend): Record<string, number> {
+  return Object.fromEntries(unsupportedOps(model, backend).filter((o) => o.domain === 'com.microsoft' && LOWERABLE.has(o.op)).map((o) => [o.op, o.count]));
+}
+
 /** The graph's operators that neither the backend nor lowering can run. */
 export function opsLeftAfterLowering(model: Uint8Array, backend: Backend): { op: string; domain: string; count: number }[] {
   // a MultiHeadAttention is unsupported only when packed, and lowering unpacks it
