@@ -32,13 +32,17 @@ export interface ServedRepo {
 /** The commit a served repo's branch points at. */
 export const servedCommit = (r: ServedRepo): string => r.commit ?? createHash('sha1').update(`${r.repo}@${r.revision ?? 'main'}`).digest('hex');
 
-/** A status code instead of the file; the connection dropped when a response reaches byte `truncateAt` of the file (the first `times` responses, default all); other bytes in its place; or the file after a delay (a slow link). */
-export type Fault = number | { truncateAt: number; times?: number } | { body: Uint8Array } | { delayMs: number };
+/**
+ * A status code instead of the file; the connection dropped when a response reaches byte `truncateAt` of the file (the first `times` responses, default all); other bytes in its place; or the file after a delay (a slow link);
+ * the connection reset before any answer (a network blip: the client sees a network error, no status); the file sent `bytes` at a time every `everyMs` (a trickle: many small chunks);
+ * or one fault per GET in turn (`sequence`, each used once; HEAD requests and GETs after the last are served normally).
+ */
+export type Fault = number | { truncateAt: number; times?: number } | { body: Uint8Array } | { delayMs: number } | { reset: true } | { trickle: { bytes: number; everyMs: number } } | { sequence: Fault[] };
 
 export interface ModelServer {
   url: string;
   /** Every request; `authorization` says whether one was sent (never its value). */
-  requests: { method: string; path: string; range?: string; status?: number; authorization?: boolean }[];
+  requests: { method: string; path: string; range?: string; status?: number; authorization?: boolean; at?: number; bytes?: number }[];
   /** Fault injection per URL path. */
   faults: Map<string, Fault>;
   /** Answer Range requests with 206 (true) or ignore them and send the whole file (false). */
@@ -53,7 +57,7 @@ export async function startModelServer(opts: { root?: string; repos?: ServedRepo
   const state = { ranges: true };
   const server: Server = createServer(async (req, res) => {
     const path = decodeURIComponent(new URL(req.url ?? '/', 'http://x').pathname);
-    const entry: ModelServer['requests'][number] = { method: req.method ?? 'GET', path, ...(req.headers.range ? { range: req.headers.range } : {}), ...(req.headers.authorization ? { authorization: true } : {}) };
+    const entry: ModelServer['requests'][number] = { method: req.method ?? 'GET', path, at: performance.now(), ...(req.headers.range ? { range: req.headers.range } : {}), ...(req.headers.authorization ? { authorization: true } : {}) };
     requests.push(entry);
     res.setHeader('Access-Control-Allow-Origin', '*');
     res.setHeader('Access-Control-Expose-Headers', 'Content-Range, Content-Length, Last-Modified, Accept-Ranges, ETag, X-Repo-Commit, X-Error-Code, X-Error-Message, Link');
@@ -100,7 +104,14 @@ export async function startModelServer(opts: { root?: string; repos?: ServedRepo
       // faults are set by branch name; a file fetched at its commit meets them too
       resolvedPath = `/${hubRepo.repo}/resolve/${branch}/${rest}`;
     } else if (opts.root && !path.includes('..')) file = join(opts.root, normalize(path));
-    const fault = faults.get(path) ?? faults.get(resolvedPath);
+    let fault = faults.get(path) ?? faults.get(resolvedPath);
+    // a sequence: this GET meets the next fault in it (HEADs pass)
+    if (fault && typeof fault === 'object' && 'sequence' in fault) fault = req.method === 'GET' ? fault.sequence.shift() : undefined;
+    if (fault && typeof fault === 'object' && 'reset' in fault) {
+      // no status line at all: the client's fetch rejects as on a dropped network
+      req.socket.destroy();
+      return;
+    }
     if (fault && typeof fault === 'object' && 'delayMs' in fault && req.method === 'GET') await new Promise((r) => setTimeout(r, fault.delayMs));
     if (typeof fault === 'number') {
       res.writeHead(fault).end('injected fault');
@@ -124,6 +135,8 @@ export async function startModelServer(opts: { root?: string; repos?: ServedRepo
       return;
     }
     entry.status = range ? 206 : 200;
+    // bytes of the file this answer sent (what a resume costs)
+    const count = (stream: NodeJS.ReadableStream) => stream.on('data', (c: Buffer) => (entry.bytes = (entry.bytes ?? 0) + c.byteLength));
     res.writeHead(entry.status, {
       'Content-Length': info.size - start,
       'Content-Type': 'application/octet-stream',
@@ -136,10 +149,23 @@ export async function startModelServer(opts: { root?: string; repos?: ServedRepo
       if (fault.times !== undefined) fault.times--;
       // promise the rest of the file, send part of it, then drop the connection (a moment later, as a
       // real one does: the bytes sent reach the client before the reset does)
-      createReadStream(file, { start, end: fault.truncateAt - 1 })
+      count(createReadStream(file, { start, end: fault.truncateAt - 1 }))
         .on('end', () => setTimeout(() => res.destroy(), 100))
         .pipe(res, { end: false });
-    } else createReadStream(file, { start }).pipe(res);
+    } else if (fault && 'trickle' in fault) {
+      const { bytes, everyMs } = fault.trickle;
+      const whole = await readFile(file);
+      let at = start;
+      const next = () => {
+        if (res.destroyed) return;
+        const part = whole.subarray(at, Math.min(at + bytes, whole.byteLength));
+        at += part.byteLength;
+        entry.bytes = (entry.bytes ?? 0) + part.byteLength;
+        if (at >= whole.byteLength) res.end(part);
+        else res.write(part, () => setTimeout(next, everyMs));
+      };
+      next();
+    } else count(createReadStream(file, { start })).pipe(res);
   });
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
   const { port } = server.address() as AddressInfo;

@@ -177,27 +177,71 @@ describe('Hub layout, cache and device fit', () => {
     });
   }
 
-  it('a host whose answer to a Range request fails outright (a CORS refusal) is read again from the start, skipping what arrived', async () => {
-    const path = `/${REPO}/resolve/main/${SUB}/transformer/model.onnx_data`;
-    server.faults.set(path, { truncateAt: 150_000, times: 1 });
-    server.requests.length = 0;
-    const refused: string[] = [];
-    const fetchFn: typeof fetch = (input, init) => {
-      const range = (init?.headers as Record<string, string> | undefined)?.Range;
-      if (range) {
-        refused.push(range);
-        return Promise.reject(new TypeError('Failed to fetch'));
+  describe('resuming after a blip', () => {
+    const file = 'transformer/model.onnx_data';
+    const path = `/${REPO}/resolve/main/${SUB}/${file}`;
+    const gets = () => server.requests.filter((r) => r.method === 'GET' && r.path === path);
+    const open = (opts: { maxStalls?: number; retryDelayMs?: number }) => new UrlModelFiles(`${server.url}/${REPO}/resolve/main/${SUB}/`, 'blip', undefined, opts);
+
+    it('network errors while resuming keep asking for the rest with Range, each wait twice the last; the file is fetched once in all', async () => {
+      const whole = await readFile(join(root, 'repo', SUB, file));
+      const cut = Math.floor(whole.byteLength / 3);
+      // the connection drops a third of the way in; the next two resumes meet a reset before any answer
+      server.faults.set(path, { sequence: [{ truncateAt: cut }, { reset: true }, { reset: true }] });
+      server.requests.length = 0;
+      const events: number[] = [];
+      let bytes: Uint8Array;
+      try {
+        bytes = await open({ retryDelayMs: 20 }).read(file, (loaded) => events.push(loaded));
+      } finally {
+        server.faults.delete(path);
       }
-      return fetch(input, init);
-    };
-    const files = new UrlModelFiles(`${server.url}/${REPO}/resolve/main/${SUB}/`, 'range-refused', fetchFn, { retryDelayMs: 1 });
-    const events: number[] = [];
-    const bytes = await files.read('transformer/model.onnx_data', (loaded) => events.push(loaded));
-    server.faults.delete(path);
-    expect(refused).toEqual(['bytes=150000-']);
-    expect(modelGets().filter((r) => r.path === path).map((r) => r.range ?? null)).toEqual([null, null]);
-    expect(Buffer.from(bytes).equals(await readFile(join(root, 'repo', SUB, 'transformer/model.onnx_data')))).toBe(true);
-    for (let i = 1; i < events.length; i++) expect(events[i]).toBeGreaterThan(events[i - 1]);
+      expect(Buffer.from(bytes).equals(whole)).toBe(true);
+      expect(gets().map((r) => [r.range ?? null, r.status ?? 'reset'])).toEqual([[null, 200], [`bytes=${cut}-`, 'reset'], [`bytes=${cut}-`, 'reset'], [`bytes=${cut}-`, 206]]);
+      // what crossed the network: the file once, not once and then again whole
+      expect(gets().reduce((n, r) => n + (r.bytes ?? 0), 0)).toBe(whole.byteLength);
+      // backoff: 20, 40, then 80 ms before the attempts after the drop
+      const at = gets().map((r) => r.at!);
+      for (const [i, wait] of [[1, 20], [2, 40], [3, 80]]) expect(at[i] - at[i - 1]).toBeGreaterThanOrEqual(wait - 1);
+      for (let i = 1; i < events.length; i++) expect(events[i]).toBeGreaterThan(events[i - 1]);
+      expect(events.at(-1)).toBe(whole.byteLength);
+    });
+
+    it('a host that answers a Range request with the whole file (200) is read past what arrived, and asked for whole files from then on', async () => {
+      const whole = await readFile(join(root, 'repo', SUB, file));
+      const cut = Math.floor(whole.byteLength / 4);
+      server.faults.set(path, { sequence: [{ truncateAt: cut }, { truncateAt: 2 * cut }] });
+      server.ranges = false;
+      server.requests.length = 0;
+      const events: number[] = [];
+      let bytes: Uint8Array;
+      try {
+        bytes = await open({ retryDelayMs: 1 }).read(file, (loaded) => events.push(loaded));
+      } finally {
+        server.faults.delete(path);
+        server.ranges = true;
+      }
+      expect(Buffer.from(bytes).equals(whole)).toBe(true);
+      // one Range request, answered 200: the fallback came from the host's answer
+      expect(gets().map((r) => [r.range ?? null, r.status])).toEqual([[null, 200], [`bytes=${cut}-`, 200], [null, 200]]);
+      for (let i = 1; i < events.length; i++) expect(events[i]).toBeGreaterThan(events[i - 1]);
+      expect(events.at(-1)).toBe(whole.byteLength);
+    });
+
+    it('resumes that keep meeting network errors fail naming the file after maxStalls, every one of them still a Range request', async () => {
+      const size = (await stat(join(root, 'repo', SUB, file))).size;
+      const cut = 150_000;
+      server.faults.set(path, { sequence: [{ truncateAt: cut }, ...Array.from({ length: 10 }, () => ({ reset: true as const }))] });
+      server.requests.length = 0;
+      const err = await open({ maxStalls: 3, retryDelayMs: 1 })
+        .read(file)
+        .catch((e: unknown) => e)
+        .finally(() => server.faults.delete(path));
+      expect(err).toBeInstanceOf(ModelLoadError);
+      expect(err).toMatchObject({ file, failure: 'unreachable' });
+      expect((err as Error).message).toMatch(new RegExp(`network error after ${cut} of ${size} bytes from http://127\\.0\\.0\\.1:\\d+/${REPO}/resolve/main/${SUB}/${file}, 4 attempts in a row`));
+      expect(gets().map((r) => r.range ?? null)).toEqual([null, `bytes=${cut}-`, `bytes=${cut}-`, `bytes=${cut}-`]);
+    });
   });
 
   it('a download that keeps failing without progress fails naming the file, stores nothing, and the next load fetches only that file', async () => {

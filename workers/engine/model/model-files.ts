@@ -114,8 +114,12 @@ export class UrlModelFiles implements ModelFiles {
   /**
    * The file's bytes in order. When the connection drops, the next request
    * asks for the rest with `Range: bytes=<received>-` (a CORS-safelisted
-   * header, so no preflight); a server that answers with the whole file again,
-   * or refuses the range, is read past the bytes already passed on. An answer
+   * header, so no preflight), again after each network error, waiting
+   * retryDelayMs * 2^(n-1) before attempt n. Only the host's own answer turns
+   * ranges off: a 200 with the whole file to a Range request (it ignores
+   * ranges) is read past the bytes already passed on, and later attempts ask
+   * for the whole file. A network error never does (a blip would otherwise
+   * cost the whole file again). An answer
    * whose ETag or Last-Modified differs from the first one's means the file
    * changed on the server: an error, not a splice. Progress never goes back.
    * A file that keeps failing without new bytes is an error naming it.
@@ -135,10 +139,9 @@ export class UrlModelFiles implements ModelFiles {
       } catch (e) {
         // a host that never answered is down or misnamed: say so now rather than after retries
         if (!this.answered) throw unreachable(path, url, e);
-        // a host that rejects ranges outright (a failed CORS check): ask for the whole file and skip ahead
-        if (headers.Range) ranges = false;
-        else if (++stalls > this.retry.maxStalls) throw new ModelLoadError(path, `network error after ${loaded} of ${total || '?'} bytes from ${url} (${(e as Error).message})`, 'unreachable');
-        await delay(this.retry.retryDelayMs * 2 ** Math.max(0, stalls - 1));
+        // a blip: the same request again (Range kept), after a longer wait each time
+        if (++stalls > this.retry.maxStalls) throw new ModelLoadError(path, `network error after ${loaded} of ${total || '?'} bytes from ${url}, ${stalls} attempts in a row (${(e as Error).message})`, 'unreachable');
+        await delay(this.retry.retryDelayMs * 2 ** (stalls - 1));
         continue;
       }
       this.answered = true;
@@ -151,8 +154,9 @@ export class UrlModelFiles implements ModelFiles {
         const range = /bytes (\d+)-/.exec(response.headers.get('content-range') ?? '');
         if (range && Number(range[1]) !== loaded) throw new ModelLoadError(path, `the server resumed at byte ${range[1]}, not ${loaded}`);
       } else {
-        // a whole file: the first answer, or a server that ignores Range (skip what was already passed on)
+        // a whole file: the first answer, or a server that ignores Range (skip what was already passed on, and stop asking)
         skip = loaded;
+        if (headers.Range) ranges = false;
         // a compressed response's length is not the body's: then the size is unknown
         const encoded = (response.headers.get('content-encoding') ?? 'identity') !== 'identity';
         if (!encoded) total = Number(response.headers.get('content-length') ?? 0);
