@@ -15,6 +15,7 @@ import { CachedModelFiles } from './file-cache.ts';
 import { graphIoTypes, summarizeGraph, transformerShapes, type GraphIo, type GraphSummary, type TransformerShapes } from './graph-info.ts';
 import { blobChunks, graphSkeletonFromStream } from './graph-stream.ts';
 import type { ByteProgress, ModelFiles } from './model-files.ts';
+import { ProgressThrottle } from './progress-throttle.ts';
 import { CLIP_LENGTH, familyDefaults, parseTransformerConfig, parseVaeConfig, type TransformerConfig, type VaeConfig } from './model-config.ts';
 import { describeShapes, FileIndex, familyFromShapes, findLayout, hiddenStateLayers, matchRoles, SD3_SCHEDULER, SD3_VAE, tokenizerDefaults, type IoRoles, type ModelLayout } from './model-layout.ts';
 import { checkOps, lowerForWeb } from './lower-ops.ts';
@@ -156,6 +157,7 @@ export interface ModelPlan {
 class LoadProgress {
   private readonly planned = new Map<string, number>();
   private readonly loaded = new Map<string, number>();
+  private readonly throttle = new ProgressThrottle();
 
   constructor(private readonly onProgress?: ProgressCallback) {}
 
@@ -177,9 +179,11 @@ class LoadProgress {
   start(path: string): ByteProgress {
     const size = this.planned.get(path) ?? 0;
     this.onProgress?.({ status: 'initiate', file: path, loaded: 0, total: size, progress: 0, overall: this.overall() });
+    // every chunk counts; the page hears of it at most ~10 times a second (done and ready always)
+    const send = this.throttle.wrap((loaded, total) => this.onProgress?.({ status: 'download', file: path, loaded, total, progress: total ? (100 * loaded) / total : 0, overall: this.overall() }));
     return (loaded, total) => {
       this.loaded.set(path, loaded);
-      this.onProgress?.({ status: 'download', file: path, loaded, total, progress: total ? (100 * loaded) / total : 0, overall: this.overall() });
+      send(loaded, total);
     };
   }
 
