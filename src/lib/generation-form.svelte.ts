@@ -3,6 +3,7 @@
 // read the same fields.
 import type { GenerateRequest, ModelInfo } from '../../workers/engine/api/types.ts';
 import type { ReadSettings, SettingsSource } from '../../workers/engine/png/settings-chunks.ts';
+import { numOrNull, str } from './saved-settings.ts';
 
 /** The settings one image was made with, as its metadata holds them. */
 export type ImageSettings = Omit<SettingsSource, 'modelId'>;
@@ -21,8 +22,32 @@ export class GenerationForm {
   count = $state(1);
   /** What the last fill did: where the settings came from and what could not be used. */
   notice = $state<{ kind: 'info' | 'warning'; text: string; unused: string[] } | null>(null);
+  /** The model whose defaults filled the form: the same model loading again (a reload, a restart) keeps the person's settings. */
+  defaultsFor = $state<string | null>(null);
+
+  /** What survives a reload. */
+  snapshot() {
+    const { prompts, negativePrompt, seed, steps, guidance, width, height, count, defaultsFor } = this;
+    return { prompts, negativePrompt, seed, steps, guidance, width, height, count, defaultsFor };
+  }
+
+  /** Fills the fields a snapshot saved; anything missing or of the wrong type keeps its value. */
+  restore(saved: Record<string, unknown> | null): void {
+    if (!saved) return;
+    this.prompts = str(saved.prompts, this.prompts);
+    this.negativePrompt = str(saved.negativePrompt, this.negativePrompt);
+    this.seed = numOrNull(saved.seed, this.seed);
+    this.steps = numOrNull(saved.steps, this.steps);
+    this.guidance = numOrNull(saved.guidance, this.guidance);
+    this.width = numOrNull(saved.width, this.width);
+    this.height = numOrNull(saved.height, this.height);
+    const count = numOrNull(saved.count, null);
+    if (count !== null && Number.isInteger(count) && count >= 1 && count <= 16) this.count = count;
+    this.defaultsFor = typeof saved.defaultsFor === 'string' ? saved.defaultsFor : null;
+  }
 
   applyDefaults(model: ModelInfo): void {
+    this.defaultsFor = model.id;
     this.steps = model.defaults.steps;
     this.guidance = model.defaults.guidance;
     this.width = model.defaults.width;

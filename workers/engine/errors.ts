@@ -1,5 +1,7 @@
 // Typed, actionable errors. Each says what happened and what to do next;
-// `code` survives structured cloning across the worker boundary.
+// `code` survives structured cloning across the worker boundary. Messages
+// are read by people: they name models by name and never carry request ids.
+import { modelName } from './model-name.ts';
 
 export type ErrorCode =
   | 'invalid_request'
@@ -81,8 +83,8 @@ export class NotFoundError extends EngineError {
 }
 
 export class CancelledError extends EngineError {
-  constructor(id: string) {
-    super('cancelled', `request ${id} was cancelled`);
+  constructor(readonly requestId: string) {
+    super('cancelled', 'the request was cancelled');
   }
 }
 
@@ -138,11 +140,11 @@ export class DeviceLostError extends EngineError {
 /** A request was running on a model that a new load replaced: it ends here, with this reason, and may be run again. */
 export class ModelSwitchError extends EngineError {
   constructor(
-    id: string,
+    readonly requestId: string,
     readonly from: string,
     readonly to: string,
   ) {
-    super('model_switch', `request ${id} was stopped: the engine switched from model ${from} to ${to} while it ran; run it again to get its image from ${to}`);
+    super('model_switch', `this request was stopped: the engine switched from model ${modelName(from)} to ${modelName(to)} while it ran; run it again to get its image from ${modelName(to)}`);
   }
 
   protected override details() {
