@@ -12,6 +12,7 @@ import type * as OrtModule from 'onnxruntime-web';
 import jspiWasmUrl from 'onnxruntime-web/ort-wasm-simd-threaded.jspi.wasm?url';
 import asyncifyWasmUrl from 'onnxruntime-web/ort-wasm-simd-threaded.asyncify.wasm?url';
 import type { BackendName } from './engine/api/types.ts';
+import { deviceLoss } from './engine/device-loss.ts';
 import { Engine, type EngineOptions } from './engine/engine.ts';
 import { openModelFiles, UrlModelFiles, type ModelFiles } from './engine/model/model-files.ts';
 import { meterGpuMemory, type GpuMemory } from './gpu-memory.ts';
@@ -69,11 +70,9 @@ let gpu: Promise<GpuInfo> | null = null;
 let device: GPUDevice | null = null;
 let memory: GpuMemory | null = null;
 
-let deviceLostReason: string | null = null;
-
 /** Why our GPU device was lost, once it has been (a request failing then is not its own fault). */
 export function gpuDeviceLost(): string | null {
-  return deviceLostReason;
+  return device ? deviceLoss(device).reason : null;
 }
 
 /** The device every WebGPU session runs on; null before detectGpu() or on wasm. */
@@ -106,7 +105,8 @@ export function detectGpu(): Promise<GpuInfo> {
     device = await adapter.requestDevice({ requiredLimits, requiredFeatures }).catch(() => null);
     if (!device) return fallback('the adapter refused a device');
     memory = meterGpuMemory(device);
-    void device.lost.then((info) => (deviceLostReason = info.message || info.reason || 'unknown'));
+    // the device's one loss subscription (device-loss.ts); everything else listens there
+    deviceLoss(device);
     const i = adapter.info;
     return {
       backend: 'webgpu',
@@ -162,7 +162,15 @@ export async function createBrowserEngine(options: Partial<EngineOptions> & { ba
     },
     backend,
   });
-  // a lost device ends this engine's work; the page restarts the worker and replays
-  if (backend === 'webgpu') void device?.lost.then((lost) => engine.deviceLost(lost.message || lost.reason || 'unknown'));
+  // a lost device ends this engine's work; the page restarts the worker and replays.
+  // The listener holds the engine weakly and goes with it: an engine that was dropped is not kept for a loss that may never come.
+  if (backend === 'webgpu' && device) {
+    const held = new WeakRef(engine);
+    const stop = deviceLoss(device).listen((reason) => held.deref()?.deviceLost(reason));
+    engineListeners.register(engine, stop);
+  }
   return { engine, gpu: info };
 }
+
+/** Removes a dropped engine's loss listener. */
+const engineListeners = new FinalizationRegistry<() => void>((stop) => stop());

@@ -13,6 +13,7 @@
 // Ordering needs no fences: onnxruntime submits its work on the same queue at
 // the end of every run, and ours is submitted before or after a run, never
 // during one.
+import { deviceLoss, type DeviceLoss } from '../device-loss.ts';
 import { DeviceLostError } from '../errors.ts';
 import { yieldToEventLoop } from '../event-loop.ts';
 import type { Ort, Tensor } from '../model/component-session.ts';
@@ -116,14 +117,15 @@ export class WebGpuDenoiser implements Denoiser {
   private live = 0;
   private update: GPUComputePipeline | null = null;
   private unscale: GPUComputePipeline | null = null;
-  private lost: string | null = null;
+  /** The device's one loss watcher: asked after a failure, never subscribed for the denoiser's life (a subscription would keep this model reachable after a switch). */
+  private readonly loss: DeviceLoss;
 
   constructor(
     private readonly device: GPUDevice,
     private readonly model: LoadedModel,
     private readonly ort: Ort,
   ) {
-    void device.lost.then((info) => (this.lost = info.message || info.reason || 'unknown'));
+    this.loss = deviceLoss(device);
   }
 
   /**
@@ -139,13 +141,11 @@ export class WebGpuDenoiser implements Denoiser {
       return await op();
     } catch (e) {
       await yieldToEventLoop();
-      if (this.lost === null) {
-        let timer: ReturnType<typeof setTimeout> | undefined;
-        await Promise.race([this.device.lost, new Promise((r) => (timer = setTimeout(r, LOSS_REPORT_MS)))]);
-        clearTimeout(timer);
-        await yieldToEventLoop();
-      }
-      if (this.lost !== null) throw new DeviceLostError(this.lost);
+      // a listener only while waiting: removed when the loss comes or the wait ends
+      const lost = await this.loss.within(LOSS_REPORT_MS);
+      // the engine hears of the loss first (its listener is older), and ends its requests before this one's error lands
+      await yieldToEventLoop();
+      if (lost !== null) throw new DeviceLostError(lost);
       throw e;
     }
   }
