@@ -9,8 +9,8 @@ export const UNDO_MS = 6000;
 export class PendingDeletes {
   /** Ids out of the view, waiting to be deleted. */
   hidden = $state<ReadonlySet<string>>(new Set());
-  /** The delete the toast offers to undo. */
-  toast = $state<{ ids: string[]; text: string } | null>(null);
+  /** The delete the toast offers to undo; it stays until storage has it (committing: too late to undo). */
+  toast = $state<{ ids: string[]; text: string; committing: boolean } | null>(null);
   private timer: ReturnType<typeof setTimeout> | null = null;
 
   constructor(
@@ -24,13 +24,13 @@ export class PendingDeletes {
     if (!ids.length) return;
     void this.flush();
     this.hidden = new Set([...this.hidden, ...ids]);
-    this.toast = { ids, text };
+    this.toast = { ids, text, committing: false };
     this.timer = setTimeout(() => void this.flush(), this.delayMs);
   }
 
   /** Brings the last delete back. */
   undo(): void {
-    if (!this.toast) return;
+    if (!this.toast || this.toast.committing) return;
     this.clearTimer();
     const back = new Set(this.toast.ids);
     this.hidden = new Set([...this.hidden].filter((id) => !back.has(id)));
@@ -39,15 +39,16 @@ export class PendingDeletes {
 
   /** Deletes what the toast holds now (its timeout, a newer delete, the page going away). */
   async flush(): Promise<void> {
-    if (!this.toast) return;
+    const toast = this.toast;
+    if (!toast || toast.committing) return;
     this.clearTimer();
-    const { ids } = this.toast;
-    this.toast = null;
+    toast.committing = true;
     try {
-      await this.commit(ids);
+      await this.commit(toast.ids);
     } finally {
-      const gone = new Set(ids);
+      const gone = new Set(toast.ids);
       this.hidden = new Set([...this.hidden].filter((id) => !gone.has(id)));
+      if (this.toast === toast) this.toast = null;
     }
   }
 

@@ -207,6 +207,8 @@ describe('the studio in the page', () => {
     }
     await b.page.getByTestId('gallery-delete-selected').click();
     await waitForGallery(b.page, 0);
+    // the delete reaches storage once its Undo toast has gone
+    await b.page.getByTestId('undo-toast').waitFor({ state: 'detached' });
     expect((await storedImages(b.page)).filter((m) => m.prompt.startsWith('studio'))).toEqual([]);
     await b.page.getByTestId('gallery-search').fill('');
     await waitForGallery(b.page, (await storedImages(b.page)).length);
@@ -218,6 +220,9 @@ describe('the studio in the page', () => {
     const dark = await bg();
     await b.page.emulateMedia({ colorScheme: 'light' });
     expect([dark, await bg()]).toEqual(['rgb(15, 17, 21)', 'rgb(244, 245, 247)']);
+    // the page as it opens: scrolled past the form, a pinned Generate floats over the content on purpose
+    await b.page.evaluate(() => window.scrollTo(0, 0));
+    await b.page.getByTestId('generate-pinned').waitFor({ state: 'detached' });
     for (const width of [1440, 1024, 390]) {
       await b.page.setViewportSize({ width, height: 900 });
       const boxes = await controlBoxes(b.page);
