@@ -70,6 +70,31 @@ export class TestWorkerApi extends WorkerApi {
     }
   }
 
+  /**
+   * A fetch made from this worker, and the Content-Security-Policy violations
+   * the worker reported for it: the browser test checks that the policy governs
+   * the worker, not only the page. Waits for the violation when the fetch failed.
+   */
+  async fetchFromWorker(url: string): Promise<{ status: number | null; error: string | null; violations: string[] }> {
+    const violations: string[] = [];
+    let reported: () => void = () => undefined;
+    const violation = new Promise<void>((r) => (reported = r));
+    const onViolation = (e: SecurityPolicyViolationEvent) => {
+      violations.push(`${e.effectiveDirective} ${e.blockedURI}`);
+      reported();
+    };
+    self.addEventListener('securitypolicyviolation', onViolation);
+    try {
+      const response = await fetch(url, { cache: 'no-store' });
+      return { status: response.status, error: null, violations };
+    } catch (e) {
+      await violation;
+      return { status: null, error: String(e), violations };
+    } finally {
+      self.removeEventListener('securitypolicyviolation', onViolation);
+    }
+  }
+
   /** The worker dies as if it crashed. */
   simulateCrash(): void {
     setTimeout(() => {

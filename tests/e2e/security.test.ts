@@ -1,14 +1,21 @@
 // Privacy and security in the page: every network request of a full session
 // (worker included) goes to the app's own origin or the model host the user
 // chose; the Content-Security-Policy blocks inline and remote script; prompts
-// render as text, never HTML; "Delete all data" wipes images, queue and
-// downloaded models, and they stay gone after a reload.
+// render as text, never HTML; the policy comes as a response header, so it
+// governs the worker too (its fetch to an unlisted origin never leaves); a
+// hostile PNG is read in the worker, capped, while the page keeps drawing;
+// "Delete all data" wipes images, queue and downloaded models, and they stay
+// gone after a reload.
 import { cp, mkdtemp, rm } from 'node:fs/promises';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { servedCommit, startModelServer, type ModelServer } from '../helpers/model-server.ts';
+import { pngWithCompressedITXt, zeroBomb } from '../helpers/png-bomb.ts';
 import { TINY_MODEL_EXTERNAL_DIR } from '../helpers/tiny-engine.ts';
+import { CONTENT_SECURITY_POLICY } from '../../content-security-policy.ts';
 import { openBrowser, waitForCount, waitForGallery, waitForText, type BrowserSession } from './chromium.ts';
 
 const HOSTILE = `<img src=x onerror="window.__pwned=1"><b>bold</b><script>window.__pwned=2</script>`;
@@ -95,6 +102,79 @@ describe('privacy and security in the page', () => {
     expect(result.remoteFailed).toBe(true);
     expect(result.violations.some((v) => v.startsWith('script-src') && v.includes('inline'))).toBe(true);
     expect(result.violations.some((v) => v.includes('https://example.com/evil.js'))).toBe(true);
+  });
+
+  it('the policy comes as a response header, so it governs the worker: its fetch to an unlisted origin never leaves', async () => {
+    // the page and the worker's own script both came with the header (a worker's policy is its script's)
+    const workerUrl = requests.find((u) => /\/engine\.test-worker[^/]*\.js$/.test(u));
+    expect(workerUrl).toBeDefined();
+    for (const url of [inject('baseUrl'), workerUrl!]) expect((await fetch(url)).headers.get('content-security-policy')).toBe(CONTENT_SECURITY_POLICY);
+
+    // a server that answers anyone, on every loopback address: 127.0.0.1 is listed in connect-src, 127.0.0.2 is not
+    const seen: string[] = [];
+    const other = createServer((req, res) => {
+      seen.push(`${req.headers.host}${req.url}`);
+      res.writeHead(200, { 'access-control-allow-origin': '*' }).end('answered');
+    });
+    await new Promise<void>((r) => other.listen(0, '0.0.0.0', r));
+    const port = (other.address() as AddressInfo).port;
+    type Fetched = { status: number | null; error: string | null; violations: string[] };
+    const fromWorker = (url: string) => b.page.evaluate((u) => (window as unknown as { __engine: { fetchFromWorker(u: string): Promise<Fetched> } }).__engine.fetchFromWorker(u), url);
+    try {
+      expect(await (await fetch(`http://127.0.0.2:${port}/from-node`)).text()).toBe('answered');
+      expect(await fromWorker(`http://127.0.0.1:${port}/listed`)).toEqual({ status: 200, error: null, violations: [] });
+      const blocked = await fromWorker(`http://127.0.0.2:${port}/unlisted`);
+      expect(blocked.status).toBeNull();
+      expect(blocked.violations).toHaveLength(1);
+      expect(blocked.violations[0]).toMatch(new RegExp(`^connect-src http://127\\.0\\.0\\.2:${port}`));
+      // the block is the policy's: the server, which answers that address, never heard of it
+      expect(seen).toEqual([`127.0.0.2:${port}/from-node`, `127.0.0.1:${port}/listed`]);
+    } finally {
+      await new Promise((r) => other.close(r));
+    }
+  });
+
+  it('a hostile PNG (1.5 GB of text in 1.5 MB) is answered within a second, naming the cap, while the page keeps drawing', async () => {
+    const hostile = pngWithCompressedITXt('parameters', zeroBomb(1536));
+    expect(hostile.length).toBeLessThan(1.7 * 2 ** 20);
+    const prompts = await b.page.getByTestId('prompts').inputValue();
+    const seen = await b.page.evaluate(async (base64) => {
+      const file = new File([Uint8Array.from(atob(base64), (c) => c.charCodeAt(0))], 'hostile.png', { type: 'image/png' });
+      const dt = new DataTransfer();
+      dt.items.add(file);
+      let answeredAt = 0;
+      const answered = new Promise<void>((resolve) => {
+        const observer = new MutationObserver(() => {
+          if (!document.querySelector('[data-testid="form-notice"]')?.textContent?.includes('hostile.png')) return;
+          answeredAt = performance.now();
+          observer.disconnect();
+          resolve();
+        });
+        observer.observe(document.body, { subtree: true, childList: true, characterData: true });
+      });
+      const dropped = performance.now();
+      document.querySelector('main')!.dispatchEvent(new DragEvent('drop', { dataTransfer: dt, bubbles: true, cancelable: true }));
+      // every frame the page draws from the drop until the one after the answer: a busy main thread draws none
+      const frames: number[] = [];
+      await new Promise<void>((done) => {
+        const frame = () => {
+          frames.push(performance.now() - dropped);
+          if (answeredAt) done();
+          else requestAnimationFrame(frame);
+        };
+        requestAnimationFrame(frame);
+      });
+      await answered;
+      return { answerMs: answeredAt - dropped, frames, notice: document.querySelector('[data-testid="form-notice"]')!.textContent };
+    }, Buffer.from(hostile).toString('base64'));
+    console.log(`hostile PNG answered in ${seen.answerMs.toFixed(0)} ms; ${seen.frames.length} frames meanwhile`);
+    expect(seen.answerMs).toBeLessThan(1000);
+    expect(seen.notice).toContain('hostile.png: its "parameters" settings text is over 1 MB');
+    expect(seen.notice).toContain('the form is unchanged');
+    // the longest the page went without drawing, from the drop to the frame after the answer
+    const longestGap = Math.max(...seen.frames.map((t, i) => t - (i ? seen.frames[i - 1] : 0)));
+    expect(longestGap).toBeLessThan(250);
+    expect(await b.page.getByTestId('prompts').inputValue()).toBe(prompts);
   });
 
   it('"Delete all data" wipes images, queue and downloaded models, for good', async () => {
