@@ -212,6 +212,11 @@ export class WorkerApi {
     return guard(async () => (await this.store).get(id));
   }
 
+  /** The settings in a dropped, pasted or opened PNG: read here, off the page's thread, each text chunk capped at 1 MB. */
+  async readPngSettings(png: Blob): Promise<import('./engine/png/settings-chunks.ts').ReadSettings> {
+    return guard(async () => (await import('./read-png.ts')).readPngBlob(png));
+  }
+
   async listImages(query: ImageQuery = {}): Promise<ImageMetadata[]> {
     return (await this.store).list(query);
   }
