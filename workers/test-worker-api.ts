@@ -4,6 +4,7 @@
 import { createBrowserEngine, gpuDevice, loseGpuDevice } from './browser-engine.ts';
 import { modeOptions, req, runBatch, shortBehindLong, STEPS, type Mode } from '../bench/modes.ts';
 import type { ImageMetadata } from './engine/api/types.ts';
+import type { NormalizedRequest } from './engine/api/validate.ts';
 import type { Engine } from './engine/engine.ts';
 import { WorkerApi } from './worker-api.ts';
 
@@ -93,6 +94,11 @@ export class TestWorkerApi extends WorkerApi {
     } finally {
       self.removeEventListener('securitypolicyviolation', onViolation);
     }
+  }
+
+  /** A request whose prompt starts with "crash the worker" takes the worker down each time it runs (the attempt limit's test). */
+  protected override beforeRun(req: NormalizedRequest): void {
+    if (req.prompt.startsWith('crash the worker')) this.simulateCrash();
   }
 
   /** The worker dies as if it crashed. */

@@ -4,17 +4,20 @@
 // its image replaces it there when done. Progress callbacks arrive as Comlink
 // proxies; preview pixels are transferred, PNGs travel as Blobs.
 import * as Comlink from 'comlink';
-import type { BackendName, EngineStatus, ImageMetadata, ModelInfo, ModelSourceSpec, ProgressCallback, ProgressEvent } from './engine/api/types.ts';
+import type { BackendName, EngineStatus, ImageMetadata, JobState, ModelInfo, ModelSourceSpec, ProgressCallback, ProgressEvent, RequestRecord, RequestState } from './engine/api/types.ts';
+import type { NormalizedRequest } from './engine/api/validate.ts';
 import type { Engine, LoadModelOptions } from './engine/engine.ts';
 import type { CachedModelUsage } from './engine/model/file-cache.ts';
-import { CancelledError, ModelNotLoadedError } from './engine/errors.ts';
+import { AttemptsExhaustedError, CancelledError, ModelNotLoadedError, NotFoundError } from './engine/errors.ts';
 import { checkTransformerOnBackends, type BackendCheck } from './backend-check.ts';
 import { createBrowserEngine, gpuDeviceLost, gpuMemory, type GpuInfo } from './browser-engine.ts';
 import { deviceQueue } from './engine/model/run-queue.ts';
 import { resetGpuPeak, type GpuMemory } from './gpu-memory.ts';
-import { ImageStore, type ImageQuery, type QueuedRequest, type StoredImage } from './store/image-store.ts';
+import { ImageStore, StorageError, type ImageQuery, type QueuedRequest, type StoredImage, type StoredLoadOptions } from './store/image-store.ts';
 
 export interface WorkerStatus extends EngineStatus {
+  /** Images made but not yet stored (storage full): they are stored when room returns. */
+  unsaved: string[];
   gpu: GpuInfo | null;
   /** GPU buffers on the engine's device (WebGPU only): what the GPU really holds. */
   gpuMemory: GpuMemory | null;
@@ -25,7 +28,27 @@ export interface GenerateReply {
   id: string;
   metadata: ImageMetadata;
   png: Blob;
+  /** False when storage refused it (full): the worker keeps it and stores it when room returns; status().unsaved lists it until then. */
+  stored: boolean;
+  storageError?: string;
 }
+
+/** Runs a request may start: the first, and one replay after the engine went down under it (a crash, a lost device). */
+export const MAX_ATTEMPTS = 2;
+
+type RegistryEntry = RequestRecord & { ctl: AbortController };
+
+/** The engine's phases as the registry names them. */
+const REGISTRY_STATE: Record<JobState, RequestState> = {
+  queued: 'queued',
+  encoding: 'running',
+  denoising: 'running',
+  decoding: 'running',
+  saving: 'saving',
+  done: 'done',
+  cancelled: 'cancelled',
+  failed: 'failed',
+};
 
 /** The worker's heartbeat: sent every second, and at once when a device call starts or ends, so a
  * call that blocks the worker for minutes (a big model on wasm) is announced before it blocks. */
@@ -112,14 +135,21 @@ export class WorkerApi {
   }
 
   /** Loads a model (downloads go through the cache); the previous one keeps serving if this fails.
-   * Requests sent meanwhile wait for it; a newer load, or abortLoad(), aborts it. */
+   * Requests sent meanwhile wait for it; a newer load, or abortLoad(), aborts it. Loading the model
+   * already loaded is a no-op; a switch lets running requests finish (or re-runs them: onSwitch). */
   async loadModel(source: ModelSourceSpec, onProgress?: ProgressCallback, opts: LoadModelOptions = {}): Promise<ModelInfo> {
-    return guard(async () => (await this.ready()).load(source, onProgress, opts));
+    return guard(async () => {
+      const info = await (await this.ready()).load(source, onProgress, opts);
+      // what requests accepted from now on record, so a reload can load their model again (never the token)
+      const { skipT5, t5MaxLength, fit } = opts;
+      this.current = { id: info.id, source, loadOptions: { skipT5, t5MaxLength, fit } };
+      return info;
+    });
   }
 
   /** Aborts the model load under way: its downloads stop, the loaded model keeps serving. */
   async abortLoad(): Promise<boolean> {
-    return (await this.ready()).abortLoad();
+    return guard(async () => (await this.ready()).abortLoad());
   }
 
   /** Space the download cache uses, per model. */
@@ -132,80 +162,160 @@ export class WorkerApi {
     return guard(async () => (await this.ready()).options.fileCache?.deleteModel(modelId) ?? 0);
   }
 
+  /** The loaded model as requests record it. */
+  private current: { id: string; source: ModelSourceSpec; loadOptions: StoredLoadOptions } | null = null;
+
+  /** Every accepted request until it ends: the one place its state is kept (the durable queue is its persisted form). */
+  private readonly registry = new Map<string, RegistryEntry>();
+
+  /** Images made but not stored (storage full): kept here, in the reply, and stored when room returns. */
+  private readonly unsaved = new Map<string, StoredImage>();
+  private storeRetry: ReturnType<typeof setTimeout> | null = null;
+
+  /** Test builds crash the worker here for chosen requests (a request that takes the engine down each time). */
+  protected beforeRun(_req: NormalizedRequest): void {}
+
   /**
    * Accepts a request (bad input is refused here, naming the field), records it
-   * in the durable queue, runs it and stores the image. Resolves with its id.
+   * in the durable queue, runs it and stores the image.
    */
   async generate(request: unknown, onProgress?: ProgressCallback, opts: { preview?: boolean } = {}): Promise<GenerateReply> {
     return guard(async () => {
       const engine = await this.ready();
-      if (!engine.model) throw new ModelNotLoadedError();
+      if (!engine.model || !this.current) throw new ModelNotLoadedError();
       const req = engine.normalize(request);
+      const model = this.current;
       // cancellable from now on, even while it is still being written to the queue
-      return this.cancellable(req.id, async (signal) => {
-        const store = await this.store;
-        await store.enqueue({ id: req.id, request: req, modelId: engine.model!.info.id, acceptedAt: new Date().toISOString() });
-        return this.run(engine, store, req, onProgress, opts.preview, signal);
-      });
+      const entry = this.track(req.id, model.id, 1);
+      const store = await this.store;
+      try {
+        await store.enqueue({ id: req.id, request: req, modelId: model.id, acceptedAt: new Date().toISOString(), source: model.source, loadOptions: model.loadOptions, attempts: 1 });
+      } catch (e) {
+        this.registry.delete(req.id);
+        throw e;
+      }
+      return this.run(engine, store, entry, req, onProgress, opts.preview);
     });
-  }
-
-  /** Accepted requests until they end: how to stop them, and whether the engine has them yet. */
-  private readonly inFlight = new Map<string, { ctl: AbortController; submitted: boolean }>();
-
-  private async cancellable<T>(id: string, f: (signal: AbortSignal) => Promise<T>): Promise<T> {
-    const entry = { ctl: new AbortController(), submitted: false };
-    this.inFlight.set(id, entry);
-    try {
-      return await f(entry.ctl.signal);
-    } finally {
-      if (this.inFlight.get(id) === entry) this.inFlight.delete(id);
-    }
   }
 
   /** Accepted requests that have not finished (after a reload or a crash), oldest first. */
   async pending(): Promise<QueuedRequest[]> {
-    return (await this.store).pending();
+    return guard(async () => (await this.store).pending());
   }
 
-  /** Runs a queued request again from its stored settings: same seed, same image. */
+  /** Requests this worker has accepted that have not ended, with their state and attempts. */
+  async requests(): Promise<RequestRecord[]> {
+    return [...this.registry.values()].map(({ ctl: _, ...r }) => ({ ...r, ...(this.unsaved.has(r.id) ? { unsaved: true } : {}) }));
+  }
+
+  /**
+   * Runs a queued request again from its stored settings: same seed, same image. A request whose
+   * earlier runs all ended with the engine gone (MAX_ATTEMPTS of them) is not run again: it fails, saying why.
+   */
   async resume(id: string, onProgress?: ProgressCallback, opts: { preview?: boolean } = {}): Promise<GenerateReply> {
     return guard(async () => {
       const engine = await this.ready();
       if (!engine.model) throw new ModelNotLoadedError();
       const store = await this.store;
-      const entry = (await store.pending()).find((q) => q.id === id);
-      if (!entry) throw new Error(`no queued request ${id}`);
-      return this.cancellable(id, (signal) => this.run(engine, store, entry.request, onProgress, opts.preview, signal));
+      const queued = (await store.pending()).find((q) => q.id === id);
+      if (!queued) throw new NotFoundError('queued request', id);
+      const attempts = queued.attempts ?? 1;
+      if (attempts >= MAX_ATTEMPTS) {
+        await store.dequeue(id);
+        throw new AttemptsExhaustedError(attempts);
+      }
+      const entry = this.track(id, queued.modelId, attempts + 1);
+      await store.enqueue({ ...queued, attempts: attempts + 1 });
+      return this.run(engine, store, entry, queued.request, onProgress, opts.preview);
     });
   }
 
-  private async run(engine: Engine, store: ImageStore, req: QueuedRequest['request'], onProgress?: ProgressCallback, preview?: boolean, signal?: AbortSignal): Promise<GenerateReply> {
+  private track(id: string, modelId: string, attempts: number): RegistryEntry {
+    const entry: RegistryEntry = { id, modelId, attempts, state: 'accepted', ctl: new AbortController() };
+    this.registry.set(id, entry);
+    return entry;
+  }
+
+  private async run(engine: Engine, store: ImageStore, entry: RegistryEntry, req: NormalizedRequest, onProgress?: ProgressCallback, preview?: boolean): Promise<GenerateReply> {
     let result;
     try {
-      const entry = this.inFlight.get(req.id);
-      if (entry) entry.submitted = true;
-      result = await engine.generate(req, { onProgress: transferProgress(onProgress), preview, signal, normalized: true });
+      entry.ctl.signal.throwIfAborted(); // cancelled while it was being written to the queue
+      if (engine.loadingSource) entry.state = 'waiting-for-model';
+      this.beforeRun(req);
+      const relay = transferProgress(onProgress);
+      result = await engine.generate(req, {
+        onProgress: (e) => {
+          if (e.state) entry.state = REGISTRY_STATE[e.state];
+          relay?.(e);
+        },
+        preview,
+        signal: entry.ctl.signal,
+        normalized: true,
+      });
     } catch (e) {
+      this.registry.delete(entry.id);
       // a cancelled or failed request leaves the queue; only unfinished work is replayed
       // kept for replay when the device is gone, whatever error the loss surfaced as
       if ((e as { code?: string }).code !== 'device_lost' && gpuDeviceLost() === null) await store.dequeue(req.id);
       throw e;
     }
-    await store.complete({ id: result.id, png: result.png, metadata: result.metadata });
-    return { id: result.id, metadata: result.metadata, png: result.png };
+    entry.state = 'saving';
+    const image = { id: result.id, png: result.png, metadata: result.metadata };
+    try {
+      await store.complete(image);
+    } catch (e) {
+      if (!(e instanceof StorageError)) {
+        this.registry.delete(entry.id);
+        throw e;
+      }
+      // never dropped: the page shows it and offers it for download; it is stored when room returns
+      this.unsaved.set(image.id, image);
+      this.retryStoring();
+      return { ...image, stored: false, storageError: e.message };
+    }
+    this.registry.delete(entry.id);
+    void this.storeUnsaved(); // room now: earlier unsaved images may fit too
+    return { ...image, stored: true };
   }
 
-  async cancel(id: string): Promise<boolean> {
-    const entry = this.inFlight.get(id);
-    if (!entry) {
-      await (await this.store).dequeue(id); // queued before a reload, not running now
-      return false;
+  /** Tries the unsaved images again on a backoff (5 s, then up to a minute) until every one is stored. */
+  private retryStoring(delayMs = 5000): void {
+    if (this.storeRetry) return;
+    this.storeRetry = setTimeout(async () => {
+      this.storeRetry = null;
+      if (!(await this.storeUnsaved())) this.retryStoring(Math.min(delayMs * 2, 60_000));
+    }, delayMs);
+  }
+
+  /** Stores what storage refused before; true when none is left. */
+  private async storeUnsaved(): Promise<boolean> {
+    const store = await this.store;
+    for (const [id, image] of this.unsaved) {
+      try {
+        await store.complete(image);
+      } catch {
+        return false;
+      }
+      this.unsaved.delete(id);
+      this.registry.delete(id);
     }
-    if (this.engine?.cancel(id)) return true; // queued or running in the engine
-    if (entry.submitted) return false; // finished: its image is being stored
-    entry.ctl.abort(new CancelledError(id)); // accepted, not yet in the engine: it never starts
     return true;
+  }
+
+  /** Cancels a request in any state before its image is being stored; false when it is too late or unknown. */
+  async cancel(id: string): Promise<boolean> {
+    return guard(async () => {
+      const entry = this.registry.get(id);
+      if (!entry) {
+        await (await this.store).dequeue(id); // queued before a reload, not running now
+        return false;
+      }
+      if (entry.state === 'saving' || entry.state === 'done') return false; // made: its image is being stored
+      // the engine hears it through the signal, wherever the request is: waiting for a model, queued, running
+      entry.ctl.abort(new CancelledError(id));
+      this.engine?.cancel(id);
+      return true;
+    });
   }
 
   async getImage(id: string): Promise<StoredImage> {
@@ -218,7 +328,7 @@ export class WorkerApi {
   }
 
   async listImages(query: ImageQuery = {}): Promise<ImageMetadata[]> {
-    return (await this.store).list(query);
+    return guard(async () => (await this.store).list(query));
   }
 
   async deleteImage(id: string): Promise<void> {
@@ -227,14 +337,15 @@ export class WorkerApi {
 
   /** Wipes every stored image, queued request and cached model file. */
   async deleteAllData(): Promise<void> {
-    for (const [id, { ctl }] of this.inFlight) ctl.abort(new CancelledError(id));
+    for (const [id, { ctl }] of this.registry) ctl.abort(new CancelledError(id));
+    this.unsaved.clear();
     await (await this.store).clear();
     await this.engine?.options.fileCache?.clear();
   }
 
   async status(): Promise<WorkerStatus> {
     const m = gpuMemory();
-    return { ...(this.engine?.status() ?? emptyStatus()), gpu: this.gpu, gpuMemory: m && { ...m } };
+    return { ...(this.engine?.status() ?? emptyStatus()), unsaved: [...this.unsaved.keys()], gpu: this.gpu, gpuMemory: m && { ...m } };
   }
 
   /** Starts a new GPU memory peak from what is live now (the benchmark measures one run at a time). */

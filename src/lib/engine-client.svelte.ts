@@ -28,6 +28,21 @@ export interface GalleryItem {
 }
 
 
+/** Requests in the durable queue that wait for a model other than the loaded one. */
+export interface WaitingModel {
+  modelId: string;
+  count: number;
+  /** Where to load it from, as recorded when they were accepted (absent for requests from older versions). */
+  source?: ModelSourceSpec;
+  loadOptions?: LoadModelOptions;
+}
+
+/** Held by the tab that runs the engine. */
+const ENGINE_LOCK = 'sd3-webgpu-engine';
+
+/** Two sources name the same model (a picked folder's handle is compared by its name). */
+const sameSource = (a: ModelSourceSpec, b: ModelSourceSpec) => JSON.stringify(a) === JSON.stringify(b);
+
 export interface EngineClientOptions {
   /** Makes the worker (the test build adds fault injection to it). */
   spawn: () => Worker;
@@ -71,6 +86,10 @@ export class EngineClient {
   fieldErrors = $state<Record<string, string>>({});
   /** Restarts so far (crash, device loss, hang). */
   restarts = $state(0);
+  /** Another tab of this app runs the engine: this one waits (one engine per browser, or both would replay the same queue). */
+  otherTab = $state(false);
+  /** Requests accepted for another model than the loaded one (after a reload or a switch): how many, and how to load theirs. */
+  waiting = $state<WaitingModel[]>([]);
 
   /** The worker's API (the test entry hands it to the browser tests). */
   api!: EngineApi;
@@ -83,6 +102,7 @@ export class EngineClient {
   private readonly urls = new Map<string, string>();
   private timers: ReturnType<typeof setInterval>[] = [];
   private statusInFlight = false;
+  private booting = false;
   /** The gallery reads IndexedDB from this thread, on its own connection: paging never waits
    * behind the worker, which may be busy for seconds compiling a model or running a step. */
   private images: Promise<ImageStore> | null = null;
@@ -93,10 +113,39 @@ export class EngineClient {
 
   /** Starts the worker, loads the model, shows the gallery and resumes the durable queue. */
   async start(): Promise<void> {
+    // the gallery is this thread's own IndexedDB work: it shows whatever the engine is doing, or waiting for
+    void this.refreshGallery();
+    await this.holdEngineLock();
+    // ask the browser not to evict stored images under storage pressure (best effort: it may say no)
+    void navigator.storage?.persist?.().catch(() => false);
     this.connect();
     this.timers.push(setInterval(() => this.watch(), 2000));
     this.timers.push(setInterval(() => void this.pollStatus(), 500));
     await this.boot();
+  }
+
+  /** Resolves once this tab holds the engine lock, for the page's life; a second tab waits for the first to close. */
+  private holdEngineLock(): Promise<void> {
+    const locks = navigator.locks;
+    if (!locks) return Promise.resolve();
+    const forever = () => new Promise<void>(() => undefined);
+    return new Promise<void>((held) => {
+      void locks.request(ENGINE_LOCK, { ifAvailable: true }, (lock) => {
+        if (lock) {
+          held();
+          return forever();
+        }
+        this.otherTab = true;
+        this.banner = 'This app is open in another tab, which runs the engine and its queue. Use that tab, or close it: this one takes over then.';
+        void locks.request(ENGINE_LOCK, () => {
+          this.otherTab = false;
+          this.banner = '';
+          held();
+          return forever();
+        });
+        return undefined;
+      });
+    });
   }
 
   stop(): void {
@@ -131,9 +180,24 @@ export class EngineClient {
       this.banner = describeError(e).message;
       return;
     }
+    this.booting = true;
+    // pending work decides what to load: the model it was accepted for, when none of it is for ours
+    const pending = await this.api.pending().catch(() => []);
+    const theirs = pending.find((q) => q.source);
+    const load = theirs?.source && !pending.some((q) => q.source && sameSource(q.source, this.source)) ? { source: theirs.source, opts: this.withToken(theirs.source, theirs.loadOptions ?? {}) } : { source: this.source, opts: this.loadOptions };
     // the gallery and the downloaded models show at once, while the model loads
-    await Promise.all([this.load(this.source, this.loadOptions), this.refreshGallery(), this.refreshCache()]);
-    await this.resumePending();
+    try {
+      await Promise.all([this.load(load.source, load.opts), this.refreshGallery(), this.refreshCache()]);
+    } finally {
+      this.booting = false;
+    }
+    await this.resumePending(true);
+  }
+
+  /** A Hub source loads with the token this browser keeps (the model picker's), which is never stored with requests. */
+  private withToken(source: ModelSourceSpec, opts: LoadModelOptions): LoadModelOptions {
+    const token = source.kind === 'hub' ? localStorage.getItem('sd3.hubToken') : null;
+    return token ? { ...opts, hubToken: token } : opts;
   }
 
   /** Silence past what the worker announced is a hang: restart it. */
@@ -150,6 +214,12 @@ export class EngineClient {
     try {
       this.status = await this.api.status();
       this.signOfLife();
+      // images storage refused before and the worker has stored since
+      for (const j of this.jobs)
+        if (j.unsaved && !this.status.unsaved.includes(j.id)) {
+          j.unsaved = false;
+          this.showInGallery(j);
+        }
       if (this.status.deviceLost) void this.restart('the GPU device was lost');
     } catch {
       /* the worker is restarting */
@@ -197,6 +267,8 @@ export class EngineClient {
     } finally {
       this.loading = false;
     }
+    // requests that waited for this model run now (at start, boot resumes the whole queue itself)
+    if (!this.booting && this.waiting.some((w) => w.modelId === this.model?.id)) await this.resumePending();
     await this.refreshCache();
   }
 
@@ -221,17 +293,69 @@ export class EngineClient {
     });
   }
 
-  /** Requests accepted before a reload or crash: run them again from their stored seed. */
-  private async resumePending(): Promise<void> {
-    for (const q of await this.api.pending()) {
-      if (!this.model || q.modelId !== this.model.id) continue;
+  /**
+   * Requests in the durable queue: those for the loaded model run again from their stored seed (all of
+   * them after a start or restart: the worker is new; otherwise only those this page is not running),
+   * those for another model are listed in `waiting`, to load or discard.
+   */
+  private async resumePending(freshWorker = false): Promise<void> {
+    const pending = await this.api.pending().catch(() => []);
+    const waiting = new Map<string, WaitingModel>();
+    for (const q of pending) {
+      if (!this.model || q.modelId !== this.model.id) {
+        const w = waiting.get(q.modelId) ?? { modelId: q.modelId, count: 0, source: q.source, loadOptions: q.loadOptions };
+        w.count++;
+        waiting.set(q.modelId, w);
+        continue;
+      }
       let job = this.jobs.find((j) => j.id === q.id);
+      if (job?.active && !freshWorker) continue; // running in this worker now
       if (!job) {
         job = new Job(q.id, q.request.prompt, q.request);
         this.jobs.push(job);
       }
+      job.state = 'queued';
+      job.resumed = true;
       this.track(job, this.api.resume(q.id, this.progressFor(job), { preview: true }));
     }
+    this.waiting = [...waiting.values()];
+  }
+
+  /** Loads the model requests wait for; they run on it. */
+  async loadWaiting(modelId: string): Promise<void> {
+    const w = this.waiting.find((x) => x.modelId === modelId);
+    if (!w?.source) return;
+    await this.load(w.source, this.withToken(w.source, w.loadOptions ?? {}));
+  }
+
+  /** Drops the requests that wait for a model: they are removed from the queue and never run. */
+  async discardWaiting(modelId: string): Promise<void> {
+    for (const q of await this.api.pending()) if (q.modelId === modelId) await this.api.cancel(q.id);
+    this.waiting = this.waiting.filter((w) => w.modelId !== modelId);
+  }
+
+  /** Cancels every job still running or queued. */
+  async cancelAll(): Promise<void> {
+    await Promise.all(this.jobs.filter((j) => j.active).map((j) => this.cancel(j.id)));
+  }
+
+  /** Removes finished, failed and cancelled cells from the grid (the gallery keeps its images). */
+  clearFinished(): void {
+    const gone = this.jobs.filter((j) => !(j.active || j.unsaved));
+    this.jobs = this.jobs.filter((j) => j.active || j.unsaved);
+    this.batchStart = 0;
+    this.revokeUnshown(gone.map((j) => j.id));
+  }
+
+  /** Runs a failed or cancelled job's request again, in the same grid position. */
+  retry(job: Job): void {
+    const request = job.request ?? { prompt: job.prompt };
+    const again = new Job(newRequestId(), job.prompt, request);
+    const i = this.jobs.indexOf(job);
+    if (i < 0) return;
+    this.jobs[i] = again;
+    this.revokeUnshown([job.id]);
+    this.track(again, this.api.generate({ ...request, id: again.id }, this.progressFor(again), { preview: true }));
   }
 
   /** Sends requests; each becomes a job in the grid (the X/Y plot keeps the ones it sent). */
@@ -261,14 +385,20 @@ export class EngineClient {
 
   private track(job: Job, reply: Promise<GenerateReply>): void {
     reply
-      .then(({ id, metadata, png }) => {
+      .then(({ id, metadata, png, stored, storageError }) => {
         // one reply per image: its file and settings arrive together, the gallery grows by one
         const url = this.urlFor(id, png);
         job.metadata = metadata;
         job.png = png;
         job.imageUrl = url;
         job.state = 'done';
-        if (!this.gallery.some((g) => g.metadata.id === id) && matchesQuery(metadata, { text: this.galleryText })) this.gallery.unshift({ metadata, url, png });
+        if (!stored) {
+          // storage refused it: the cell keeps it (downloadable); it joins the gallery once the worker stores it
+          job.unsaved = true;
+          if (storageError) this.banner = storageError;
+          return;
+        }
+        this.showInGallery(job);
       })
       .catch((e) => {
         const err = describeError(e);
@@ -293,6 +423,13 @@ export class EngineClient {
     return this.api.cancel(id);
   }
 
+  /** A finished job's image at the head of the gallery, when the search lets it in. */
+  private showInGallery(job: Job): void {
+    const { metadata, png, imageUrl } = job;
+    if (!metadata || !png || !imageUrl) return;
+    if (!this.gallery.some((g) => g.metadata.id === metadata.id) && matchesQuery(metadata, { text: this.galleryText })) this.gallery.unshift({ metadata, url: imageUrl, png });
+  }
+
   private urlFor(id: string, png: Blob): string {
     let url = this.urls.get(id);
     if (!url) {
@@ -315,8 +452,10 @@ export class EngineClient {
     const n = ++this.searches;
     const page = await this.galleryPage({ text });
     if (n !== this.searches) return;
+    const before = this.gallery;
     this.gallery = page.items.map((i) => this.galleryItem(i));
     this.galleryMore = page.more;
+    this.revokeUnshown(before.map((g) => g.metadata.id));
   }
 
   /** The next page, after the oldest image shown. */
@@ -340,6 +479,17 @@ export class EngineClient {
       return await (await this.galleryStore()).page({ ...query, limit: GALLERY_PAGE });
     } finally {
       this.galleryReads--;
+    }
+  }
+
+  /** Object URLs of images that left the gallery and no grid cell shows: their Blobs can go. */
+  private revokeUnshown(ids: Iterable<string>): void {
+    const shown = new Set([...this.gallery.map((g) => g.metadata.id), ...this.jobs.map((j) => j.id)]);
+    for (const id of ids) {
+      const url = this.urls.get(id);
+      if (!url || shown.has(id)) continue;
+      URL.revokeObjectURL(url);
+      this.urls.delete(id);
     }
   }
 

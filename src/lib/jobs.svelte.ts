@@ -15,6 +15,10 @@ export class Job {
   png = $state<Blob | null>(null);
   /** Its image was deleted from the gallery (the cell stays, without a viewer). */
   deleted = $state(false);
+  /** Accepted before a reload or an engine restart, and run again from its seed. */
+  resumed = $state(false);
+  /** Made, but storage refused it (full): shown and downloadable here; the worker stores it when room returns. */
+  unsaved = $state(false);
   /** Milliseconds left, from the pace of the steps so far; null before two steps. */
   etaMs = $state<number | null>(null);
   private firstStep: { step: number; at: number } | null = null;

@@ -3,6 +3,7 @@
 // full. Each time the user is told, nothing accepted or stored is lost, and
 // interrupted requests finish from their seeds with the images an undisturbed
 // run gives (compared with the Node engine on wasm).
+import { readFile } from 'node:fs/promises';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import type { Page } from 'playwright-core';
 import { STATE_WAIT_MS, openApp, waitForAttribute, waitForCount, waitForGallery, waitForText, type BrowserSession } from './chromium.ts';
@@ -66,7 +67,7 @@ describe('worker crash and full storage (wasm)', () => {
     for (const d of diffs) expect(d.diff, d.prompt).toBeLessThanOrEqual(3);
   });
 
-  it('when storage is full the user is told, stored images stay intact, and work resumes once there is room', async () => {
+  it('when storage is full the image stays in its cell, downloadable, and is stored once there is room; stored images stay intact', async () => {
     const before = await b.page.getByTestId('gallery-item').count();
     expect(before).toBe(2);
     const cdp = await b.context.newCDPSession(b.page);
@@ -95,16 +96,23 @@ describe('worker crash and full storage (wasm)', () => {
     await expect.poll(probe, { timeout: STATE_WAIT_MS, interval: 500 }).toBe('QuotaExceededError');
     await submit(b.page, ['no room'], 2, 51);
     const cell = b.page.locator('[data-testid="cell"]', { hasText: 'no room' });
-    // its image could not be stored: the cell says so (the engine made it; the quota refused it)
-    await waitForAttribute(cell, 'data-state', 'failed');
+    // made, but the quota refused it: the cell keeps it, says so and offers it for download; nothing is dropped
+    await waitForAttribute(cell, 'data-unsaved', 'true');
+    expect(await cell.getAttribute('data-state')).toBe('done');
     await waitForText(b.page.getByTestId('banner'), /quota exceeded.*earlier images are safe/);
-    expect(await b.page.getByTestId('cell-error').last().textContent()).toMatch(/quota exceeded/);
+    const [download] = await Promise.all([b.page.waitForEvent('download'), cell.getByTestId('cell-download').click()]);
+    const bytes = new Uint8Array(await readFile((await download.path())!));
+    expect(Array.from(bytes.subarray(1, 4), (c) => String.fromCharCode(c)).join('')).toBe('PNG');
+    expect(await b.page.getByTestId('gallery-item').count()).toBe(before);
+    for (const d of await compareWithNode(b.page)) expect(d.diff).toBeLessThanOrEqual(3); // the stored PNGs are whole
+    await cdp.send('Storage.overrideQuotaForOrigin', { origin }); // room again
+    // the worker stores it on its own once there is room: it joins the gallery, once
+    await waitForGallery(b.page, before + 1);
+    await waitForAttribute(cell, 'data-unsaved', 'false');
+    expect((await storedImages(b.page)).filter((m) => m.prompt === 'no room')).toHaveLength(1);
     await b.page.reload();
     await b.page.getByTestId('model-label').filter({ hasText: /tiny-sd3/ }).waitFor({ timeout: 60_000 });
-    await waitForGallery(b.page, before);
-    for (const d of await compareWithNode(b.page)) expect(d.diff).toBeLessThanOrEqual(3); // the PNGs are whole
-    await cdp.send('Storage.overrideQuotaForOrigin', { origin }); // room again
-    await submit(b.page, ['room again'], 2, 52);
     await waitForGallery(b.page, before + 1);
+    expect(await b.page.evaluate(() => (window as unknown as { __engine: { pending(): Promise<unknown[]> } }).__engine.pending().then((p) => p.length))).toBe(0);
   });
 });

@@ -8,7 +8,7 @@ import { DEFAULT_MAX_ACTIVE, DEFAULT_MAX_BATCH, Interleaver, newCounters, type P
 import { RequestScope } from './interleaver/request-scope.ts';
 import { fitRequest } from './memory/budget.ts';
 import type { Ort } from './model/component-session.ts';
-import type { DeviceFit } from './model/device-fit.ts';
+import { defaultDeviceFit, type DeviceFit } from './model/device-fit.ts';
 import { CachedModelFiles, isCacheable, type FileCache } from './model/file-cache.ts';
 import { loadModel, type LoadedModel } from './model/load-model.ts';
 import { openModelFiles, type HubAccess, type ModelFiles } from './model/model-files.ts';
@@ -64,9 +64,12 @@ export interface LoadModelOptions {
 }
 
 /** What makes two loads the same: the source and every option that changes the sessions (not the token, not onSwitch). */
-function loadKey(id: string, opts: LoadModelOptions): string {
+function loadKey(id: string, opts: LoadModelOptions, backend: BackendName, engineFit: Partial<DeviceFit> = {}): string {
   const { skipT5, t5MaxLength, fit, streamExternalData, denoiseOnDevice } = opts;
-  return JSON.stringify({ id, skipT5: skipT5 ?? false, t5MaxLength, fit, streamExternalData, denoiseOnDevice });
+  // the fit in effect: a form that spells out the default budget asks for the same load
+  const { memoryBytes } = defaultDeviceFit(backend, { ...engineFit, ...fit });
+  const effective = Object.entries({ ...engineFit, ...fit, memoryBytes }).sort(([a], [b]) => a.localeCompare(b));
+  return JSON.stringify({ id, skipT5: skipT5 ?? false, t5MaxLength, fit: effective, streamExternalData, denoiseOnDevice });
 }
 
 export interface GenerateOptions {
@@ -117,7 +120,7 @@ export class Engine {
    */
   async load(source: ModelSourceSpec | ModelFiles, onProgress?: ProgressCallback, opts: LoadModelOptions = {}, signal?: AbortSignal): Promise<ModelInfo> {
     const name = 'read' in source ? source.id : source.kind === 'hub' ? source.repo : source.kind === 'url' ? source.url : source.kind === 'path' ? source.path : (source.name ?? 'a local folder');
-    if (!this.loading && this.loaded && this.lostReason === null && this.loadedKey === loadKey(this.sourceId(source), opts)) return this.loaded.info;
+    if (!this.loading && this.loaded && this.lostReason === null && this.loadedKey === loadKey(this.sourceId(source), opts, this.options.backend, this.options.deviceFit)) return this.loaded.info;
     this.loading?.controller.abort(new LoadAbortedError(`replaced by a load of ${name}`));
     const controller = new AbortController();
     const byCaller = () => controller.abort(signal?.reason instanceof LoadAbortedError ? signal.reason : new LoadAbortedError('aborted by its caller'));
@@ -187,7 +190,7 @@ export class Engine {
     const previous = this.loaded;
     const old = this.interleaver;
     this.loaded = next;
-    this.loadedKey = loadKey(next.info.id, opts);
+    this.loadedKey = loadKey(next.info.id, opts, this.options.backend, this.options.deviceFit);
     const { maxActive, maxBatch, encodePng, encodeInline, renderPreview } = this.options;
     const denoiser = next.deviceResident ? new WebGpuDenoiser(this.options.webgpuDevice as GPUDevice, next, this.options.ort) : new HostDenoiser(next, this.options.ort);
     this.interleaver = new Interleaver(next, this.options.ort, { maxActive: maxActive ?? DEFAULT_MAX_ACTIVE, maxBatch: maxBatch ?? DEFAULT_MAX_BATCH, encodePng, encodeInline, renderPreview }, this.counters, denoiser);

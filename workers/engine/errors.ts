@@ -16,7 +16,8 @@ export type ErrorCode =
   | 'storage'
   | 'device_lost'
   | 'model_switch'
-  | 'load_aborted';
+  | 'load_aborted'
+  | 'attempts_exhausted';
 
 export class EngineError extends Error {
   constructor(
@@ -180,4 +181,11 @@ function describe(v: unknown): string {
   if (v === null) return 'null';
   if (Array.isArray(v)) return 'an array';
   return typeof v === 'object' ? 'an object' : String(v);
+}
+
+/** A request whose every run ended with the engine gone (a crash, a lost GPU device): not run again, so it cannot take the app down forever. */
+export class AttemptsExhaustedError extends EngineError {
+  constructor(readonly attempts: number) {
+    super('attempts_exhausted', `stopped after ${attempts} attempts: each time it ran, the engine crashed or lost the GPU device before it finished. Try a smaller size or fewer steps, or Retry once the GPU is stable`);
+  }
 }

@@ -4,7 +4,8 @@
 // reload or a crash loses nothing: unfinished entries are replayed from their
 // seed and give the same image.
 import { openDB, type DBSchema, type IDBPDatabase } from 'idb';
-import type { ImageMetadata } from '../engine/api/types.ts';
+import type { ImageMetadata, ModelSourceSpec } from '../engine/api/types.ts';
+import type { LoadModelOptions } from '../engine/engine.ts';
 import type { NormalizedRequest } from '../engine/api/validate.ts';
 import { EngineError, NotFoundError } from '../engine/errors.ts';
 
@@ -19,7 +20,15 @@ export interface QueuedRequest {
   request: NormalizedRequest;
   modelId: string;
   acceptedAt: string;
+  /** Where its model came from and how it was loaded (never a token), so a reload can load it again. */
+  source?: ModelSourceSpec;
+  loadOptions?: StoredLoadOptions;
+  /** Runs started so far (absent: 1). */
+  attempts?: number;
 }
+
+/** The load options worth keeping with a request: what makes its model the same model again. */
+export type StoredLoadOptions = Pick<LoadModelOptions, 'skipT5' | 't5MaxLength' | 'fit'>;
 
 export interface ImageQuery {
   /** Newest first; at most this many (default 100). */

@@ -31,6 +31,25 @@ export interface GenerateRequest {
  * 'encoding' is its prompt going through the text encoders; 'saving' its PNG being made and stored. */
 export type JobState = 'queued' | 'encoding' | 'denoising' | 'decoding' | 'saving' | 'done' | 'cancelled' | 'failed';
 
+/**
+ * An accepted request's life in the worker's request registry, the one place it is tracked:
+ * accepted (stored in the durable queue) → waiting-for-model (a load is under way) → queued (in the
+ * engine) → running → saving → done, or failed / cancelled from any state before done.
+ */
+export type RequestState = 'accepted' | 'waiting-for-model' | 'queued' | 'running' | 'saving' | 'done' | 'failed' | 'cancelled';
+
+/** A request as the registry holds it (status() lists the live ones). */
+export interface RequestRecord {
+  id: string;
+  state: RequestState;
+  /** The model it was accepted for. */
+  modelId: string;
+  /** Runs started so far, this one included (a replay after a crash or a lost device is another). */
+  attempts: number;
+  /** Its image is made but not yet stored (storage full): kept in memory, offered for download, stored when room returns. */
+  unsaved?: boolean;
+}
+
 /** A request in one of these states has ended. */
 export const isFinal = (s: JobState): boolean => s === 'done' || s === 'cancelled' || s === 'failed';
 
