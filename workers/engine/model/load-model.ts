@@ -10,6 +10,7 @@ import { attentionChunks, requestFootprint, rowScoreBytes, type ModelDims } from
 import { FlowMatchEulerScheduler, parseSchedulerConfig } from '../scheduler/flow-match-euler.ts';
 import { chunkAttention, findAttention } from './attention-chunks.ts';
 import { ComponentSession, type Ort } from './component-session.ts';
+import { checkExternalLocation } from './confine.ts';
 import { checkFileSizes, checkHalfPrecision, checkModelFits, defaultDeviceFit, type DeviceFit } from './device-fit.ts';
 import { CachedModelFiles } from './file-cache.ts';
 import { graphIoTypes, summarizeGraph, transformerShapes, type GraphIo, type GraphSummary, type TransformerShapes } from './graph-info.ts';
@@ -19,8 +20,8 @@ import { ProgressThrottle } from './progress-throttle.ts';
 import { CLIP_LENGTH, familyDefaults, parseTransformerConfig, parseVaeConfig, type TransformerConfig, type VaeConfig } from './model-config.ts';
 import { describeShapes, FileIndex, familyFromShapes, findLayout, hiddenStateLayers, matchRoles, SD3_SCHEDULER, SD3_VAE, tokenizerDefaults, type IoRoles, type ModelLayout } from './model-layout.ts';
 import { checkOps, lowerForWeb } from './lower-ops.ts';
-import { deviceQueue } from './run-queue.ts';
 import { opsToLower } from './op-support.ts';
+import { deviceQueue } from './run-queue.ts';
 import { PromptTokenizer } from './tokenizers.ts';
 
 export interface TextEncoder {
@@ -128,9 +129,9 @@ export interface ComponentPlan {
   attentionSites: number;
   /** Query chunks the loader will cut each attention into (1: unchanged). */
   chunks: number;
-}
   /** com.microsoft operators the loader rewrites into standard ONNX for this backend (lower-ops.ts): op -> nodes. */
   lowered: Record<string, number>;
+}
 
 /** Everything known before any weight is downloaded. */
 export interface ModelPlan {
@@ -309,7 +310,7 @@ export async function planModel(files: ModelFiles, opts: Omit<LoadOptions, 'ort'
     checkOps(graphPath, skeleton, backend);
     // an inline graph is one file the runtime must take whole
     if (!summary.externalLocations.length) checkFileSizes([{ path: graphPath, size: graphSize }], fit);
-    const data = await sizeExternalData(files, folder, summary.externalLocations, progress, fileIndex);
+    const data = await sizeExternalData(files, folder, summary.externalLocations, progress, fileIndex, graphPath);
     checkFileSizes(data, fit);
     const io = graphIoTypes(skeleton);
     const names = (kind: 'input' | 'output') => io.filter((v) => v.kind === kind).map((v) => v.name);
@@ -327,11 +328,11 @@ export async function planModel(files: ModelFiles, opts: Omit<LoadOptions, 'ort'
       encoder: null,
       attentionSites: role === 'transformer' || role === 'vae_decoder' ? findAttention(skeleton).length : 0,
       chunks: 1,
+      lowered: opsToLower(skeleton, backend),
     };
   };
 
   const roles = ['text_encoder', 'text_encoder_2', ...(withT5 ? ['text_encoder_3'] : []), 'transformer', 'vae_decoder'];
-      lowered: opsToLower(skeleton, backend),
   const components = new Map<string, ComponentPlan>();
   for (const role of roles) components.set(role, await planComponent(role, at(role === 'transformer' ? found.transformerFolder : role)));
   const transformer = components.get('transformer')!;
@@ -445,13 +446,15 @@ export async function planModel(files: ModelFiles, opts: Omit<LoadOptions, 'ort'
   return { id: files.id, family, layout, backend, defaults, limits, index: index ?? {}, schedulerJson, transformerConfig, vaeConfig, withT5, t5MaxLength, components, dims, budget, fit };
 }
 
-async function sizeExternalData(files: ModelFiles, folder: string, locations: string[], progress: LoadProgress, index?: FileIndex): Promise<ComponentPlan['data']> {
-  const data: ComponentPlan['data'] = [];
-  for (const location of locations) {
-    const path = `${folder}/${location}`;
 /** The operators lowered at load, per component that had any. */
 const loweredOps = (plan: ModelPlan): Record<string, Record<string, number>> => Object.fromEntries([...plan.components].filter(([, c]) => Object.keys(c.lowered).length).map(([name, c]) => [name, c.lowered]));
 
+async function sizeExternalData(files: ModelFiles, folder: string, locations: string[], progress: LoadProgress, index?: FileIndex, graphPath = folder): Promise<ComponentPlan['data']> {
+  const data: ComponentPlan['data'] = [];
+  // every source's external data is planned here: a location is refused before any file is looked at
+  for (const location of locations) checkExternalLocation(graphPath, location);
+  for (const location of locations) {
+    const path = `${folder}/${location}`;
     const size = await (index ?? files).size(path);
     if (size === null) throw new ModelLoadError(path, `the graph's external data file is missing`);
     progress.plan(path, size);
