@@ -139,11 +139,22 @@ export class WorkerApi {
    * already loaded is a no-op; a switch lets running requests finish (or re-runs them: onSwitch). */
   async loadModel(source: ModelSourceSpec, onProgress?: ProgressCallback, opts: LoadModelOptions = {}): Promise<ModelInfo> {
     return guard(async () => {
-      const info = await (await this.ready()).load(source, onProgress, opts);
-      // what requests accepted from now on record, so a reload can load their model again (never the token)
+      const engine = await this.ready();
+      // what requests accepted from now on record, so a reload can load their model again (never the token):
+      // requests sent during the load run on the model it loads
       const { skipT5, t5MaxLength, fit } = opts;
-      this.current = { id: info.id, source, loadOptions: { skipT5, t5MaxLength, fit } };
-      return info;
+      const target = { id: engine.sourceId(source), source, loadOptions: { skipT5, t5MaxLength, fit } };
+      const previous = this.current;
+      this.current = target;
+      try {
+        const info = await engine.load(source, onProgress, opts);
+        if (this.current === target) this.current = { ...target, id: info.id };
+        return info;
+      } catch (e) {
+        // a failed or aborted load leaves the previous model serving
+        if (this.current === target) this.current = previous;
+        throw e;
+      }
     });
   }
 
@@ -182,7 +193,7 @@ export class WorkerApi {
   async generate(request: unknown, onProgress?: ProgressCallback, opts: { preview?: boolean } = {}): Promise<GenerateReply> {
     return guard(async () => {
       const engine = await this.ready();
-      if (!engine.model || !this.current) throw new ModelNotLoadedError();
+      if ((!engine.model && !engine.loadingSource) || !this.current) throw new ModelNotLoadedError();
       const req = engine.normalize(request);
       const model = this.current;
       // cancellable from now on, even while it is still being written to the queue

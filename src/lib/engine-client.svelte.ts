@@ -323,8 +323,9 @@ export class EngineClient {
 
   /** Loads the model requests wait for; they run on it. */
   async loadWaiting(modelId: string): Promise<void> {
-    const w = this.waiting.find((x) => x.modelId === modelId);
+    const w = $state.snapshot(this.waiting.find((x) => x.modelId === modelId));
     if (!w?.source) return;
+    // plain objects, not the view's reactive proxies: they cross to the worker by structured clone
     await this.load(w.source, this.withToken(w.source, w.loadOptions ?? {}));
   }
 

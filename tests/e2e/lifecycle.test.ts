@@ -66,11 +66,15 @@ describe('nothing accepted is lost', () => {
     await loadUrl(b.page, external());
     await waitForText(label(), 'tiny-sd3-external');
     await generate(b.page, ['after a switch 1', 'after a switch 2', 'after a switch 3', 'after a switch 4'], 150, 900);
-    await cells(b.page, 'denoising').first().waitFor({ timeout: 60_000 });
+    // all four accepted (in the durable queue, running) before the reload
+    await cells(b.page, 'denoising').nth(3).waitFor({ timeout: 60_000 });
     await b.page.reload();
     // the queue decides: its model loads, not the built-in default
     await waitForText(label(), /tiny-sd3-external.* · wasm/);
-    await waitForCount(b.page.locator('[data-testid="cell"][data-resumed="true"]'), 4);
+    await waitForCount(b.page.locator('[data-testid="cell"][data-resumed="true"]'), 4).catch(async (e) => {
+      console.log('cells and stored prompts at the timeout:', JSON.stringify(await cells(b.page).evaluateAll((cs) => cs.map((c) => [c.getAttribute('data-state'), c.getAttribute('data-resumed'), c.textContent]))), JSON.stringify(await storedImages(b.page).then((i) => i.map((m) => m.prompt))));
+      throw e;
+    });
     await waitForCount(cells(b.page, 'done'), 4);
     const images = (await storedImages(b.page)).filter((m) => m.prompt.startsWith('after a switch'));
     expect(images.map((m) => m.prompt).sort()).toEqual(['after a switch 1', 'after a switch 2', 'after a switch 3', 'after a switch 4']);
@@ -83,21 +87,32 @@ describe('nothing accepted is lost', () => {
     // two long ones on the built-in model, then two on the other model: the reload finds both kinds queued
     await b.page.getByTestId('model-kind').selectOption('tiny');
     await b.page.getByTestId('load-model').click();
-    await waitForText(label(), /tiny-sd3 · wasm/);
+    await waitForText(label(), /\/tiny-sd3\/ · .* · wasm/);
     await generate(b.page, ['built-in a', 'built-in b'], 400, 10);
-    await cells(b.page, 'denoising').first().waitFor({ timeout: 60_000 });
+    await b.page.locator('[data-testid="cell"][data-state="denoising"]', { hasText: 'built-in' }).nth(1).waitFor({ timeout: 60_000 });
     await loadUrl(b.page, external());
     await waitForText(label(), 'tiny-sd3-external');
     await generate(b.page, ['other model a', 'other model b'], 400, 20);
-    await b.page.locator('[data-testid="cell"][data-state="denoising"]', { hasText: 'other model' }).first().waitFor({ timeout: 60_000 });
+    await b.page.locator('[data-testid="cell"][data-state="denoising"]', { hasText: 'other model' }).nth(1).waitFor({ timeout: 60_000 });
+    // the built-in ones are still running on their model: the queue holds both models' requests
+    expect(await b.page.locator('[data-testid="cell"][data-state="done"]', { hasText: 'built-in' }).count()).toBe(0);
     await b.page.reload();
-    await waitForText(label(), /tiny-sd3 · wasm/);
+    await waitForText(label(), /\/tiny-sd3\/ · .* · wasm/);
     const waiting = b.page.getByTestId('waiting-model');
-    await waitForText(waiting, /2 requests wait for model tiny-sd3-external/);
+    await waitForText(waiting, /2 requests wait for model tiny-sd3-external/).catch(async (e) => {
+      console.log('client and queue at the timeout:', JSON.stringify(await b.page.evaluate(async () => {
+        const w = window as unknown as { __client: { waiting: unknown; model: { id: string } | null; restarts: number; banner: string; jobs: { prompt: string; state: string; resumed: boolean }[] }; __engine: { pending(): Promise<{ modelId: string; source?: unknown; request: { prompt: string } }[]> } };
+        return { restarts: w.__client.restarts, banner: w.__client.banner, jobs: w.__client.jobs.map((j) => [j.prompt, j.state, j.resumed]), waiting: w.__client.waiting, model: w.__client.model?.id, pending: (await w.__engine.pending()).map((q) => [q.modelId, q.request.prompt, q.source]) };
+      })));
+      throw e;
+    });
     await waitForCount(cells(b.page, 'done'), 2);
     expect((await storedImages(b.page)).filter((m) => m.prompt.startsWith('other model'))).toEqual([]);
     await waiting.getByTestId('waiting-load').click();
-    await waitForCount(cells(b.page, 'done'), 4);
+    await waitForCount(cells(b.page, 'done'), 4).catch(async (e) => {
+      console.log('cells, model and client at the timeout:', JSON.stringify(await cells(b.page).evaluateAll((cs) => cs.map((c) => [c.getAttribute('data-state'), c.textContent]))), await b.page.getByTestId('model-label').textContent(), JSON.stringify(await b.page.evaluate(() => { const c = (window as unknown as { __client: { loadError: string; waiting: unknown; loading: boolean } }).__client; return { e: c.loadError, w: c.waiting, l: c.loading }; })));
+      throw e;
+    });
     await waitForCount(waiting, 0);
     const other = (await storedImages(b.page)).filter((m) => m.prompt.startsWith('other model'));
     expect(other.map((m) => m.modelId.endsWith('/tiny-sd3-external/'))).toEqual([true, true]);

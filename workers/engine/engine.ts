@@ -149,7 +149,7 @@ export class Engine {
   }
 
   /** The id a source's model gets (cheap: opening a source fetches nothing). */
-  private sourceId(source: ModelSourceSpec | ModelFiles): string {
+  sourceId(source: ModelSourceSpec | ModelFiles): string {
     return 'read' in source ? source.id : (this.options.openFiles ?? openModelFiles)(source).id;
   }
 
