@@ -11,7 +11,7 @@
 // everything else byte for byte. Chunks are balanced (sizes differ by at most
 // one) and computed in the graph from the actual sequence length, so one
 // rewritten graph serves every image size.
-import { graphField, graphInitializers, graphNodes, GRAPH, MODEL, NODE, ONNX_DTYPE, TENSOR, type NodeInfo } from './graph-info.ts';
+import { defaultOpset, graphField, graphInitializers, graphNodes, GRAPH, MODEL, NODE, ONNX_DTYPE, TENSOR, type NodeInfo } from './graph-info.ts';
 import { readFields, readString, Reader, WIRE, Writer, type Field } from './protobuf.ts';
 
 export interface AttentionSite {
@@ -79,21 +79,6 @@ function constantElements(model: Uint8Array, n: NodeInfo): number {
 
 /** A tensor read by exactly one node and not a graph output: its producer may be replaced. */
 const private_ = (g: GraphIndex, t: string, reader: number) => !g.graphOutputs.has(t) && g.consumers.get(t)?.length === 1 && g.consumers.get(t)![0] === reader;
-
-function defaultOpset(model: Uint8Array): number {
-  let version = 0;
-  for (const f of readFields(model)) {
-    if (f.field !== MODEL.opsetImport || f.wire !== WIRE.LEN) continue;
-    let domain = '';
-    let v = 0;
-    new Reader(model, f.dataStart, f.dataEnd).fields((o) => {
-      if (o.field === 1) domain = readString(model, o);
-      else if (o.field === 2) v = o.value;
-    });
-    if (domain === '' || domain === 'ai.onnx') version = v;
-  }
-  return version;
-}
 
 /** Every attention the rewrite can chunk, in graph order. */
 export function findAttention(model: Uint8Array): AttentionSite[] {

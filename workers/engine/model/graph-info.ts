@@ -288,3 +288,19 @@ export function summarizeGraph(model: Uint8Array): GraphSummary {
 }
 
 export const hasHalfPrecisionWeights = (model: Uint8Array): boolean => summarizeGraph(model).halfPrecision;
+
+/** The default-domain opset the model imports (0 when it names none). */
+export function defaultOpset(model: Uint8Array): number {
+  let version = 0;
+  for (const f of readFields(model)) {
+    if (f.field !== MODEL.opsetImport || f.wire !== WIRE.LEN) continue;
+    let domain = '';
+    let v = 0;
+    new Reader(model, f.dataStart, f.dataEnd).fields((o) => {
+      if (o.field === 1) domain = readString(model, o);
+      else if (o.field === 2) v = o.value;
+    });
+    if (domain === '' || domain === 'ai.onnx') version = v;
+  }
+  return version;
+}

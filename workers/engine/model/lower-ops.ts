@@ -10,7 +10,7 @@
 // another layout gets a Transpose node, which onnxruntime folds at load). The
 // Transpose pairs NhwcConv was wrapped in (NCHW -> NHWC -> NCHW) are folded
 // away. Everything else is copied byte for byte, as attention-chunks.ts does.
-import { graphField, graphInitializers, graphNodes, GRAPH, MODEL, NODE, ONNX_DTYPE, TENSOR, type NodeInfo } from './graph-info.ts';
+import { defaultOpset, graphField, graphInitializers, graphNodes, GRAPH, MODEL, NODE, ONNX_DTYPE, TENSOR, type NodeInfo } from './graph-info.ts';
 import { toHalfBits } from './float16.ts';
 import { readFields, readString, Reader, WIRE, Writer } from './protobuf.ts';
 import { opsToLower, packedAttention } from './op-support.ts';
@@ -87,21 +87,6 @@ function rawAttributes(model: Uint8Array, n: NodeInfo): Uint8Array[] {
     if (f.field === NODE.attribute) out.push(model.subarray(f.start, f.end));
   });
   return out;
-}
-
-function defaultOpset(model: Uint8Array): number {
-  let version = 0;
-  for (const f of readFields(model)) {
-    if (f.field !== MODEL.opsetImport || f.wire !== WIRE.LEN) continue;
-    let domain = '';
-    let v = 0;
-    new Reader(model, f.dataStart, f.dataEnd).fields((o) => {
-      if (o.field === 1) domain = readString(model, o);
-      else if (o.field === 2) v = o.value;
-    });
-    if (domain === '' || domain === 'ai.onnx') version = v;
-  }
-  return version;
 }
 
 interface Emit {
