@@ -80,8 +80,6 @@ export class EngineClient {
   galleryMore = $state(false);
   /** Gallery pages being read now (the page says so while one is). */
   galleryReads = $state(0);
-  /** Where the current batch of the grid starts (the first job sent while none ran). */
-  batchStart = $state(0);
   cached = $state<CachedModelUsage[]>([]);
   fieldErrors = $state<Record<string, string>>({});
   /** Restarts so far (crash, device loss, hang). */
@@ -344,7 +342,6 @@ export class EngineClient {
   clearFinished(): void {
     const gone = this.jobs.filter((j) => !(j.active || j.unsaved));
     this.jobs = this.jobs.filter((j) => j.active || j.unsaved);
-    this.batchStart = 0;
     this.revokeUnshown(gone.map((j) => j.id));
   }
 
@@ -362,26 +359,12 @@ export class EngineClient {
   /** Sends requests; each becomes a job in the grid (the X/Y plot keeps the ones it sent). */
   submit(requests: GenerateRequest[]): Job[] {
     this.fieldErrors = {};
-    if (!this.jobs.some((j) => j.active)) this.batchStart = this.jobs.length;
     return requests.map((r) => {
       const job = new Job(newRequestId(), r.prompt, r);
       this.jobs.push(job);
       this.track(job, this.api.generate({ ...r, id: job.id }, this.progressFor(job), { preview: true }));
       return job;
     });
-  }
-
-  /** The current batch: finished jobs, jobs, and steps done over all its steps (for the tab title and the overall bar). */
-  get progress(): { finished: number; jobs: number; steps: number; totalSteps: number; active: boolean } {
-    const batch = this.jobs.slice(this.batchStart);
-    let steps = 0;
-    let totalSteps = 0;
-    for (const j of batch) {
-      const total = j.total || j.request?.steps || 1;
-      totalSteps += total;
-      steps += j.active ? Math.min(j.step, total) : total;
-    }
-    return { finished: batch.filter((j) => !j.active).length, jobs: batch.length, steps, totalSteps, active: batch.some((j) => j.active) };
   }
 
   private track(job: Job, reply: Promise<GenerateReply>): void {

@@ -7,7 +7,6 @@ import type { GenerateResult } from '../../workers/engine/api/types.ts';
 import type { Engine } from '../../workers/engine/engine.ts';
 import { DeviceLostError, InferenceError } from '../../workers/engine/errors.ts';
 import { inlinePngEncoder } from '../../workers/engine/interleaver/interleaver.ts';
-import { modelName } from '../../workers/engine/model-name.ts';
 import type { Feeds } from '../../workers/engine/model/component-session.ts';
 import { loadTinyEngine, maxPixelDiff, newTinyEngine } from '../helpers/tiny-engine.ts';
 
