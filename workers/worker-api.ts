@@ -202,8 +202,11 @@ export class WorkerApi {
       try {
         await store.enqueue({ id: req.id, request: req, modelId: model.id, acceptedAt: new Date().toISOString(), source: model.source, loadOptions: model.loadOptions, attempts: 1 });
       } catch (e) {
-        this.registry.delete(req.id);
-        throw e;
+        // storage full: it still runs (a reload before it ends would lose it), and its image waits for room
+        if (!(e instanceof StorageError)) {
+          this.registry.delete(req.id);
+          throw e;
+        }
       }
       return this.run(engine, store, entry, req, onProgress, opts.preview);
     });
@@ -322,10 +325,17 @@ export class WorkerApi {
         return false;
       }
       if (entry.state === 'saving' || entry.state === 'done') return false; // made: its image is being stored
-      // the engine hears it through the signal, wherever the request is: waiting for a model, queued, running
-      entry.ctl.abort(new CancelledError(id));
-      this.engine?.cancel(id);
-      return true;
+      // in the engine's queue or step loop: the engine ends it now
+      if (this.engine?.cancel(id)) {
+        entry.ctl.abort(new CancelledError(id));
+        return true;
+      }
+      // not in the engine yet (being written to the queue, waiting for a model): it never starts
+      if (entry.state === 'accepted' || entry.state === 'waiting-for-model') {
+        entry.ctl.abort(new CancelledError(id));
+        return true;
+      }
+      return false; // past the step loop: its image is being made into a file
     });
   }
 

@@ -12,7 +12,7 @@ import type { Engine } from '../../workers/engine/engine.ts';
 import type { LoadModelOptions } from '../../workers/engine/engine.ts';
 import { createNodeEngine } from '../../workers/engine/node.ts';
 import { buildTemp, tinySpec, type BuiltModel } from '../helpers/built-models.ts';
-import { startModelServer, type ModelServer } from '../helpers/model-server.ts';
+import { servedCommit, startModelServer, type ModelServer } from '../helpers/model-server.ts';
 import { loadTinyEngine, maxPixelDiff, TINY_MODEL_EXTERNAL_DIR } from '../helpers/tiny-engine.ts';
 import { openApp, type BrowserSession } from './chromium.ts';
 
@@ -118,11 +118,14 @@ describe('real-size paths in the page', () => {
       }
     }, server.url);
     expect(err).toBeNull();
-    const gets = server.requests.filter((r) => r.method === 'GET' && r.path === path);
+    // files come by the commit the revision resolved to
+    const atCommit = path.replace('/resolve/main/', `/resolve/${servedCommit({ repo: 'acme/tiny', folder: '' })}/`);
+    const gets = server.requests.filter((r) => r.method === 'GET' && r.path === atCommit);
     expect(gets.map((r) => [r.range ?? null, r.status])).toEqual([[null, 200], ['bytes=200000-', 206]]);
-    // stored whole: the next load reads it from the cache, not the network
+    // stored whole: the next load (other options, so a real load, not the no-op of the same one) reads every
+    // file from the cache; only the revision is asked, to find its commit
     server.requests.length = 0;
-    await b.page.evaluate((url) => (window as unknown as { __engine: Api }).__engine.loadModel({ kind: 'hub', repo: 'acme/tiny', host: url }), server.url);
-    expect(server.requests).toEqual([]);
+    await b.page.evaluate((url) => (window as unknown as { __engine: Api }).__engine.loadModel({ kind: 'hub', repo: 'acme/tiny', host: url }, undefined, { fit: { maxBufferBytes: 400 * 1024 } }), server.url);
+    expect(server.requests.map((r) => r.path)).toEqual(['/api/models/acme/tiny/revision/main']);
   });
 });
