@@ -275,8 +275,13 @@ export class EngineClient {
     await this.api.abortLoad();
   }
 
+  private cacheReads = 0;
+
+  /** The downloaded models; a later read wins over an earlier one still answering (a stale list after "Delete all data" would stay). */
   async refreshCache(): Promise<void> {
-    this.cached = await this.api.cachedModels().catch(() => []);
+    const n = ++this.cacheReads;
+    const list = await this.api.cachedModels().catch(() => []);
+    if (n === this.cacheReads) this.cached = list;
   }
 
   async deleteCached(modelId: string): Promise<void> {
