@@ -6,25 +6,12 @@
 // as a disk-backed Blob that onnxruntime reads range by range.
 import { createSHA256 } from 'hash-wasm';
 import { FileCache, type CacheBackend, type CacheMeta } from '../engine/model/file-cache.ts';
+import { blobChunks } from '../engine/model/graph-stream.ts';
 
 export const MODEL_CACHE_NAME = 'sd3-webgpu-models-v2';
 const RECORD_CACHE_NAME = `${MODEL_CACHE_NAME}-records`;
 /** Earlier layouts: dropped on first use (their files are downloaded again). */
 const LEGACY_CACHE_NAMES = ['sd3-webgpu-models-v1'];
-
-/** A ReadableStream's chunks as an async iterable (not every browser iterates streams natively). */
-async function* chunksOf(stream: ReadableStream<Uint8Array>): AsyncIterable<Uint8Array> {
-  const reader = stream.getReader();
-  try {
-    for (;;) {
-      const { done, value } = await reader.read();
-      if (done) return;
-      yield value;
-    }
-  } finally {
-    reader.releaseLock();
-  }
-}
 
 export function cacheStorageBackend(name = MODEL_CACHE_NAME, records = RECORD_CACHE_NAME): CacheBackend {
   let migrated: Promise<unknown> | null = null;
@@ -44,7 +31,7 @@ export function cacheStorageBackend(name = MODEL_CACHE_NAME, records = RECORD_CA
       if (!meta || !r) return null;
       const blob = await r.blob(); // a handle on the stored body, not a copy
       if (blob.size !== meta.size) return null;
-      return { meta, blob: async () => blob, bytes: async () => new Uint8Array(await blob.arrayBuffer()), stream: () => chunksOf(blob.stream()) };
+      return { meta, blob: async () => blob, bytes: async () => new Uint8Array(await blob.arrayBuffer()), stream: () => blobChunks(blob) };
     },
     meta: readRecord,
     async write(key, modelId, chunks) {
