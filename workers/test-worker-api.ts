@@ -39,6 +39,20 @@ export class TestWorkerApi extends WorkerApi {
   }
 
   /**
+   * The loaded model's transformer runs `runs` more times, then every further run
+   * never answers: its requests stay mid-denoising, so a test that reloads the page
+   * knows none of them finished in this worker (a reload keeps the old page, and its
+   * worker, alive until the new page arrives, which under load takes seconds).
+   */
+  async holdTransformerAfter(runs: number): Promise<void> {
+    const session = this.engine?.model?.transformer;
+    if (!session) throw new Error('no model loaded');
+    const original = session.run.bind(session);
+    let seen = 0;
+    session.run = async (feeds, names) => (++seen > runs ? new Promise<never>(() => undefined) : original(feeds, names));
+  }
+
+  /**
    * One benchmark cell on WebGPU (npm run bench -- --webgpu): fresh engines
    * on this worker's device for a serving mode, the tiny model loaded on the
    * host or the device path, n requests, then a short one behind n long ones.

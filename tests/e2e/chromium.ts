@@ -84,3 +84,12 @@ export async function waitForText(locator: Locator, text: string | RegExp, timeo
   const pattern = typeof text === 'string' ? new RegExp(text.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')) : text;
   await locator.filter({ hasText: pattern }).first().waitFor({ state: 'attached', timeout });
 }
+
+/**
+ * The page's worker (the test build's) lets its transformer run `runs` more times, then holds every
+ * further run: a test that reloads mid-generation knows no request finished in the old worker, which
+ * lives on until the new page arrives (seconds, under load) and would otherwise store some of them.
+ */
+export async function holdTransformerAfter(page: Page, runs: number): Promise<void> {
+  await page.evaluate((n) => (window as unknown as { __engine: { holdTransformerAfter(n: number): Promise<void> } }).__engine.holdTransformerAfter(n), runs);
+}

@@ -6,7 +6,7 @@
 // cells say so.
 import type { Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
-import { openApp, waitForAttribute, waitForCount, waitForGallery, waitForText, type BrowserSession } from './chromium.ts';
+import { holdTransformerAfter, openApp, waitForAttribute, waitForCount, waitForGallery, waitForText, type BrowserSession } from './chromium.ts';
 
 const UUID = /[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}/i;
 
@@ -169,6 +169,7 @@ describe('the grid in the page', () => {
 
   it('cells resumed after a reload say so', async () => {
     await b.page.getByTestId('count').fill('1');
+    await holdTransformerAfter(b.page, 100); // neither can finish before the reload lands
     await submit(b.page, ['resumed one', 'resumed two'], 400, 100);
     await waitForCount(inState('denoising'), 2);
     expect(await b.page.locator('[data-testid="cell"][data-resumed="true"]').count()).toBe(0);

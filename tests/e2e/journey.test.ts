@@ -8,7 +8,7 @@ import { mkdir } from 'node:fs/promises';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { decode as decodePng } from 'fast-png';
 import { pngTextChunks } from '../../workers/engine/png/settings-chunks.ts';
-import { STATE_WAIT_MS, openBrowser, waitForAttribute, waitForCount, waitForGallery, waitForText, type BrowserSession } from './chromium.ts';
+import { STATE_WAIT_MS, holdTransformerAfter, openBrowser, waitForAttribute, waitForCount, waitForGallery, waitForText, type BrowserSession } from './chromium.ts';
 
 const ARTIFACTS = 'test-results';
 
@@ -116,6 +116,8 @@ describe('the journey in the page', () => {
     await fill('prompts', ['resume a', 'resume b', 'resume c'].join('\n'));
     await fill('steps', '150');
     await fill('seed', '4242');
+    // 100 of the 150 steps at most: none can finish before the reload, however late the old page goes
+    await holdTransformerAfter(b.page, 100);
     await b.page.getByTestId('generate').click();
     await b.page.locator('[data-testid="cell"][data-state="denoising"]').first().waitFor({ timeout: STATE_WAIT_MS });
     await b.page.reload();

@@ -8,7 +8,7 @@ import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import type { Page } from 'playwright-core';
 import { startModelServer, type ModelServer } from '../helpers/model-server.ts';
 import { TINY_MODEL_EXTERNAL_DIR } from '../helpers/tiny-engine.ts';
-import { openApp, waitForAttribute, waitForCount, waitForText, type BrowserSession } from './chromium.ts';
+import { holdTransformerAfter, openApp, waitForAttribute, waitForCount, waitForText, type BrowserSession } from './chromium.ts';
 import { storedImages } from './page-images.ts';
 
 const queued = (page: Page) => page.evaluate(() => (window as unknown as { __engine: { pending(): Promise<unknown[]> } }).__engine.pending().then((p) => p.length));
@@ -65,6 +65,8 @@ describe('nothing accepted is lost', () => {
   it('a reload after a switch: the page loads the model the queue was accepted for, and every request ends with one stored image', async () => {
     await loadUrl(b.page, external());
     await waitForText(label(), 'tiny-sd3-external');
+    // 100 of the 150 steps at most: none can finish in the old worker, however late the reload lands
+    await holdTransformerAfter(b.page, 100);
     await generate(b.page, ['after a switch 1', 'after a switch 2', 'after a switch 3', 'after a switch 4'], 150, 900);
     // all four accepted (in the durable queue, running) before the reload
     await cells(b.page, 'denoising').nth(3).waitFor({ timeout: 60_000 });
@@ -88,10 +90,13 @@ describe('nothing accepted is lost', () => {
     await b.page.getByTestId('model-kind').selectOption('tiny');
     await b.page.getByTestId('load-model').click();
     await waitForText(label(), /\/tiny-sd3\/ · .* · wasm/);
+    // each model's runs held after 100 of the 400 steps: nothing finishes before the reload, however slow the switch
+    await holdTransformerAfter(b.page, 100);
     await generate(b.page, ['built-in a', 'built-in b'], 400, 10);
     await b.page.locator('[data-testid="cell"][data-state="denoising"]', { hasText: 'built-in' }).nth(1).waitFor({ timeout: 60_000 });
     await loadUrl(b.page, external());
     await waitForText(label(), 'tiny-sd3-external');
+    await holdTransformerAfter(b.page, 100);
     await generate(b.page, ['other model a', 'other model b'], 400, 20);
     await b.page.locator('[data-testid="cell"][data-state="denoising"]', { hasText: 'other model' }).nth(1).waitFor({ timeout: 60_000 });
     // the built-in ones are still running on their model: the queue holds both models' requests
