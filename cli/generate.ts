@@ -11,6 +11,7 @@ import { EngineError, ModelTooLargeError } from '../workers/engine/errors.ts';
 import { DEFAULT_MAX_ACTIVE } from '../workers/engine/interleaver/interleaver.ts';
 import { planReport, refusedModelReport } from '../workers/engine/memory/plan-report.ts';
 import { planModel } from '../workers/engine/model/load-model.ts';
+import { ATTENTION_FORMS, type AttentionForm } from '../workers/engine/model/device-fit.ts';
 import type { ModelSourceSpec } from '../workers/engine/api/types.ts';
 import { parseModelArg } from '../workers/engine/model/hub-spec.ts';
 import { createNodeEngine, openNodeModelFiles } from '../workers/engine/node.ts';
@@ -23,7 +24,8 @@ const USAGE = `usage: npm run generate -- --model <folder|url|hf:owner/repo[/sub
   Gated Hub repos need a read token: HF_TOKEN, else the file huggingface-cli login writes ($HF_HOME/token);
   HF_ENDPOINT names a Hub mirror.
        npm run generate -- --model <...> --plan [--size N | --width N --height N] [--guidance G] [--no-t5]
-  [--gpu-memory GB] [--max-buffer-mb MB] [--backend webgpu|wasm] [--no-f16]
+  [--gpu-memory GB] [--max-buffer-mb MB] [--backend webgpu|wasm] [--no-f16] [--subgroups]
+  [--attention auto|fused|fused-chunked|decomposed-chunked]
   prints the memory plan (weights, per-request bytes, largest buffer, how many fit, verdict) as JSON and
   downloads no weights. It plans for a WebGPU adapter with 8 GB, 1 GiB buffers and shader-f16 unless told.`;
 
@@ -58,6 +60,8 @@ export async function main(argv: string[]): Promise<number> {
         'max-buffer-mb': { type: 'string' },
         backend: { type: 'string', default: 'webgpu' },
         'no-f16': { type: 'boolean', default: false },
+        subgroups: { type: 'boolean', default: false },
+        attention: { type: 'string' },
         help: { type: 'boolean', default: false },
       },
       strict: true,
@@ -157,7 +161,7 @@ export async function main(argv: string[]): Promise<number> {
 }
 
 /** --plan: the memory plan for one request size, as JSON on stdout; exit 0 if it fits, 1 if refused, 2 for bad flags. */
-async function plan(args: { size?: string; width?: string; height?: string; guidance?: string; 'gpu-memory'?: string; 'max-buffer-mb'?: string; backend: string; 'no-f16': boolean; 'no-t5': boolean }, source: ModelSourceSpec): Promise<number> {
+async function plan(args: { size?: string; width?: string; height?: string; guidance?: string; 'gpu-memory'?: string; 'max-buffer-mb'?: string; backend: string; 'no-f16': boolean; 'no-t5': boolean; subgroups?: boolean; attention?: string }, source: ModelSourceSpec): Promise<number> {
   const flagError = (flag: string, allowed: string, got: string | undefined) => {
     console.error(`error: ${flag}: expected ${allowed}, got ${got}`);
     return 2;
@@ -168,12 +172,15 @@ async function plan(args: { size?: string; width?: string; height?: string; guid
   if (gb !== undefined && !(gb > 0 && gb <= 1024)) return flagError('--gpu-memory', 'a number of GB in (0, 1024]', args['gpu-memory']);
   const bufferMb = num(args['max-buffer-mb']);
   if (bufferMb !== undefined && !(Number.isInteger(bufferMb) && bufferMb >= 1)) return flagError('--max-buffer-mb', 'an integer >= 1', args['max-buffer-mb']);
+  const attention = args.attention ?? 'auto';
+  if (attention !== 'auto' && !(ATTENTION_FORMS as readonly string[]).includes(attention)) return flagError('--attention', `auto or one of ${ATTENTION_FORMS.join(', ')}`, attention);
   const files = openNodeModelFiles(source);
   const fit = {
+    attention: attention as AttentionForm | 'auto',
     ...(gb !== undefined ? { memoryBytes: Math.round(gb * 1024 ** 3) } : {}),
     maxBufferBytes: (bufferMb ?? 1024) * 1024 ** 2,
     maxFileBytes: Infinity, // the browser streams large files (JSPI); the plan is about memory
-    features: args['no-f16'] ? [] : ['shader-f16'],
+    features: [...(args['no-f16'] ? [] : ['shader-f16']), ...(args.subgroups ? ['subgroups'] : [])],
   };
   let p;
   try {

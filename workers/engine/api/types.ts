@@ -88,7 +88,8 @@ export interface ImageMetadata {
   height: number;
   modelId: string;
   backend: BackendName;
-  timings: { queuedMs: number; encodeMs: number; denoiseMs: number; decodeMs: number; totalMs: number };
+  /** Wall-clock ms of its phases; `stages`: the transformer runs that carried its rows, its guidance/Euler updates and read-backs (see StageTimings). */
+  timings: { queuedMs: number; encodeMs: number; denoiseMs: number; decodeMs: number; totalMs: number; stages?: RequestStageTimings };
   createdAt: string;
   /** Normalisations applied, e.g. a prompt truncated to the tokenizer's limit. */
   warnings: string[];
@@ -132,6 +133,8 @@ export interface ModelInfo {
   largestSize: number;
   /** Query chunks each attention was cut into at load so its scores fit the adapter's buffers (1: as exported). */
   attentionChunks: { transformer: number; vae: number };
+  /** The form attention runs in ('fused': one MultiHeadAttention per attention, no chunks; 'fused-chunked'; 'decomposed-chunked'), its query chunks (the most of any component) and why it was chosen for this adapter. */
+  attention?: { form: 'fused' | 'fused-chunked' | 'decomposed-chunked'; chunks: number; reason: string };
   /** Where the model was found in its source (variant folder, transformer folder) and where each config came from (file, family defaults, the graph). */
   layout?: {
     root: string;
@@ -174,4 +177,77 @@ export interface EngineStatus {
    * moved between host and device so far (model runs and the engine's own).
    */
   denoise: { residency: 'host' | 'device'; liveDeviceTensors: number; uploadBytes: number; downloadBytes: number } | null;
+  /** Time per stage since the engine started (text encoders, transformer runs, guidance/Euler, VAE decode, read-backs), with the transformer's FLOP rate; null before any ran. */
+  stages?: StageTimings | null;
+  /**
+   * The engine's memory ledger: every model resident on the device (the one
+   * loading once its sessions are being made, the one serving, any draining
+   * before its release), their weights summed, and the request bytes admitted
+   * on all of them, against the memory budget (the GPU memory setting).
+   */
+  memory?: {
+    budgetBytes: number;
+    residentWeightBytes: number;
+    admittedBytes: number;
+    models: ResidentModelStatus[];
+    /** How the last load made room: 'beside' the resident models (they fit together), or 'release-first' (they did not): with the bytes that decided it. */
+    lastLoad?: { model: string; order: 'beside' | 'release-first'; residentBytes: number; needBytes: number; budgetBytes: number } | null;
+  };
+  /** Why no model is loaded, when a switch released the old model and then failed (and so did reloading it). */
+  noModelReason?: string | null;
+}
+
+export interface ResidentModelStatus {
+  id: string;
+  weightBytes: number;
+  state: 'loading' | 'loaded' | 'draining';
+}
+
+/** The engine's stages, each timed where it runs. */
+export type StageName = 'textEncoders' | 'transformer' | 'guidance' | 'vaeDecode' | 'readback';
+
+/**
+ * One stage's times. `wall*`: CPU clock (performance.now) from the call until
+ * its result is usable: for onnxruntime runs the awaited run, and on the
+ * device path until the GPU has finished it (queue.onSubmittedWorkDone), so
+ * it covers the GPU work, any read-back and JavaScript around it. `gpu*`:
+ * GPU time from timestamp queries around the engine's own compute passes
+ * (guidance/Euler), only where the device has `timestamp-query`; absent
+ * otherwise. onnxruntime's own runs have no GPU figure (its WebGPU profiler
+ * is not reachable from JavaScript in this build).
+ */
+export interface StageTiming {
+  runs: number;
+  wallTotalMs: number;
+  wallMeanMs: number;
+  wallLastMs: number;
+  gpu?: { runs: number; totalMs: number; meanMs: number; lastMs: number };
+}
+
+export interface StageTimings {
+  /** The device has timestamp-query: stages with our own passes carry GPU time. */
+  gpuTimestamps: boolean;
+  stages: Partial<Record<StageName, StageTiming>>;
+  /**
+   * Transformer throughput: matmul FLOPs of its runs (flops.ts, from the
+   * model's config and each run's rows and tokens) over their wall time,
+   * and the fraction of the adapter's peak where the adapter is known.
+   */
+  transformer?: {
+    rows: number;
+    flops: number;
+    /** FLOPs of one row (one branch of one request) for one step, at the last size run. */
+    flopsPerRowStep: number;
+    lastSize: string;
+    achievedFlopsPerSecond: number;
+    peak?: { adapter: string; flopsPerSecond: number; fraction: number };
+  };
+}
+
+/** A request's share: wall time of the transformer runs that carried its rows (shared runs count for each request in them), of its guidance/Euler updates, and of its read-backs. */
+export interface RequestStageTimings {
+  transformerRuns: number;
+  transformerMs: number;
+  guidanceMs: number;
+  readbackMs: number;
 }

@@ -13,9 +13,11 @@ export interface PlanReport {
   layout: { summary: string; root: string; variant: string | null; variants: string[]; transformerFolder: string; discovery: string; shapeFamily: string | null; configSources: Record<string, string> };
   backend: string;
   device: { memoryBytes: number; maxBufferBytes: number; features: readonly string[] };
+  /** The form attention runs in on this adapter, its query chunks and why (device-fit.ts chooseAttentionForm). */
+  attention: { form: string; chunks: number; reason: string };
   weights: {
     bytes: number;
-    components: Record<string, { bytes: number; dtype: 'fp16' | 'fp32'; attentionSites: number; attentionChunks: number; lowered: Record<string, number> }>;
+    components: Record<string, { bytes: number; dtype: 'fp16' | 'fp32'; attentionSites: number; attentionChunks: number; attentionFused: boolean; lowered: Record<string, number> }>;
   };
   request: RequestPlan;
   /** Requests of this size admitted at once (at most maxActive). */
@@ -30,7 +32,7 @@ export function planReport(plan: ModelPlan, width: number, height: number, guida
   const { budget, dims } = plan;
   const components: PlanReport['weights']['components'] = {};
   for (const [name, c] of plan.components) {
-    components[name] = { bytes: c.graphSize + c.data.reduce((a, d) => a + d.size, 0), dtype: c.summary?.halfPrecision ? 'fp16' : 'fp32', attentionSites: c.attentionSites, attentionChunks: c.chunks, lowered: c.lowered };
+    components[name] = { bytes: c.graphSize + c.data.reduce((a, d) => a + d.size, 0), dtype: c.summary?.halfPrecision ? 'fp16' : 'fp32', attentionSites: c.attentionSites, attentionChunks: c.chunks, attentionFused: c.fuse ?? false, lowered: c.lowered };
   }
   const request = planRequest(budget, dims, width, height, guidance, maxActive);
   const no = refusal(budget, fitRequest(budget, dims, width, height, guidance));
@@ -64,6 +66,7 @@ export function planReport(plan: ModelPlan, width: number, height: number, guida
     },
     backend: plan.backend,
     device: { memoryBytes: budget.memoryBytes, maxBufferBytes: budget.maxBufferBytes, features: plan.fit.features ?? [] },
+    attention: { form: plan.attention.form, chunks: plan.attention.chunks, reason: plan.attention.reason },
     weights: { bytes: budget.weightBytes, components },
     request,
     fitsAtOnce: request.concurrent,

@@ -25,7 +25,7 @@ export interface AttentionSite {
 const ELEMENTWISE = new Set(['Mul', 'Div', 'Add', 'Sub', 'Cast']);
 const MS_DOMAIN = 'com.microsoft';
 
-interface GraphIndex {
+export interface GraphIndex {
   nodes: NodeInfo[];
   /** Tensor -> indices of the nodes that read it. */
   consumers: Map<string, number[]>;
@@ -35,7 +35,7 @@ interface GraphIndex {
   scalars: Set<string>;
 }
 
-function indexGraph(model: Uint8Array): GraphIndex {
+export function indexGraph(model: Uint8Array): GraphIndex {
   const nodes = graphNodes(model);
   const consumers = new Map<string, number[]>();
   const producer = new Map<string, number>();
@@ -126,7 +126,7 @@ export function findAttention(model: Uint8Array): AttentionSite[] {
 }
 
 /** A node from the original graph with tensors and name renamed (attributes and domain copied raw). */
-function renamedNode(model: Uint8Array, n: NodeInfo, rename: (t: string) => string, suffix: string): Writer {
+export function renamedNode(model: Uint8Array, n: NodeInfo, rename: (t: string) => string, suffix: string): Writer {
   const w = new Writer();
   new Reader(model, n.field.dataStart, n.field.dataEnd).fields((f: Field) => {
     if (f.field === NODE.input || f.field === NODE.output) w.string(f.field, rename(readString(model, f)));
@@ -136,7 +136,7 @@ function renamedNode(model: Uint8Array, n: NodeInfo, rename: (t: string) => stri
   return w;
 }
 
-function node(opType: string, inputs: string[], outputs: string[], name: string, attrs: Record<string, number> = {}): Writer {
+export function node(opType: string, inputs: string[], outputs: string[], name: string, attrs: Record<string, number> = {}): Writer {
   const w = new Writer();
   for (const i of inputs) w.string(NODE.input, i);
   for (const o of outputs) w.string(NODE.output, o);
@@ -145,7 +145,7 @@ function node(opType: string, inputs: string[], outputs: string[], name: string,
   return w;
 }
 
-function int64Tensor(name: string, values: number[]): Writer {
+export function int64Tensor(name: string, values: number[]): Writer {
   const raw = new Uint8Array(new BigInt64Array(values.map(BigInt)).buffer);
   return new Writer().int(TENSOR.dims, values.length).int(TENSOR.dataType, ONNX_DTYPE.INT64).string(TENSOR.name, name).bytes(TENSOR.rawData, raw);
 }

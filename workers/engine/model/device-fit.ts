@@ -12,8 +12,10 @@ export interface DeviceFit {
   maxFileBytes: number;
   /** Largest single device buffer (WebGPU adapter limits). */
   maxBufferBytes: number;
-  /** WebGPU adapter features (`shader-f16` for fp16 weights); ignored on wasm. */
+  /** WebGPU adapter features (`shader-f16` for fp16 weights, `subgroups` for flash attention); ignored on wasm. */
   features?: readonly string[];
+  /** Forces the form attention runs in (bench and tests); absent or 'auto': chosen by chooseAttentionForm. */
+  attention?: AttentionForm | 'auto';
 }
 
 /** wasm32: the whole heap, weights included, lives in 4 GiB of address space. */
@@ -30,6 +32,7 @@ export function defaultDeviceFit(backend: BackendName, over: Partial<DeviceFit> 
     maxFileBytes: over.maxFileBytes ?? MAX_BUFFER_BYTES,
     maxBufferBytes: over.maxBufferBytes ?? MAX_BUFFER_BYTES,
     features: over.features ?? [],
+    ...(over.attention ? { attention: over.attention } : {}),
   };
 }
 
@@ -70,4 +73,90 @@ export function checkModelFits(budget: MemoryBudget, smallest: RequestFootprint,
     backend === 'wasm' ? 'the wasm backend holds everything in 4 GB; use a browser with WebGPU' : 'if your GPU has more memory, raise "GPU memory" in the model settings',
   ].filter(Boolean);
   throw new ModelTooLargeError(total, budget.memoryBytes, detail, `Try: ${hints.join('; or ')}.`);
+}
+
+/**
+ * The forms attention runs in, rewritten at load:
+ * - 'fused': every attention one com.microsoft.MultiHeadAttention (decomposed sites fused, attention-fuse.ts), no chunks;
+ * - 'fused-chunked': fused, then cut into query chunks (attention-chunks.ts) when the scores need it;
+ * - 'decomposed-chunked': the export's own attention, cut into query chunks when the scores need it (fused sites stay fused).
+ */
+export type AttentionForm = 'fused' | 'fused-chunked' | 'decomposed-chunked';
+export const ATTENTION_FORMS: readonly AttentionForm[] = ['fused', 'fused-chunked', 'decomposed-chunked'];
+
+export interface AttentionChoice {
+  form: AttentionForm;
+  /** Query chunks the chosen form cuts each attention into (1: none). */
+  chunks: number;
+  /** Why, in words (the plan's JSON and status carry it). */
+  reason: string;
+}
+
+export interface AttentionInputs {
+  backend: BackendName;
+  features?: readonly string[];
+  /**
+   * Features of the GPUDevice the sessions run on, where the engine made it: onnxruntime's FlashAttention
+   * needs `subgroups` on the device, not only on the adapter. Absent: onnxruntime makes its own device
+   * from the adapter, and the adapter's features count.
+   */
+  deviceFeatures?: readonly string[];
+  /** The device's smallest subgroup size (GPUAdapterInfo.subgroupMinSize), where known: FlashAttention's kernel is written for 16 and up. */
+  subgroupMinSize?: number;
+  maxBufferBytes: number;
+  /** Query chunks one row's scores need at the model's default size (footprint.ts attentionChunks): 1 when they fit. */
+  chunks: number;
+  /** The transformer's head size, where known (FlashAttention's kernel is vectorised by 4). */
+  headDim?: number;
+  force?: AttentionForm | 'auto';
+}
+
+/**
+ * The form for adapters without `subgroups`, by measurement (bench/attention.ts on
+ * SwiftShader, bench/results.json `attention`): there onnxruntime's MultiHeadAttention
+ * runs its unfused kernel, which holds the same B·N·S·T scores as the decomposed graph. On SwiftShader
+ * (subgroups 4 wide) the fused form stepped 2.5x faster on the tiny model at 256² and 1.4x on two
+ * full-width SD3 blocks, but its images differed from the wasm reference by up to 83 levels (the
+ * decomposed graph's by 1; on wasm both forms give the same image): the decomposed graph it is,
+ * until that difference is understood.
+ */
+/** onnxruntime's FlashAttention sizes its blocks by the subgroup size; 16 is the smallest it is tested with. */
+export const MIN_FLASH_SUBGROUP = 16;
+
+export const NO_SUBGROUPS_FORM: AttentionForm = 'decomposed-chunked';
+
+/**
+ * Chooses how attention runs from the adapter's features and buffer limit:
+ * - forced: as asked (chunks only where the form chunks);
+ * - wasm: the export's own attention, chunked as the scores need (no WebGPU kernels to choose between);
+ * - WebGPU with `subgroups` (and a head size that is a multiple of 4): onnxruntime's MultiHeadAttention takes
+ *   its FlashAttention path, which never holds the T² scores: fused, no chunks, where one row's scores would
+ *   fit one buffer anyway; where they would not, fused in query chunks, because the flash path wants batch 1
+ *   and a run of several rows falls back to the unfused kernel, which holds them;
+ * - WebGPU without `subgroups`: the measured NO_SUBGROUPS_FORM, chunked as the scores need.
+ */
+export function chooseAttentionForm(i: AttentionInputs): AttentionChoice {
+  const limit = formatBytes(i.maxBufferBytes);
+  const cut = (k: number) => (k > 1 ? `cut into ${k} query chunks so one row's scores stay under the ${limit} buffer limit` : `one row's scores fit the ${limit} buffer limit whole`);
+  const chunksOf = (form: AttentionForm) => (form === 'fused' ? 1 : i.chunks);
+  if (i.force && i.force !== 'auto') {
+    const over = i.force === 'fused' && i.chunks > 1 ? `; unchunked, one row's scores exceed the ${limit} buffer limit unless the flash path runs` : '';
+    return { form: i.force, chunks: chunksOf(i.force), reason: `forced by the load option (attention: '${i.force}')${over}` };
+  }
+  if (i.backend === 'wasm') return { form: 'decomposed-chunked', chunks: i.chunks, reason: `wasm: no WebGPU attention kernels to choose between; the export's own attention, ${cut(i.chunks)}` };
+  const adapterSubgroups = i.features?.includes('subgroups') ?? false;
+  const subgroups = i.deviceFeatures ? i.deviceFeatures.includes('subgroups') : adapterSubgroups;
+  const vec4 = i.headDim === undefined || i.headDim % 4 === 0;
+  const wide = i.subgroupMinSize === undefined || i.subgroupMinSize >= MIN_FLASH_SUBGROUP;
+  if (subgroups && vec4 && wide) {
+    if (i.chunks <= 1) return { form: 'fused', chunks: 1, reason: `the adapter has subgroups: onnxruntime's WebGPU MultiHeadAttention runs FlashAttention, which holds no score tensor; one fused node per attention, no chunks (${cut(1)})` };
+    return { form: 'fused-chunked', chunks: i.chunks, reason: `the adapter has subgroups (FlashAttention for batch-1 runs), but a run of several rows takes the unfused kernel, which holds the scores: fused, ${cut(i.chunks)}` };
+  }
+  const why = subgroups && !wide
+    ? `the device's subgroups are ${i.subgroupMinSize} wide, below the ${MIN_FLASH_SUBGROUP} onnxruntime's FlashAttention is written for `
+    : subgroups
+    ? `head size ${i.headDim} is not a multiple of 4 (FlashAttention is vectorised by 4)`
+    : `${adapterSubgroups ? 'the adapter offers subgroups but the device the sessions run on was made without them' : 'the adapter has no subgroups'}, so MultiHeadAttention would run its unfused kernel, which holds the scores like the decomposed graph`;
+  const form = NO_SUBGROUPS_FORM;
+  return { form, chunks: chunksOf(form), reason: `${why}; ${form} chosen by measurement (bench/attention.ts on SwiftShader: fused MultiHeadAttention stepped 2.5x faster on the tiny model and 1.4x on two full-width SD3 blocks, but its images left the wasm reference by up to 83 levels, the decomposed graph's by 1), ${cut(chunksOf(form))}` };
 }

@@ -9,9 +9,10 @@ import { largestFittingSize, type MemoryBudget } from '../memory/budget.ts';
 import { attentionChunks, requestFootprint, rowScoreBytes, type ModelDims } from '../memory/footprint.ts';
 import { FlowMatchEulerScheduler, parseSchedulerConfig } from '../scheduler/flow-match-euler.ts';
 import { chunkAttention, findAttention } from './attention-chunks.ts';
+import { fuseAttention } from './attention-fuse.ts';
 import { ComponentSession, type Ort } from './component-session.ts';
 import { checkExternalLocation } from './confine.ts';
-import { checkFileSizes, checkHalfPrecision, checkModelFits, defaultDeviceFit, type DeviceFit } from './device-fit.ts';
+import { checkFileSizes, checkHalfPrecision, checkModelFits, chooseAttentionForm, defaultDeviceFit, type AttentionChoice, type DeviceFit } from './device-fit.ts';
 import { CachedModelFiles } from './file-cache.ts';
 import { graphIoTypes, summarizeGraph, transformerShapes, type GraphIo, type GraphSummary, type TransformerShapes } from './graph-info.ts';
 import { blobChunks, graphSkeletonFromStream } from './graph-stream.ts';
@@ -74,6 +75,8 @@ export interface LoadOptions {
   signal?: AbortSignal;
   /** Graphs up to this size are read whole while planning; larger ones are streamed, their weights skipped (default 64 MB). */
   planReadMaxBytes?: number;
+  /** Awaited once the plan is known and before the first session is created (a model switch makes room here). */
+  beforeSessions?: (plan: ModelPlan) => Promise<void>;
 }
 
 function parseJson(path: string, bytes: Uint8Array): Record<string, unknown> {
@@ -129,6 +132,8 @@ export interface ComponentPlan {
   attentionSites: number;
   /** Query chunks the loader will cut each attention into (1: unchanged). */
   chunks: number;
+  /** Decomposed attention is fused into MultiHeadAttention at load (the 'fused' forms; attention-fuse.ts). */
+  fuse?: boolean;
   /** com.microsoft operators the loader rewrites into standard ONNX for this backend (lower-ops.ts): op -> nodes. */
   lowered: Record<string, number>;
 }
@@ -152,6 +157,8 @@ export interface ModelPlan {
   dims: ModelDims;
   budget: MemoryBudget;
   fit: DeviceFit;
+  /** The form attention runs in, its chunks and why (device-fit.ts chooseAttentionForm). */
+  attention: AttentionChoice;
 }
 
 /** Download progress per file and over the whole model, in bytes. */
@@ -423,6 +430,12 @@ export async function planModel(files: ModelFiles, opts: Omit<LoadOptions, 'ort'
     const latentPixels = (defaults.width / vaeConfig.scaleFactor) * (defaults.height / vaeConfig.scaleFactor);
     vae.chunks = dims.vaeChunks = attentionChunks(latentPixels * latentPixels * dims.vaeBytes, target);
   }
+  // the form attention runs in: from the adapter's features and buffer limit, or forced by fit.attention
+  // FlashAttention needs subgroups on the device the sessions run on: the engine's own device says what it has
+  const deviceFeatures = (opts.webgpuDevice as { features?: Iterable<string> } | undefined)?.features;
+  const attention = chooseAttentionForm({ backend, features: fit.features, deviceFeatures: deviceFeatures ? [...deviceFeatures] : undefined, subgroupMinSize: (opts.webgpuDevice as { adapterInfo?: { subgroupMinSize?: number } } | undefined)?.adapterInfo?.subgroupMinSize, maxBufferBytes: fit.maxBufferBytes, chunks: Math.max(dims.transformerChunks, dims.vaeChunks), headDim: transformerConfig.hiddenSize / transformerConfig.numHeads, force: fit.attention });
+  for (const c of [transformer, vae]) c.fuse = attention.form !== 'decomposed-chunked' && c.attentionSites > 0;
+  if (attention.chunks === 1) transformer.chunks = vae.chunks = dims.transformerChunks = dims.vaeChunks = 1;
 
   for (const t of ['tokenizer', 'tokenizer_2', ...(withT5 ? ['tokenizer_3'] : [])]) {
     configSources[`${t}/tokenizer_config.json`] = (await fileIndex.exists(at(`${t}/tokenizer_config.json`))) ? 'file' : t === 'tokenizer_3' ? 'T5 defaults' : 'CLIP defaults (bos/eos/pad, 77 tokens)';
@@ -443,7 +456,7 @@ export async function planModel(files: ModelFiles, opts: Omit<LoadOptions, 'ort'
 
   const budget: MemoryBudget = { memoryBytes: fit.memoryBytes, weightBytes, maxBufferBytes: fit.maxBufferBytes };
   checkModelFits(budget, requestFootprint(dims, limits.minSize, limits.minSize, 0), limits.minSize, defaults, backend, withT5);
-  return { id: files.id, family, layout, backend, defaults, limits, index: index ?? {}, schedulerJson, transformerConfig, vaeConfig, withT5, t5MaxLength, components, dims, budget, fit };
+  return { id: files.id, family, layout, backend, defaults, limits, index: index ?? {}, schedulerJson, transformerConfig, vaeConfig, withT5, t5MaxLength, components, dims, budget, fit, attention };
 }
 
 /** The operators lowered at load, per component that had any. */
@@ -495,6 +508,7 @@ export async function loadModel(files: ModelFiles, opts: LoadOptions): Promise<L
     }
     const graphBytes = graph.byteLength;
     graph = lowerForWeb(graph, backend).model;
+    if (plan.fuse) graph = fuseAttention(graph).model;
     if (plan.chunks > 1) graph = chunkAttention(graph, plan.chunks).model;
     // outputs left on the GPU: only float32 ones (the engine converts float16 on the host), on our device
     const gpuOnly = !summary.halfIO && backend === 'webgpu' && opts.webgpuDevice ? gpuOutputs.map((role) => plan.roles.outputs[role] ?? role) : [];
@@ -529,6 +543,8 @@ export async function loadModel(files: ModelFiles, opts: LoadOptions): Promise<L
 
   try {
     const plan = await planModel(files, opts, progress, readTracked);
+    await opts.beforeSessions?.(plan);
+    opts.signal?.throwIfAborted();
     const { components, transformerConfig, vaeConfig, defaults } = plan;
     const at = (path: string) => (plan.layout.root ? `${plan.layout.root}/${path}` : path);
 
@@ -562,6 +578,7 @@ export async function loadModel(files: ModelFiles, opts: LoadOptions): Promise<L
       memoryBytes: budget.memoryBytes,
       largestSize: largest?.width ?? 0,
       attentionChunks: { transformer: plan.dims.transformerChunks, vae: plan.dims.vaeChunks },
+      attention: { form: plan.attention.form, chunks: plan.attention.chunks, reason: plan.attention.reason },
       layout: { root: plan.layout.root, variant: plan.layout.variant, transformerFolder: plan.layout.transformerFolder, configSources: plan.layout.configSources, summary: plan.layout.summary, lowered: loweredOps(plan) },
     };
     progress.ready(weightBytes);
