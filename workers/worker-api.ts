@@ -229,7 +229,7 @@ export class WorkerApi {
   async resume(id: string, onProgress?: ProgressCallback, opts: { preview?: boolean } = {}): Promise<GenerateReply> {
     return guard(async () => {
       const engine = await this.ready();
-      if (!engine.model) throw new ModelNotLoadedError();
+      if (!engine.model && !engine.loadingSource) throw new ModelNotLoadedError(); // a switch that released its old model first: the load under way takes it
       const store = await this.store;
       const queued = (await store.pending()).find((q) => q.id === id);
       if (!queued) throw new NotFoundError('queued request', id);

@@ -3,7 +3,11 @@
 // finish on the old one), a switch that re-runs them, then a load from idle
 // with 2 long requests sent during it. Every accepted request ends with its
 // image, and none lingers in the durable queue. Runs on wasm (journey.test.ts).
+// On webgpu, the device's own buffer meter shows a switch under a GPU memory
+// setting that holds one model never holding both models' weights.
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import type { EngineStatus, ModelInfo } from '../../workers/engine/api/types.ts';
+import type { GpuMemory } from '../../workers/gpu-memory.ts';
 import { startModelServer, type ModelServer } from '../helpers/model-server.ts';
 import { TINY_MODEL_EXTERNAL_DIR } from '../helpers/tiny-engine.ts';
 import { openApp, waitForAttribute, waitForCount, waitForText, type BrowserSession } from './chromium.ts';
@@ -98,5 +102,69 @@ describe('model switch in the page', () => {
     expect(images.every((i) => i.modelId === 'acme/slow' && i.steps === 60)).toBe(true);
     expect(await cells().count()).toBe(10);
     expect(await queued()).toBe(0);
+  });
+});
+
+describe('model switch on webgpu: the device holds one model at a time when the GPU memory setting allows only one', () => {
+  let b: BrowserSession;
+  beforeAll(async () => {
+    b = await openApp(inject('baseUrl'), 'webgpu');
+  });
+  afterAll(async () => b?.close());
+
+  interface Switch {
+    /** Live device bytes when the switch began, the most during it, and after. */
+    before: number;
+    peak: number;
+    after: number;
+    weights: number;
+    models: NonNullable<EngineStatus['memory']>['models'];
+    lastLoad: NonNullable<EngineStatus['memory']>['lastLoad'];
+  }
+
+  /** Loads a model with the page's worker API, the GPU meter's peak started afresh at the load; a refusal comes back as its message. */
+  const switchTo = (folder: string, memoryBytes?: number) =>
+    b.page.evaluate(
+      async ({ folder, memoryBytes }) => {
+        type Api = {
+          loadModel(s: object, p: undefined, o: object): Promise<ModelInfo>;
+          status(): Promise<EngineStatus & { gpuMemory: GpuMemory | null }>;
+          resetGpuMemoryPeak(): Promise<void>;
+        };
+        const api = (window as unknown as { __engine: Api }).__engine;
+        await api.resetGpuMemoryPeak();
+        const before = (await api.status()).gpuMemory!.liveBytes;
+        let info: ModelInfo;
+        try {
+          info = await api.loadModel({ kind: 'url', url: new URL(`models/${folder}/`, location.href).href }, undefined, memoryBytes ? { fit: { memoryBytes } } : {});
+        } catch (e) {
+          return (e as Error).message;
+        }
+        const s = await api.status();
+        return { before, peak: s.gpuMemory!.peakBytes, after: s.gpuMemory!.liveBytes, weights: info.weightBytes, models: s.memory!.models, lastLoad: s.memory!.lastLoad } satisfies Switch;
+      },
+      { folder, memoryBytes },
+    );
+
+  it("the meter's peak during a switch stays below both models' weights together; with room for both, it holds both", async () => {
+    // a model that cannot fit even alone is refused with its numbers, and nothing is released for it
+    const refused = await switchTo('tiny-sd3-external', 1024 ** 2);
+    expect(refused).toMatch(/tiny-sd3-external\/: this model needs ~[\d.]+ MB of GPU memory .* The loaded model, \S+, keeps serving\./);
+    // the page's default setting (8 GB) holds both: the new model loads beside the old one
+    const ample = (await switchTo('tiny-sd3-external')) as Switch;
+    // a setting that holds what one model needs to serve (its weights, the reserve, its smallest request,
+    // as the engine counted it for this load) and half a model more: never two
+    const memoryBytes = Math.ceil(ample.lastLoad!.needBytes + ample.weights / 2);
+    // one at a time: the old model goes before the new one's sessions are made, then again the other way
+    const tight = [await switchTo('tiny-sd3', memoryBytes), await switchTo('tiny-sd3-external', memoryBytes)] as Switch[];
+    console.log(JSON.stringify({ memoryBytes, ample, tight }));
+    expect(ample.peak).toBeGreaterThanOrEqual(ample.before + ample.weights * 0.9);
+    expect(ample.lastLoad).toMatchObject({ order: 'beside' });
+    for (const t of tight) {
+      expect(t.lastLoad).toMatchObject({ order: 'release-first', budgetBytes: memoryBytes });
+      expect(t.models).toEqual([expect.objectContaining({ state: 'loaded', weightBytes: t.weights })]);
+      // the new model's weights never came on top of the old one's
+      expect(t.peak).toBeLessThan(t.before + t.weights / 2);
+    }
   });
 });

@@ -3,15 +3,17 @@
 // nothing of the DOM, so the CLI and the benchmark run it in Node unchanged.
 import type { BackendName, EngineStatus, GenerateResult, ModelInfo, ModelSourceSpec, ProgressCallback } from './api/types.ts';
 import { normalizeRequest, type NormalizedRequest } from './api/validate.ts';
-import { DeviceLostError, InvalidRequestError, LoadAbortedError, ModelLoadError, ModelNotLoadedError } from './errors.ts';
+import { CancelledError, DeviceLostError, formatBytes, InvalidRequestError, LoadAbortedError, ModelLoadError, ModelNotLoadedError, ModelTooLargeError } from './errors.ts';
 import { DEFAULT_MAX_ACTIVE, DEFAULT_MAX_BATCH, Interleaver, newCounters, type PngEncoder, type PreviewRenderer } from './interleaver/interleaver.ts';
 import { RequestScope } from './interleaver/request-scope.ts';
-import { fitRequest } from './memory/budget.ts';
+import { fitRequest, MemoryLedger, modelNeedBytes } from './memory/budget.ts';
+import { smallestRequestBytes } from './memory/footprint.ts';
 import type { Ort } from './model/component-session.ts';
 import { defaultDeviceFit, type DeviceFit } from './model/device-fit.ts';
 import { CachedModelFiles, isCacheable, type FileCache } from './model/file-cache.ts';
-import { loadModel, type LoadedModel } from './model/load-model.ts';
+import { loadModel, type LoadedModel, type ModelPlan } from './model/load-model.ts';
 import { openModelFiles, type HubAccess, type ModelFiles } from './model/model-files.ts';
+import { deviceQueue } from './model/run-queue.ts';
 import { HostDenoiser } from './denoise/denoiser.ts';
 import { WebGpuDenoiser } from './denoise/webgpu-denoiser.ts';
 
@@ -59,6 +61,8 @@ export interface LoadModelOptions {
    * What happens to requests running on the old model when this load replaces it: 'finish' (default) lets
    * them end on the old model before it is released; 'rerun' starts them again from their seed on the new
    * one. Requests still queued always run on the new model. Nothing accepted fails because of a switch.
+   * When both models cannot fit the memory budget together, the old one is released (after its running
+   * requests finish, or once they are taken, with 'rerun') before the new one's sessions are made.
    */
   onSwitch?: 'finish' | 'rerun';
 }
@@ -86,6 +90,19 @@ const randomSeed = () => crypto.getRandomValues(new Uint32Array(1))[0];
 /** Resolves when the signal aborts (never without one). */
 const aborted = (signal?: AbortSignal) => new Promise<void>((resolve) => signal?.addEventListener('abort', () => resolve(), { once: true }));
 const newId = () => crypto.randomUUID();
+const messageOf = (e: unknown) => (e instanceof Error ? e.message : String(e));
+
+/**
+ * y = -x over 4 floats. onnxruntime-web's WebGPU backend frees a released
+ * session's buffers only at its next submit (they wait in a pending list):
+ * one run of this graph after a model's release makes it free them (or pool
+ * them for the next model's buffers of the same size) before the next model
+ * allocates its own.
+ */
+const FLUSH_GRAPH = Uint8Array.from(
+  atob('CAgSGHNkMy13ZWJncHUgbW9kZWwgYnVpbGRlcjpnChgKAXgSBW5lZ18wGgVOZWdfMCIDTmVnOgAKIgoFbmVnXzASAXkaCklkZW50aXR5XzEiCElkZW50aXR5OgASBWZsdXNoWg8KAXgSCgoICAESBAoCCARiDwoBeRIKCggIARIECgIIBEIECgAQEQ=='),
+  (c) => c.charCodeAt(0),
+);
 
 export class Engine {
   private loaded: LoadedModel | null = null;
@@ -100,6 +117,18 @@ export class Engine {
   /** Replaced models being released once their requests end (idle() waits for it). */
   private retiring: Promise<void> = Promise.resolve();
   private readonly counters = newCounters();
+  /** Every model resident on the device (loading, loaded, draining): a switch checks the next model against it. */
+  private readonly ledger = new MemoryLedger();
+  /** Requests taken off a model released to make room for the next one: they run on the next model installed. */
+  private readonly held: RequestScope[] = [];
+  /** How the loaded model was loaded: a switch that released it and then failed loads it again. */
+  private loadedSource: { source: ModelSourceSpec | ModelFiles; opts: LoadModelOptions } | null = null;
+  /** The model released to make room for a load still under way: reloaded if that load fails. */
+  private evicted: { source: ModelSourceSpec | ModelFiles; opts: LoadModelOptions; info: ModelInfo } | null = null;
+  /** Why no model is loaded, when a load failed and left none. */
+  private noModelReason: string | null = null;
+  /** How the last load made room: beside the resident models, or after releasing them. */
+  private lastSwitch: NonNullable<EngineStatus['memory']>['lastLoad'] = null;
 
   constructor(readonly options: EngineOptions) {}
 
@@ -117,6 +146,17 @@ export class Engine {
    * `onSwitch: 'rerun'`) before the old model is released. A newer load, or
    * `signal`, aborts it. A failed or aborted load leaves the previous model
    * loaded and working.
+   *
+   * Memory: when the new model (weights and its smallest request) fits the
+   * budget beside every model still resident, it loads while the old one
+   * serves. When it does not, the old model stops taking work, its running
+   * requests finish (or move, with 'rerun'), it is released, and only then
+   * are the new model's sessions made; requests wait for the new model. If
+   * that load then fails or is aborted (not replaced by a newer load), the
+   * released model is loaded again and the waiting requests run on it; if
+   * that fails too, no model is loaded and status() says why. A model that
+   * cannot fit even alone is refused, with numbers, before anything is
+   * released.
    */
   async load(source: ModelSourceSpec | ModelFiles, onProgress?: ProgressCallback, opts: LoadModelOptions = {}, signal?: AbortSignal): Promise<ModelInfo> {
     const name = 'read' in source ? source.id : source.kind === 'hub' ? source.repo : source.kind === 'url' ? source.url : source.kind === 'path' ? source.path : (source.name ?? 'a local folder');
@@ -131,9 +171,50 @@ export class Engine {
     this.loading = entry;
     try {
       return await task;
+    } catch (e) {
+      // not replaced by a newer load, and it leaves no model: bring back the one released for it, or say why there is none
+      if (this.loading === entry && !this.loaded) this.afterFailedLoad(this.modelName(source, name), e);
+      throw e;
     } finally {
       if (this.loading === entry) this.loading = null;
+      if (!this.loading) this.settleHeld();
     }
+  }
+
+  /** The id a source's model gets, or its name where the source cannot be opened. */
+  private modelName(source: ModelSourceSpec | ModelFiles, name: string): string {
+    try {
+      return this.sourceId(source);
+    } catch {
+      return name;
+    }
+  }
+
+  /** A load left no model: reload the model released to make room for it (its waiting requests run there), or record why none is loaded. */
+  private afterFailedLoad(name: string, e: unknown): void {
+    const evicted = this.evicted;
+    if (evicted && this.lostReason === null) {
+      this.evicted = null;
+      this.loading = null;
+      this.noModelReason = `${evicted.info.id} was released to make room for ${name}, whose load failed (${messageOf(e)}); ${evicted.info.id} is being loaded again`;
+      void this.load(evicted.source, undefined, { ...evicted.opts, onSwitch: 'finish' }).catch(() => undefined);
+      return;
+    }
+    this.noModelReason = this.noModelReason?.endsWith('is being loaded again') ? `${this.noModelReason}, and that failed too (${messageOf(e)})` : `the load of ${name} failed (${messageOf(e)})`;
+  }
+
+  /** Once no load is under way: requests held for a model run on the one installed, or fail saying why there is none. */
+  private settleHeld(): void {
+    if (!this.held.length) return;
+    const held = this.held.splice(0);
+    if (this.interleaver) for (const s of held) this.resubmit(s);
+    else for (const s of held) s.reject(this.notLoaded());
+  }
+
+  private notLoaded(): ModelNotLoadedError {
+    const e = new ModelNotLoadedError();
+    if (this.noModelReason) e.message = `no model is loaded: ${this.noModelReason}`;
+    return e;
   }
 
   /** Aborts the load under way, if any; the loaded model keeps serving. */
@@ -170,26 +251,45 @@ export class Engine {
         ...opts,
         // a streamed file is never one buffer: only memory limits what loads
         fit: { ...(streaming ? { maxFileBytes: Infinity } : {}), ...this.options.deviceFit, ...opts.fit },
+        // the plan is known, no session made yet: make room for it beside (or instead of) the models resident
+        beforeSessions: (plan: ModelPlan) => this.makeRoom(plan, token, opts, signal),
       });
+    // this load's entry in the memory ledger, from its first session until it is installed (or fails)
+    const token = {};
     let next: LoadedModel;
-    if (!cacheable) next = await load(opened);
-    else {
-      const files = new CachedModelFiles(cacheable, cache!);
-      try {
-        next = await load(files);
-      } catch (e) {
-        // the file that failed came from the cache and may have rotted on disk: check its hash, and if it was bad, fetch it again once
-        if (!(e instanceof ModelLoadError) || !files.hits.has(e.file) || !(await cache!.verify(files.id, [cacheable.cacheKey(e.file)])).dropped.length) throw e;
-        next = await load(new CachedModelFiles(cacheable, cache!));
+    try {
+      if (!cacheable) next = await load(opened);
+      else {
+        const files = new CachedModelFiles(cacheable, cache!);
+        try {
+          next = await load(files);
+        } catch (e) {
+          // the file that failed came from the cache and may have rotted on disk: check its hash, and if it was bad, fetch it again once
+          if (!(e instanceof ModelLoadError) || !files.hits.has(e.file) || !(await cache!.verify(files.id, [cacheable.cacheKey(e.file)])).dropped.length) throw e;
+          next = await load(new CachedModelFiles(cacheable, cache!));
+        }
       }
-    }
-    if (signal.aborted) {
-      await next.release();
-      throw signal.reason;
+      if (signal.aborted) {
+        await next.release();
+        throw signal.reason;
+      }
+    } catch (e) {
+      // a failed load has released what it made
+      this.ledger.remove(token);
+      if (e instanceof ModelTooLargeError && e.message.startsWith('this model')) {
+        // refused before anything was made or released: say which model, and that the loaded one keeps serving
+        e.message = `${opened.id}: ${e.message}${this.loaded ? ` The loaded model, ${this.loaded.info.id}, keeps serving.` : ''}`;
+      }
+      throw e;
     }
     const previous = this.loaded;
     const old = this.interleaver;
+    this.ledger.remove(token);
+    this.ledger.set(next, { id: next.info.id, weightBytes: next.info.weightBytes, state: 'loaded' });
     this.loaded = next;
+    this.loadedSource = { source, opts };
+    this.evicted = null;
+    this.noModelReason = null;
     this.loadedKey = loadKey(next.info.id, opts, this.options.backend, this.options.deviceFit);
     const { maxActive, maxBatch, encodePng, encodeInline, renderPreview } = this.options;
     const denoiser = next.deviceResident ? new WebGpuDenoiser(this.options.webgpuDevice as GPUDevice, next, this.options.ort) : new HostDenoiser(next, this.options.ort);
@@ -200,20 +300,105 @@ export class Engine {
       const moved = [...old.takeQueued(), ...(opts.onSwitch === 'rerun' ? old.takeActive() : [])];
       for (const scope of moved) this.resubmit(scope);
       // the new model serves at once; the old one is released when its last request ends
-      this.draining.add(old);
-      this.retiring = this.retiring.then(() => old.idle()).finally(() => {
-        this.draining.delete(old);
-        return previous.release();
-      }).catch(() => undefined); // a release that fails leaves nothing for a caller to act on
-    } else await previous?.release();
+      this.retire(previous, old);
+    } else if (previous) {
+      await previous.release();
+      await this.flushDevice();
+      this.ledger.remove(previous);
+    }
+    // requests held while the old model made room run here, in the order they came
+    for (const scope of this.held.splice(0)) this.resubmit(scope);
     return next.info;
   }
 
+  /** A replaced model is released once its last request ends; it counts in the ledger until then. */
+  private retire(model: LoadedModel, il: Interleaver): void {
+    this.draining.add(il);
+    this.ledger.mark(model, 'draining');
+    this.retiring = this.retiring
+      .then(() => il.idle())
+      .finally(async () => {
+        this.draining.delete(il);
+        try {
+          await model.release();
+          await this.flushDevice();
+        } finally {
+          this.ledger.remove(model);
+        }
+      })
+      .catch(() => undefined); // a release that fails leaves nothing for a caller to act on
+  }
+
+  /** On WebGPU, has onnxruntime really free the buffers of sessions released so far (see FLUSH_GRAPH); a no-op on wasm. */
+  private async flushDevice(): Promise<void> {
+    const { ort, backend, webgpuDevice } = this.options;
+    if (backend !== 'webgpu') return;
+    await deviceQueue(ort)
+      .run(async () => {
+        const session = await ort.InferenceSession.create(FLUSH_GRAPH, { executionProviders: [webgpuDevice != null ? ({ name: 'webgpu', device: webgpuDevice } as { name: 'webgpu' }) : 'webgpu'] });
+        try {
+          await session.run({ x: new ort.Tensor('float32', new Float32Array(4), [4]) });
+        } finally {
+          await session.release();
+        }
+      }, 'release buffers')
+      .catch(() => undefined); // memory freed later, at the next run: nothing for a caller to act on
+  }
+
+  /** Bytes the device holds now: every resident model's weights and the requests admitted on them. */
+  private residentBytes(): number {
+    return this.ledger.weightBytes + [this.interleaver, ...this.draining].reduce((n, il) => n + (il?.admittedBytes ?? 0), 0);
+  }
+
+  /**
+   * Called once a load's plan is known, before its first session: a model that
+   * fits beside every resident one loads at once (the old one keeps serving);
+   * one that does not waits until the old model has stopped taking work, ended
+   * (or handed over) its running requests and been released.
+   */
+  private async makeRoom(plan: ModelPlan, token: object, opts: LoadModelOptions, signal: AbortSignal): Promise<void> {
+    this.ledger.remove(token); // a second attempt (a file fetched again) plans again
+    const need = modelNeedBytes(plan.budget, smallestRequestBytes(plan.dims, plan.limits.minSize));
+    const resident = this.residentBytes();
+    const sequential = resident + need > plan.budget.memoryBytes && (this.loaded !== null || this.draining.size > 0);
+    this.lastSwitch = { model: plan.id, order: sequential ? 'release-first' : 'beside', residentBytes: resident, needBytes: need, budgetBytes: plan.budget.memoryBytes };
+    if (sequential) {
+      this.vacate(opts.onSwitch ?? 'finish', plan);
+      let retiring: Promise<void>;
+      do {
+        retiring = this.retiring;
+        await Promise.race([retiring, aborted(signal)]);
+        signal.throwIfAborted();
+      } while (retiring !== this.retiring);
+    }
+    this.ledger.set(token, { id: plan.id, weightBytes: plan.budget.weightBytes, state: 'loading' });
+  }
+
+  /** The loaded model takes no more work: its queued (and with 'rerun', running) requests wait for the next model, and it is released once the rest end. */
+  private vacate(onSwitch: 'finish' | 'rerun', plan: ModelPlan): void {
+    const model = this.loaded;
+    const il = this.interleaver;
+    if (!model || !il) return;
+    this.held.push(...il.takeQueued(), ...(onSwitch === 'rerun' ? il.takeActive() : []));
+    this.evicted = this.loadedSource ? { ...this.loadedSource, info: model.info } : null;
+    this.noModelReason = `${model.info.id} was released to make room for ${plan.id}, which is loading (${formatBytes(model.info.weightBytes)} + ${formatBytes(plan.budget.weightBytes)} of weights do not fit ${formatBytes(plan.budget.memoryBytes)} together)`;
+    this.loaded = null;
+    this.interleaver = null;
+    this.loadedKey = null;
+    this.retire(model, il);
+  }
+
   async unload(): Promise<void> {
+    for (const s of this.held.splice(0)) this.cancelHeld(s);
     for (const il of [this.interleaver, ...this.draining]) if (il) for (const id of il.ids()) il.cancel(id);
     await this.idle();
-    await this.loaded?.release();
+    if (this.loaded) {
+      await this.loaded.release();
+      await this.flushDevice();
+      this.ledger.remove(this.loaded);
+    }
     this.loaded = null;
+    this.loadedSource = null;
     this.loadedKey = null;
     this.interleaver = null;
   }
@@ -231,8 +416,10 @@ export class Engine {
    * the result can be stored and replayed to give the same image.
    */
   normalize(request: unknown): NormalizedRequest {
-    if (!this.loaded) throw new ModelNotLoadedError();
-    return normalizeRequest(request, this.loaded.info, newId, randomSeed);
+    // while a switch has released the old model, requests are checked against it, as during any switch
+    const info = this.loaded?.info ?? this.evicted?.info;
+    if (!info) throw this.notLoaded();
+    return normalizeRequest(request, info, newId, randomSeed);
   }
 
   /**
@@ -259,7 +446,7 @@ export class Engine {
     try {
       const { loaded: model, interleaver } = this;
       if (this.lostReason !== null) throw new DeviceLostError(this.lostReason);
-      if (!model || !interleaver) throw new ModelNotLoadedError();
+      if (!model || !interleaver) throw this.notLoaded();
       const req = opts.normalized ? (request as NormalizedRequest) : this.normalize(request);
       if (interleaver.has(req.id)) throw new InvalidRequestError('id', 'an id not used by a queued or running request', req.id);
       const { transformerConfig: t, vaeConfig: vae } = model;
@@ -282,7 +469,15 @@ export class Engine {
   cancel(id: string): boolean {
     if (this.interleaver?.cancel(id)) return true;
     for (const il of this.draining) if (il.cancel(id)) return true;
-    return false;
+    const i = this.held.findIndex((s) => s.id === id);
+    if (i < 0) return false;
+    this.cancelHeld(this.held.splice(i, 1)[0]);
+    return true;
+  }
+
+  private cancelHeld(scope: RequestScope): void {
+    this.counters.cancelled++;
+    scope.reject(new CancelledError(scope.id));
   }
 
   /**
@@ -297,6 +492,11 @@ export class Engine {
     this.lostReason = reason;
     let ended = this.interleaver?.failAll(() => new DeviceLostError(reason)) ?? 0;
     for (const il of this.draining) ended += il.failAll(() => new DeviceLostError(reason));
+    for (const s of this.held.splice(0)) {
+      this.counters.failed++;
+      s.reject(new DeviceLostError(reason));
+      ended++;
+    }
     return ended;
   }
 
@@ -315,7 +515,7 @@ export class Engine {
       requestsFailed: this.counters.failed,
       requestsCancelled: this.counters.cancelled,
       requestsActive: [il, ...this.draining].reduce((n, x) => n + (x?.activeCount ?? 0), 0),
-      requestsQueued: il?.queuedCount ?? 0,
+      requestsQueued: (il?.queuedCount ?? 0) + this.held.length,
       weightBytes: this.loaded?.info.weightBytes ?? 0,
       requestBytes: il?.requestBytes ?? 0,
       admittedBytes: il?.admittedBytes ?? 0,
@@ -325,6 +525,16 @@ export class Engine {
       maxRowsPerRun: this.counters.maxRowsPerRun,
       deviceLost: this.lostReason,
       denoise: this.denoiseStatus(),
+      memory: {
+        budgetBytes: this.loaded?.budget.memoryBytes ?? defaultDeviceFit(this.options.backend, this.options.deviceFit).memoryBytes,
+        residentWeightBytes: this.ledger.weightBytes,
+        admittedBytes: [il, ...this.draining].reduce((n, x) => n + (x?.admittedBytes ?? 0), 0),
+        models: this.ledger.residents,
+        lastLoad: this.lastSwitch,
+      },
+      noModelReason: this.loaded ? null : this.noModelReason,
+      // per-stage times and the transformer's FLOP rate (stage-timing.ts), against the adapter's peak for the model's precision
+      stages: this.counters.stages.snapshot(this.options.adapter, this.loaded?.dims.transformerBytes === 2 ? 'fp16' : 'fp32'),
     };
   }
 

@@ -112,3 +112,46 @@ export function planRequest(b: MemoryBudget, dims: ModelDims, width: number, hei
     concurrent,
   };
 }
+
+/** A model whose sessions hold device memory: the one loading, the one serving, or one draining before its release. */
+export interface ResidentModel {
+  id: string;
+  weightBytes: number;
+  state: 'loading' | 'loaded' | 'draining';
+}
+
+/**
+ * Every model resident on the device at once, so a switch can tell whether
+ * the next model fits beside the ones still there. Keys are the engine's own
+ * objects (a load's token, a LoadedModel): one entry each.
+ */
+export class MemoryLedger {
+  private readonly models = new Map<object, ResidentModel>();
+
+  set(key: object, model: ResidentModel): void {
+    this.models.set(key, model);
+  }
+
+  mark(key: object, state: ResidentModel['state']): void {
+    const m = this.models.get(key);
+    if (m) m.state = state;
+  }
+
+  remove(key: object): void {
+    this.models.delete(key);
+  }
+
+  get residents(): ResidentModel[] {
+    return [...this.models.values()].map((m) => ({ ...m }));
+  }
+
+  /** Weights of every resident model. */
+  get weightBytes(): number {
+    let n = 0;
+    for (const m of this.models.values()) n += m.weightBytes;
+    return n;
+  }
+}
+
+/** What one more model needs on the device: its weights, the runtime's reserve and its smallest request (as checkModelFits counts them). */
+export const modelNeedBytes = (b: MemoryBudget, smallestRequestBytes: number) => b.weightBytes + RESERVE_BYTES + smallestRequestBytes;

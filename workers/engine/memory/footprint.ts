@@ -125,3 +125,6 @@ export function attentionChunks(scoreBytes: number, targetBytes: number): number
   while (scoreBytes / k > targetBytes && k < 64) k *= 2;
   return k;
 }
+
+/** The smallest request a model can run (its smallest square side, no guidance): what a model's fit check adds to its weights. */
+export const smallestRequestBytes = (d: ModelDims, minSize: number) => peakBytes(requestFootprint(d, minSize, minSize, 0));
