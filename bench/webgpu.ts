@@ -8,11 +8,15 @@
 // step takes SwiftShader about a second). --quick: N = 1 only.
 // Writes bench/results.json under `webgpu`: the rows, the bytes a guided
 // request moves per step on each path at 64² and 256², the step-time ratio
-// between the paths, and (c)/(a) throughput for each N.
+// between the paths, (c)/(a) throughput for each N, and `stages`: each row's
+// per-stage times (text encoders, transformer run, guidance/Euler, VAE decode,
+// read-backs: wall ms, and GPU ms from timestamp queries on our own pass where
+// the device has timestamp-query) with the transformer's FLOPs and FLOP/s.
 import { build, preview } from 'vite';
 import { openApp } from '../tests/e2e/chromium.ts';
 import { MODE_NAMES, MODES, pct, type Mode, type ModeRow } from './modes.ts';
 import { writeResults } from './results-file.ts';
+import type { StageName, StageTimings } from '../workers/engine/api/types.ts';
 
 type Path = 'host' | 'device';
 const PATHS: Path[] = ['host', 'device'];
@@ -25,12 +29,34 @@ interface Cell {
   residency: Path;
   stepBytes: number[];
   stepMs: number[];
+  /** Per-stage times of the measured requests (not the warm-up). */
+  stages: StageTimings | null;
 }
 
 interface Row extends ModeRow {
   path: Path;
   bytesPerGuidedStep: number;
   stepMs: number;
+  stages: StageTimings | null;
+}
+
+const STAGES: StageName[] = ['textEncoders', 'transformer', 'guidance', 'vaeDecode', 'readback'];
+
+/** One row's stages as flat figures: mean wall ms (and GPU ms where measured) per stage, transformer FLOPs and FLOP/s. */
+function stageFigures(t: StageTimings | null): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const k of STAGES) {
+    const s = t?.stages[k];
+    if (!s) continue;
+    out[`${k}WallMs`] = Number(s.wallMeanMs.toFixed(2));
+    if (s.gpu) out[`${k}GpuMs`] = Number(s.gpu.meanMs.toFixed(3));
+  }
+  if (t?.transformer) {
+    out.transformerFlopsPerRowStep = t.transformer.flopsPerRowStep;
+    out.transformerFlopsPerSecond = Math.round(t.transformer.achievedFlopsPerSecond);
+    if (t.transformer.peak) out.fractionOfPeak = t.transformer.peak.fraction;
+  }
+  return out;
 }
 
 const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
@@ -67,6 +93,7 @@ export async function webgpuBench(out: string, quick: boolean): Promise<Record<s
       weightMb: c.weightBytes / 1024 ** 2,
       bytesPerGuidedStep: mean(c.stepBytes),
       stepMs: mean(c.stepMs),
+      stages: c.stages,
     });
     for (const path of PATHS) {
       for (const n of NS) {
@@ -116,8 +143,17 @@ export async function webgpuBench(out: string, quick: boolean): Promise<Record<s
   );
   const stepTime = Object.fromEntries([64, 256].map((size) => [size, { hostMs: get('host', size, 1, 'c').stepMs, deviceMs: get('device', size, 1, 'c').stepMs, hostOverDevice: get('host', size, 1, 'c').stepMs / get('device', size, 1, 'c').stepMs }]));
   const throughputCOverA = Object.fromEntries(PATHS.map((p) => [p, Object.fromEntries(NS.map((n) => [n, get(p, SIZE, n, 'c').imagesPerSec / get(p, SIZE, n, 'a').imagesPerSec]))]));
-  const results = { date: new Date().toISOString(), adapter, model: 'tiny-sd3', size: SIZE, longSteps: LONG_STEPS, rows, transfer, stepTime, throughputCOverA, minutes: Number(((Date.now() - started) / 60000).toFixed(1)) };
-  console.log(JSON.stringify({ transfer, stepTime, throughputCOverA }, null, 2));
+  // per-stage times: every row's, and the two paths side by side for one batched request at each size
+  const stageTable = rows.map((r) => ({ path: r.path, size: r.size, N: r.n, mode: r.mode, ...stageFigures(r.stages) }));
+  console.table(stageTable);
+  const stages = {
+    clocks: 'wall: performance.now around each awaited stage (device path: until the GPU finished it); gpu: timestamp queries on the guidance/Euler pass (device path, timestamp-query granted)',
+    gpuTimestamps: rows.some((r) => r.stages?.gpuTimestamps),
+    rows: stageTable,
+    bySize: Object.fromEntries([64, 256].map((size) => [size, Object.fromEntries(PATHS.map((p) => [p, stageFigures(get(p, size, 1, 'c').stages)]))])),
+  };
+  const results = { date: new Date().toISOString(), adapter, model: 'tiny-sd3', size: SIZE, longSteps: LONG_STEPS, rows, transfer, stepTime, throughputCOverA, stages, minutes: Number(((Date.now() - started) / 60000).toFixed(1)) };
+  console.log(JSON.stringify({ transfer, stepTime, throughputCOverA, stages: stages.bySize }, null, 2));
   writeResults(out, 'webgpu', results);
   return results;
 }

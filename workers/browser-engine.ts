@@ -47,15 +47,43 @@ export interface GpuInfo {
   backend: BackendName;
   /** "vendor architecture (description)" or why WebGPU is unavailable. */
   adapter: string;
+  /** Features the device was granted (device.features), sorted: what onnxruntime and the engine can use. */
   features: string[];
-  limits: { maxBufferSize?: number; maxStorageBufferBindingSize?: number };
+  /** Features asked for: those of ORT_FEATURES the adapter offers. */
+  requestedFeatures?: string[];
+  /** The device's limits that matter to the engine and onnxruntime (the device was asked for every adapter limit). */
+  limits: {
+    maxBufferSize?: number;
+    maxStorageBufferBindingSize?: number;
+    maxComputeWorkgroupStorageSize?: number;
+    maxComputeInvocationsPerWorkgroup?: number;
+    maxStorageBuffersPerShaderStage?: number;
+    maxComputeWorkgroupsPerDimension?: number;
+  };
+  /** The adapter's subgroup sizes, where it reports them. */
+  subgroupSizes?: { min: number; max: number };
+  /** The device was made with fewer limits or features than asked (the adapter refused the full request). */
+  reducedRequest?: string;
   fallbackReason?: string;
   /** The onnxruntime-web build in use: 'jspi' streams weights from Blobs. */
   runtime: OnnxRuntime['build'];
 }
 
-// Limits onnxruntime-web's WebGPU backend asks for when it makes its own device.
+/**
+ * Every adapter feature onnxruntime-web's WebGPU provider asks for when it
+ * makes its own device (onnxruntime/core/providers/webgpu/webgpu_context.cc,
+ * GetAvailableRequiredFeatures, wasm build; the older JS provider in
+ * lib/wasm/jsep/backend-webgpu.ts asks for a subset). Given our device
+ * instead, it reads device.features (wgpuDeviceGetFeatures reads the JS
+ * device's `features` in the wasm glue) and picks its kernels from them, so
+ * a feature is only used if the device was granted it here.
+ */
+export const ORT_FEATURES = ['shader-f16', 'subgroups', 'subgroup-size-control', 'timestamp-query', 'chromium-experimental-subgroup-matrix'] as const;
+
+// The limits onnxruntime-web's WebGPU provider asks for when it makes its own device: the fallback when the adapter refuses all of its limits.
 const REQUESTED_LIMITS = [
+  'maxBindGroups',
+  'maxStorageBuffersPerShaderStage',
   'maxBufferSize',
   'maxStorageBufferBindingSize',
   'maxComputeWorkgroupStorageSize',
@@ -99,20 +127,51 @@ export function detectGpu(): Promise<GpuInfo> {
     if (!('gpu' in navigator) || !navigator.gpu) return fallback('navigator.gpu is missing');
     const adapter = await navigator.gpu.requestAdapter({ powerPreference: 'high-performance' }).catch(() => null);
     if (!adapter) return fallback('no WebGPU adapter');
-    const requiredLimits: Record<string, number> = {};
-    for (const name of REQUESTED_LIMITS) requiredLimits[name] = adapter.limits[name];
-    const requiredFeatures: GPUFeatureName[] = adapter.features.has('shader-f16') ? ['shader-f16'] : [];
-    device = await adapter.requestDevice({ requiredLimits, requiredFeatures }).catch(() => null);
+    // every limit at the adapter's value (a GPUSupportedLimits' members are getters on its prototype: for...in walks them)
+    const allLimits: Record<string, number> = {};
+    for (const name in adapter.limits) {
+      const v = (adapter.limits as unknown as Record<string, unknown>)[name];
+      if (typeof v === 'number') allLimits[name] = v;
+    }
+    const ortLimits: Record<string, number> = {};
+    for (const name of REQUESTED_LIMITS) if (typeof adapter.limits[name] === 'number') ortLimits[name] = adapter.limits[name];
+    const requestedFeatures = ORT_FEATURES.filter((f) => adapter.features.has(f)) as GPUFeatureName[];
+    // the full request first; an adapter that refuses it still gets onnxruntime's own, then the defaults
+    const attempts: { requiredLimits: Record<string, number>; requiredFeatures: GPUFeatureName[]; why?: string }[] = [
+      { requiredLimits: allLimits, requiredFeatures: requestedFeatures },
+      { requiredLimits: ortLimits, requiredFeatures: requestedFeatures, why: "the adapter refused all of its limits: onnxruntime's own were asked for" },
+      { requiredLimits: ortLimits, requiredFeatures: adapter.features.has('shader-f16') ? ['shader-f16'] : [], why: "the adapter refused onnxruntime's features: only shader-f16 was asked for" },
+    ];
+    let reducedRequest: string | undefined;
+    for (const attempt of attempts) {
+      device = await adapter.requestDevice({ requiredLimits: attempt.requiredLimits, requiredFeatures: attempt.requiredFeatures }).catch(() => null);
+      if (device) {
+        reducedRequest = attempt.why;
+        break;
+      }
+    }
     if (!device) return fallback('the adapter refused a device');
     memory = meterGpuMemory(device);
     // the device's one loss subscription (device-loss.ts); everything else listens there
     deviceLoss(device);
-    const i = adapter.info;
+    const i = adapter.info as GPUAdapterInfo & { subgroupMinSize?: number; subgroupMaxSize?: number };
+    const l = device.limits;
     return {
       backend: 'webgpu',
       adapter: [i.vendor, i.architecture, i.description].filter(Boolean).join(' ') || 'unknown adapter',
-      features: [...adapter.features].sort(),
-      limits: { maxBufferSize: adapter.limits.maxBufferSize, maxStorageBufferBindingSize: adapter.limits.maxStorageBufferBindingSize },
+      // what was granted, not what the adapter offers
+      features: [...device.features].sort(),
+      requestedFeatures,
+      limits: {
+        maxBufferSize: l.maxBufferSize,
+        maxStorageBufferBindingSize: l.maxStorageBufferBindingSize,
+        maxComputeWorkgroupStorageSize: l.maxComputeWorkgroupStorageSize,
+        maxComputeInvocationsPerWorkgroup: l.maxComputeInvocationsPerWorkgroup,
+        maxStorageBuffersPerShaderStage: l.maxStorageBuffersPerShaderStage,
+        maxComputeWorkgroupsPerDimension: l.maxComputeWorkgroupsPerDimension,
+      },
+      ...(typeof i.subgroupMinSize === 'number' && typeof i.subgroupMaxSize === 'number' ? { subgroupSizes: { min: i.subgroupMinSize, max: i.subgroupMaxSize } } : {}),
+      ...(reducedRequest ? { reducedRequest } : {}),
       runtime,
     };
   })();

@@ -7,6 +7,7 @@ import type { ImageMetadata } from './engine/api/types.ts';
 import type { NormalizedRequest } from './engine/api/validate.ts';
 import type { Engine } from './engine/engine.ts';
 import { WorkerApi } from './worker-api.ts';
+import { mergeStages, stageDelta } from './engine/stage-timing.ts';
 
 export class TestWorkerApi extends WorkerApi {
   /** Destroys the GPU device, as a driver reset would. */
@@ -67,7 +68,10 @@ export class TestWorkerApi extends WorkerApi {
     for (let i = 0; i < (o.mode === 'd' ? o.n + 1 : 1); i++) engines.push(await make());
     try {
       await engines[0].generate(req(0, o.size, 1)); // shaders compiled, shapes warm
+      const warm = engines.map((e) => e.status().stages);
       const { latencies, wallMs, results } = await runBatch(o.mode, engines, Array.from({ length: o.n }, (_, i) => req(i, o.size)));
+      // per-stage times of the measured requests only (not the warm-up)
+      const stages = mergeStages(engines.map((e, i) => stageDelta(e.status().stages, warm[i])));
       const shortMs = await shortBehindLong(o.mode, engines, o.n, o.size, o.longSteps);
       const t = results.map((r) => r.metadata.transfers as NonNullable<ImageMetadata['transfers']>);
       return {
@@ -79,6 +83,7 @@ export class TestWorkerApi extends WorkerApi {
         // per request per step: what crossed between host and device, and the time of its steps
         stepBytes: t.map((x) => (x.stepUploadBytes + x.stepDownloadBytes) / x.steps),
         stepMs: results.map((r) => r.metadata.timings.denoiseMs / STEPS),
+        stages,
       };
     } finally {
       for (const e of engines) await e.unload();

@@ -14,6 +14,7 @@ import { decodeLatents } from '../sd3/decode.ts';
 import { combineGuidance, predictRows } from '../sd3/denoise-step.ts';
 import type { PromptEmbedding } from '../sd3/encode-prompt.ts';
 import type { RequestScope } from '../interleaver/request-scope.ts';
+import type { StageTimer } from '../stage-timing.ts';
 
 export type Branch = 'uncond' | 'cond';
 
@@ -60,6 +61,8 @@ export interface Denoiser {
   readonly liveTensors: number;
   /** Bytes this denoiser moved itself, beyond what the sessions count. */
   readonly transfers: { uploadBytes: number; downloadBytes: number };
+  /** Where it adds the GPU time of its own passes (the interleaver times every call on the wall clock and hands it this). */
+  stages?: StageTimer;
 }
 
 class HostTensors implements RequestTensors {
@@ -97,6 +100,8 @@ export class HostDenoiser implements Denoiser {
   readonly residency = 'host' as const;
   readonly liveTensors = 0;
   readonly transfers = { uploadBytes: 0, downloadBytes: 0 };
+  /** Unused here: the host path has no GPU passes of its own, its stages are wall time only. */
+  stages?: StageTimer;
 
   constructor(
     private readonly model: LoadedModel,

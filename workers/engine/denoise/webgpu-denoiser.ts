@@ -10,6 +10,10 @@
 //     place on the latents, raising a flag when a value is not finite (the
 //     only per-step read-back: 4 bytes a request);
 //   - the VAE takes the unscaled latents from the GPU too.
+// Timing: a transformer run returns once the GPU has finished it
+// (onSubmittedWorkDone), so the interleaver's wall clock around it covers the
+// GPU work; the guidance/Euler pass carries timestamp queries where the device
+// has `timestamp-query`, read back with the finite flags (no extra map).
 // Ordering needs no fences: onnxruntime submits its work on the same queue at
 // the end of every run, and ours is submitted before or after a run, never
 // during one.
@@ -22,6 +26,7 @@ import { chwToRgba } from '../sd3/decode.ts';
 import type { PromptEmbedding } from '../sd3/encode-prompt.ts';
 import type { RequestScope } from '../interleaver/request-scope.ts';
 import type { Branch, DenoiseRow, Denoiser, RequestTensors } from './denoiser.ts';
+import { GpuPassTimer, type StageTimer } from '../stage-timing.ts';
 
 // GPUBufferUsage and GPUMapMode, by value: the engine core runs where these globals are absent (Node)
 const MAP_READ = 0x0001;
@@ -114,6 +119,8 @@ class DeviceTensors implements RequestTensors {
 export class WebGpuDenoiser implements Denoiser {
   readonly residency = 'device' as const;
   readonly transfers = { uploadBytes: 0, downloadBytes: 0 };
+  /** Where the guidance pass's GPU time goes (set by the interleaver). */
+  stages?: StageTimer;
   private live = 0;
   private update: GPUComputePipeline | null = null;
   private unscale: GPUComputePipeline | null = null;
@@ -233,6 +240,8 @@ export class WebGpuDenoiser implements Denoiser {
         t.has[branch] = true;
       });
       this.device.queue.submit([copy.finish()]);
+      // the run is over when the GPU has done it, not when onnxruntime has queued it: the caller's clock covers the GPU work
+      await this.device.queue.onSubmittedWorkDone();
     } finally {
       if (out) {
         for (const t of Object.values(out)) t.dispose();
@@ -255,10 +264,16 @@ export class WebGpuDenoiser implements Denoiser {
 
   private async advanceOnDevice(scopes: readonly RequestScope[]): Promise<Set<RequestScope>> {
     const { update } = this.pipelines();
+    // GPU time of the pass where the device has timestamp-query: two timestamps ahead of the flags in the one read-back
+    const timer = this.stages ? GpuPassTimer.forDevice(this.device) : null;
+    const head = timer ? 16 : 0;
     const flags = this.buffer(4 * scopes.length);
-    const read = this.buffer(4 * scopes.length, MAP_READ | COPY_DST);
+    const read = this.buffer(head + 4 * scopes.length, MAP_READ | COPY_DST);
     const params: GPUBuffer[] = [];
     const enc = this.device.createCommandEncoder();
+    // one pass, a dispatch per request: each writes only its own latents and flag
+    const pass = enc.beginComputePass(timer ? { timestampWrites: timer.timestampWrites } : {});
+    pass.setPipeline(update);
     scopes.forEach((s, slot) => {
       const t = tensorsOf(s);
       const count = t.latents.size / 4;
@@ -271,8 +286,6 @@ export class WebGpuDenoiser implements Denoiser {
       params.push(u);
       s.transfers.stepUploadBytes += 32;
       s.transfers.stepDownloadBytes += 4; // its finite flag
-      const pass = enc.beginComputePass();
-      pass.setPipeline(update);
       pass.setBindGroup(
         0,
         this.device.createBindGroup({
@@ -282,17 +295,21 @@ export class WebGpuDenoiser implements Denoiser {
         }),
       );
       pass.dispatchWorkgroups(Math.ceil(count / WORKGROUP));
-      pass.end();
       t.has = { uncond: false, cond: false };
     });
-    enc.copyBufferToBuffer(flags, 0, read, 0, 4 * scopes.length);
+    pass.end();
+    enc.copyBufferToBuffer(flags, 0, read, head, 4 * scopes.length);
+    timer?.resolve(enc, read, 0);
     this.device.queue.submit([enc.finish()]);
     this.transfers.uploadBytes += 32 * scopes.length;
-    this.transfers.downloadBytes += 4 * scopes.length;
+    this.transfers.downloadBytes += head + 4 * scopes.length;
     try {
       await read.mapAsync(MODE_READ);
-      const bad = new Uint32Array(read.getMappedRange().slice(0));
+      const mapped = read.getMappedRange();
+      const bad = new Uint32Array(mapped.slice(head));
+      const gpuMs = timer ? GpuPassTimer.ms(new BigUint64Array(mapped.slice(0, 16))) : null;
       read.unmap();
+      if (gpuMs !== null) this.stages?.recordGpu('guidance', gpuMs);
       const out = new Set<RequestScope>();
       scopes.forEach((s, i) => {
         if (bad[i]) out.add(s);
@@ -301,6 +318,7 @@ export class WebGpuDenoiser implements Denoiser {
       return out;
     } finally {
       for (const b of [flags, read, ...params]) this.destroy(b);
+      timer?.destroy();
     }
   }
 

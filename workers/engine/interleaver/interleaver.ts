@@ -15,7 +15,7 @@
 // stops the loop: a failing progress callback, preview or PNG encode ends only
 // its own request, and an error nobody can pin on one request ends the
 // requests of that cycle while the loop goes on serving the rest.
-import { isFinal, type GenerateResult, type ImageMetadata, type ProgressEvent } from '../api/types.ts';
+import { isFinal, type GenerateResult, type ImageMetadata, type ProgressEvent, type RequestStageTimings } from '../api/types.ts';
 import { CancelledError, DeviceLostError, InferenceError, TooLargeError, formatBytes } from '../errors.ts';
 import { yieldToEventLoop } from '../event-loop.ts';
 import { availableBytes, largestFittingSize, refusal } from '../memory/budget.ts';
@@ -27,6 +27,8 @@ import { encodePrompts } from '../sd3/encode-prompt.ts';
 import { HostDenoiser, type Denoiser } from '../denoise/denoiser.ts';
 import type { RequestScope } from './request-scope.ts';
 import { a1111Parameters, pngBlobWithSettings } from '../png/settings-chunks.ts';
+import { StageTimer } from '../stage-timing.ts';
+import { dualAttentionLayersOf, transformerFlopsPerRow } from '../flops.ts';
 
 /** RGBA to a PNG file. Hosts bring one that does not block the step loop (a canvas in the worker, zlib's thread pool in Node). */
 export type PngEncoder = (rgba: Uint8ClampedArray, width: number, height: number) => Promise<Blob>;
@@ -60,9 +62,11 @@ export interface InterleaverCounters {
   peakAdmittedBytes: number;
   /** Most transformer rows in one run so far. */
   maxRowsPerRun: number;
+  /** Time per stage (text encoders, transformer, guidance, VAE, read-backs) and the transformer's FLOPs. */
+  stages: StageTimer;
 }
 
-export const newCounters = (): InterleaverCounters => ({ served: 0, failed: 0, cancelled: 0, cycles: 0, transformerRuns: 0, peakAdmittedBytes: 0, maxRowsPerRun: 0 });
+export const newCounters = (): InterleaverCounters => ({ served: 0, failed: 0, cancelled: 0, cycles: 0, transformerRuns: 0, peakAdmittedBytes: 0, maxRowsPerRun: 0, stages: new StageTimer() });
 
 const now = () => performance.now();
 
@@ -80,7 +84,37 @@ export class Interleaver {
     readonly counters: InterleaverCounters = newCounters(),
     /** Where requests' tensors live between steps: the host (default) or the GPU. */
     readonly denoiser: Denoiser = new HostDenoiser(model, ort),
-  ) {}
+  ) {
+    // the denoiser adds the GPU time of its own passes to the same stages
+    this.counters.stages ??= new StageTimer();
+    denoiser.stages ??= this.counters.stages;
+  }
+
+  /** Each request's share of the stage times, for its metadata. */
+  private readonly requestStages = new WeakMap<RequestScope, RequestStageTimings>();
+
+  private stagesOf(s: RequestScope): RequestStageTimings {
+    let t = this.requestStages.get(s);
+    if (!t) this.requestStages.set(s, (t = { transformerRuns: 0, transformerMs: 0, guidanceMs: 0, readbackMs: 0 }));
+    return t;
+  }
+
+  /** Matmul FLOPs of one transformer row at this latent size (flops.ts). */
+  private flopsPerRow([, h, w]: readonly [number, number, number]): number {
+    const t = this.model.transformerConfig;
+    const imageTokens = Math.floor(h / t.patchSize) * Math.floor(w / t.patchSize);
+    return transformerFlopsPerRow({ ...t, dualAttentionLayers: dualAttentionLayersOf(this.model.info.family) }, imageTokens, this.model.dims.textTokens);
+  }
+
+  /** A read-back of a request's latents, timed. */
+  private async readLatentsTimed(s: RequestScope): Promise<Float32Array> {
+    const started = now();
+    const latents = await this.denoiser.readLatents(s);
+    const ms = now() - started;
+    this.counters.stages.recordWall('readback', ms);
+    this.stagesOf(s).readbackMs += ms;
+    return latents;
+  }
 
   get queuedCount(): number {
     return this.queue.length;
@@ -262,6 +296,7 @@ export class Interleaver {
       return;
     }
     const encodeMs = now() - started;
+    this.counters.stages.recordWall('textEncoders', encodeMs);
     let k = 0;
     for (const s of arrivals) {
       const cond = embeddings[k++];
@@ -320,7 +355,15 @@ export class Interleaver {
         const live = run.filter((r) => r.scope.phase === 'denoising');
         if (!live.length) continue;
         try {
+          const started = now();
           await this.denoiser.predict(live, live[0].scope.latentShape);
+          const ms = now() - started;
+          this.counters.stages.recordTransformer(ms, live.length, this.flopsPerRow(live[0].scope.latentShape), live[0].scope.sizeKey);
+          for (const scope of new Set(live.map((r) => r.scope))) {
+            const t = this.stagesOf(scope);
+            t.transformerRuns++;
+            t.transformerMs += ms;
+          }
           this.counters.transformerRuns++;
           this.counters.maxRowsPerRun = Math.max(this.counters.maxRowsPerRun, live.length);
         } catch (e) {
@@ -337,7 +380,11 @@ export class Interleaver {
     if (!scopes.length) return;
     let bad: Set<RequestScope>;
     try {
+      const started = now();
       bad = await this.denoiser.advance(scopes);
+      const ms = now() - started;
+      this.counters.stages.recordWall('guidance', ms);
+      for (const s of scopes) this.stagesOf(s).guidanceMs += ms;
     } catch (e) {
       for (const s of scopes) this.finish(s, e instanceof DeviceLostError ? e : new InferenceError(`request ${s.id}: its guidance and Euler step failed (${(e as Error).message ?? e})`));
       return;
@@ -355,7 +402,7 @@ export class Interleaver {
       let preview: ProgressEvent['preview'];
       if (s.wantsPreview) {
         try {
-          const latents = await this.denoiser.readLatents(s);
+          const latents = await this.readLatentsTimed(s);
           if (isFinal(s.phase)) continue;
           preview = { width: w, height: h, rgba: (this.options.renderPreview ?? latentPreview)(latents, C, h, w, s.id) };
         } catch (e) {
@@ -382,7 +429,10 @@ export class Interleaver {
       try {
         const tile = batch[0].footprint.decodeTile;
         // tiles are cut on the host: a tiled image's latents come back once
-        images = tile ? [await decodeTiled(this.model, this.ort, await this.denoiser.readLatents(batch[0]), h, w, tile)] : await this.denoiser.decode(batch, h, w);
+        if (tile) {
+          const latents = await this.readLatentsTimed(batch[0]);
+          images = [await this.counters.stages.wallTime('vaeDecode', () => decodeTiled(this.model, this.ort, latents, h, w, tile))];
+        } else images = await this.counters.stages.wallTime('vaeDecode', () => this.denoiser.decode(batch, h, w));
         if (tile) batch[0].warnings.push(`decoded in VAE tiles of ${tile * this.model.vaeConfig.scaleFactor} px to fit memory (seams blended; a whole decode differs slightly near them)`);
       } catch (e) {
         for (const s of batch) this.finish(s, e instanceof DeviceLostError ? e : new InferenceError(`VAE decode failed: ${(e as Error).message}`));
@@ -396,7 +446,7 @@ export class Interleaver {
           ...s.request,
           modelId: this.model.info.id,
           backend: this.model.info.backend,
-          timings: { queuedMs: t.admitted - t.submitted, encodeMs: t.encodeMs, denoiseMs: started - t.denoiseStart, decodeMs: decoded - started, totalMs: decoded - t.submitted },
+          timings: { queuedMs: t.admitted - t.submitted, encodeMs: t.encodeMs, denoiseMs: started - t.denoiseStart, decodeMs: decoded - started, totalMs: decoded - t.submitted, stages: { ...this.stagesOf(s) } },
           createdAt: new Date().toISOString(),
           warnings: [...s.warnings],
           transfers: { residency: this.denoiser.residency, steps: s.steps, ...s.transfers },
