@@ -34,6 +34,18 @@ export function soakRequests(n = 100, tag = 'soak'): SoakRequest[] {
   }));
 }
 
+/**
+ * The mix's first 8 already take every path: all five sizes (and so several
+ * latent shapes), guided and unguided, 1 to 8 steps, a cancel before the start
+ * (#3) and one mid-run (#7), and two requests of one shape (#0 and #5, 32×48)
+ * that can share a batch. The browser's WebGPU soak runs these where 100 would
+ * take too long (SwiftShader, ~20 s a request).
+ */
+export const SOAK_EVERY_PATH = 8;
+
+/** The request a soak's baseline is taken after: one short guided run (shaders compiled, the runtime's buffers made). */
+export const SOAK_WARM_UP: GenerateRequest & { seed: number } = { prompt: 'warm-up: a lighthouse', seed: 1, steps: 2, guidance: 4.5, width: 32, height: 32 };
+
 export interface SoakEngine {
   generate(request: GenerateRequest, opts?: GenerateOptions): Promise<GenerateResult>;
   cancel(id: string): boolean;
