@@ -122,6 +122,8 @@ async function soak() {
 }
 
 async function main() {
+  if (process.argv.includes('--attention') || process.argv.includes('--attention-quick')) return void (await import('./attention.ts')).attentionBench(OUT, process.argv);
+  if (process.argv.includes('--gpu') || process.argv.includes('--gpu-dry-run')) return (await import('./gpu.ts')).gpuBenchMain(OUT, process.argv);
   if (process.argv.includes('--client')) {
     const { clientBench } = await import('./client.ts');
     const figures = await clientBench();

@@ -34,6 +34,8 @@ export interface BuildSpec {
   sparse?: boolean;
   withT5?: boolean;
   withVaeEncoder?: boolean;
+  /** Weights at disk speed (fast-weights.ts) instead of seeded normals: for speed runs of full-size models. */
+  fastWeights?: boolean;
 }
 
 export interface ComponentSummary {
@@ -50,10 +52,10 @@ export function buildModel(spec: BuildSpec, out: ModelOutput): Record<string, Co
   const opts: ComponentOptions = { weights: spec.weights, io: spec.io, attention: spec.attention };
   const summary: Record<string, ComponentSummary> = {};
 
-  const graph = (folder: string, make: (g: { external?: ExternalData }) => Graph) => {
+  const graph = (folder: string, make: (g: { external?: ExternalData; fastWeights?: boolean }) => Graph) => {
     const dataFile = spec.dataFile(folder);
     const external = dataFile ? new ExternalData(out, folder, dataFile, { shardBytes: spec.shardBytes, sparse: spec.sparse }) : undefined;
-    const g = make({ external });
+    const g = make({ external, fastWeights: spec.fastWeights });
     external?.close();
     out.file(`${folder}/model.onnx`, g.serialize());
     let bytes = 0;

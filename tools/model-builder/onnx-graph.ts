@@ -4,6 +4,7 @@
 // external data file (weight-store.ts) instead of staying in memory.
 import onnxProto from 'onnx-proto';
 import { toHalf } from '../../workers/engine/model/float16.ts';
+import { fastWeightBytes } from './fast-weights.ts';
 import type { ExternalData, ExternalRef } from './weight-store.ts';
 
 const { onnx } = onnxProto;
@@ -65,6 +66,8 @@ export interface GraphOptions {
   external?: ExternalData;
   /** onnx's save_model default: tensors under 1 KiB stay inside the graph. */
   externalThreshold?: number;
+  /** Weights from fast-weights.ts (uniform bands at disk speed) instead of normals: benchmarks of full-size models. */
+  fastWeights?: boolean;
 }
 
 const elementBytes = (t: DTypeCode) => (t === DType.float16 ? 2 : t === DType.int64 ? 8 : 4);
@@ -128,6 +131,7 @@ export class Graph {
   weight(name: string, dims: number[], scale: number): string {
     const n = dims.reduce((a, b) => a * b, 1);
     return this.addInit(name, dims, this.floatType, () => {
+      if (this.opts.fastWeights) return fastWeightBytes(hashName(`${this.name}/${name}`), n, scale, this.floatType === DType.float16);
       const data = seededNormals(hashName(`${this.name}/${name}`), n);
       for (let i = 0; i < n; i++) data[i] *= scale;
       return this.floatBytes(data, this.floatType);
