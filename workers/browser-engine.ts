@@ -64,6 +64,8 @@ export interface GpuInfo {
   subgroupSizes?: { min: number; max: number };
   /** The device was made with fewer limits or features than asked (the adapter refused the full request). */
   reducedRequest?: string;
+  /** Why features the adapter offers were not asked for (subgroups too narrow for onnxruntime's kernels). */
+  withheldFeatures?: string;
   fallbackReason?: string;
   /** The onnxruntime-web build in use: 'jspi' streams weights from Blobs. */
   runtime: OnnxRuntime['build'];
@@ -79,6 +81,22 @@ export interface GpuInfo {
  * a feature is only used if the device was granted it here.
  */
 export const ORT_FEATURES = ['shader-f16', 'subgroups', 'subgroup-size-control', 'timestamp-query', 'chromium-experimental-subgroup-matrix'] as const;
+
+/** The subgroup features, withheld together. */
+const SUBGROUP_FEATURES = new Set<string>(['subgroups', 'subgroup-size-control', 'chromium-experimental-subgroup-matrix']);
+
+/** Narrowest subgroups onnxruntime's subgroup kernels (FlashAttention among them) are written for. */
+export const MIN_SUBGROUP_SIZE = 16;
+
+/**
+ * Why the subgroup features are not asked for, or null when they are. On SwiftShader (4-wide
+ * subgroups), onnxruntime's kernels picked with them gave images 3 to 83 levels from the wasm
+ * reference (the fused-attention exports, the attention bench); without them, within 1.
+ */
+export function subgroupsWithheld(subgroupMinSize: number | undefined): string | null {
+  if (subgroupMinSize === undefined || subgroupMinSize >= MIN_SUBGROUP_SIZE) return null;
+  return `subgroups, subgroup-size-control and subgroup-matrix not asked for: this adapter's subgroups are ${subgroupMinSize} wide, below the ${MIN_SUBGROUP_SIZE} onnxruntime's subgroup kernels are written for (they gave wrong images here)`;
+}
 
 // The limits onnxruntime-web's WebGPU provider asks for when it makes its own device: the fallback when the adapter refuses all of its limits.
 const REQUESTED_LIMITS = [
@@ -135,7 +153,10 @@ export function detectGpu(): Promise<GpuInfo> {
     }
     const ortLimits: Record<string, number> = {};
     for (const name of REQUESTED_LIMITS) if (typeof adapter.limits[name] === 'number') ortLimits[name] = adapter.limits[name];
-    const requestedFeatures = ORT_FEATURES.filter((f) => adapter.features.has(f)) as GPUFeatureName[];
+    // subgroups narrower than onnxruntime's subgroup kernels are written for give wrong numbers: not asked for
+    const info = adapter.info as GPUAdapterInfo & { subgroupMinSize?: number };
+    const withheld = subgroupsWithheld(info.subgroupMinSize);
+    const requestedFeatures = ORT_FEATURES.filter((f) => adapter.features.has(f) && !(withheld && SUBGROUP_FEATURES.has(f))) as GPUFeatureName[];
     // the full request first; an adapter that refuses it still gets onnxruntime's own, then the defaults
     const attempts: { requiredLimits: Record<string, number>; requiredFeatures: GPUFeatureName[]; why?: string }[] = [
       { requiredLimits: allLimits, requiredFeatures: requestedFeatures },
@@ -162,6 +183,7 @@ export function detectGpu(): Promise<GpuInfo> {
       // what was granted, not what the adapter offers
       features: [...device.features].sort(),
       requestedFeatures,
+      ...(withheld && adapter.features.has('subgroups') ? { withheldFeatures: withheld } : {}),
       limits: {
         maxBufferSize: l.maxBufferSize,
         maxStorageBufferBindingSize: l.maxStorageBufferBindingSize,
