@@ -112,18 +112,17 @@ export interface AttentionInputs {
 }
 
 /**
- * The form for adapters without `subgroups`, by measurement (bench/attention.ts on
- * SwiftShader, bench/results.json `attention`): there onnxruntime's MultiHeadAttention
- * runs its unfused kernel, which holds the same B·N·S·T scores as the decomposed graph. On SwiftShader
- * (subgroups 4 wide) the fused form stepped 2.5x faster on the tiny model at 256² and 1.4x on two
- * full-width SD3 blocks, but its images differed from the wasm reference by up to 83 levels (the
- * decomposed graph's by 1; on wasm both forms give the same image): the decomposed graph it is,
- * until that difference is understood.
+ * The form for devices without (wide enough) `subgroups`, by measurement (bench/attention.ts on
+ * SwiftShader, bench/results.json `attention`): there onnxruntime's MultiHeadAttention runs its
+ * unfused kernel, which holds the same B·N·S·T scores as the decomposed graph, so it is chunked as
+ * the decomposed graph would be; it still stepped 3.2x faster than the decomposed graph on the tiny
+ * model at 256², with half the largest buffer, within 1 level of wasm. (With SwiftShader's 4-wide
+ * subgroups granted, its images left wasm by 83 levels: the engine no longer asks for them there.)
  */
 /** onnxruntime's FlashAttention sizes its blocks by the subgroup size; 16 is the smallest it is tested with. */
 export const MIN_FLASH_SUBGROUP = 16;
 
-export const NO_SUBGROUPS_FORM: AttentionForm = 'decomposed-chunked';
+export const NO_SUBGROUPS_FORM: AttentionForm = 'fused-chunked';
 
 /**
  * Chooses how attention runs from the adapter's features and buffer limit:
@@ -158,5 +157,5 @@ export function chooseAttentionForm(i: AttentionInputs): AttentionChoice {
     ? `head size ${i.headDim} is not a multiple of 4 (FlashAttention is vectorised by 4)`
     : `${adapterSubgroups ? 'the adapter offers subgroups but the device the sessions run on was made without them' : 'the adapter has no subgroups'}, so MultiHeadAttention would run its unfused kernel, which holds the scores like the decomposed graph`;
   const form = NO_SUBGROUPS_FORM;
-  return { form, chunks: chunksOf(form), reason: `${why}; ${form} chosen by measurement (bench/attention.ts on SwiftShader: fused MultiHeadAttention stepped 2.5x faster on the tiny model and 1.4x on two full-width SD3 blocks, but its images left the wasm reference by up to 83 levels, the decomposed graph's by 1), ${cut(chunksOf(form))}` };
+  return { form, chunks: chunksOf(form), reason: `${why}; ${form} chosen by measurement (bench/attention.ts on SwiftShader without subgroups: fused MultiHeadAttention stepped 3.2x faster than the decomposed graph on the tiny model, within 1 level of wasm), ${cut(chunksOf(form))}` };
 }
