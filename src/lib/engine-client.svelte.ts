@@ -183,9 +183,10 @@ export class EngineClient {
     const pending = await this.api.pending().catch(() => []);
     const theirs = pending.find((q) => q.source);
     const load = theirs?.source && !pending.some((q) => q.source && sameSource(q.source, this.source)) ? { source: theirs.source, opts: this.withToken(theirs.source, theirs.loadOptions ?? {}) } : { source: this.source, opts: this.loadOptions };
-    // the gallery and the downloaded models show at once, while the model loads
+    // the downloaded models show at once, while the model loads (the gallery shows already: start() read it,
+    // and a second read here could land after the person paged to older images and take them away)
     try {
-      await Promise.all([this.load(load.source, load.opts), this.refreshGallery(), this.refreshCache()]);
+      await Promise.all([this.load(load.source, load.opts), this.refreshCache()]);
     } finally {
       this.booting = false;
     }
@@ -451,7 +452,9 @@ export class EngineClient {
   async moreGallery(): Promise<void> {
     const last = this.gallery.at(-1);
     if (!last) return this.refreshGallery();
+    const n = this.searches;
     const page = await this.galleryPage({ text: this.galleryText, after: { createdAt: last.metadata.createdAt, id: last.metadata.id } });
+    if (n !== this.searches) return; // a search started since: its first page wins
     const shown = new Set(this.gallery.map((g) => g.metadata.id));
     this.gallery = [...this.gallery, ...page.items.filter((i) => !shown.has(i.id)).map((i) => this.galleryItem(i))];
     this.galleryMore = page.more;
