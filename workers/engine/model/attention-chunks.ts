@@ -150,6 +150,30 @@ export function int64Tensor(name: string, values: number[]): Writer {
   return new Writer().int(TENSOR.dims, values.length).int(TENSOR.dataType, ONNX_DTYPE.INT64).string(TENSOR.name, name).bytes(TENSOR.rawData, raw);
 }
 
+/**
+ * The graph with each site's nodes left out and, where the last of them stood, what `emit` writes in
+ * their place (its second argument counts the sites, for unique names); every other field byte for byte.
+ */
+export function rewriteSites<T>(model: Uint8Array, sites: T[], nodesOf: (site: T) => number[], emit: (graph: Writer, site: T, id: number) => void): Writer {
+  const replaced = new Set(sites.flatMap(nodesOf));
+  const emitAt = new Map(sites.map((s) => [Math.max(...nodesOf(s)), s]));
+  const gf = graphField(model);
+  const graph = new Writer();
+  let nodeIndex = 0;
+  let siteId = 0;
+  new Reader(model, gf.dataStart, gf.dataEnd).fields((f) => {
+    if (f.field !== GRAPH.node || f.wire !== WIRE.LEN) {
+      graph.raw(model.subarray(f.start, f.end));
+      return;
+    }
+    const i = nodeIndex++;
+    const site = emitAt.get(i);
+    if (site) emit(graph, site, siteId++);
+    else if (!replaced.has(i)) graph.raw(model.subarray(f.start, f.end));
+  });
+  return graph;
+}
+
 export interface ChunkedModel {
   model: Uint8Array;
   /** Attention sites rewritten. */
@@ -163,8 +187,6 @@ export function chunkAttention(model: Uint8Array, chunks: number): ChunkedModel 
   const { nodes } = indexGraph(model);
   const P = 'sd3webgpu_chunk';
   const k = chunks;
-  const replaced = new Set(sites.flatMap((s) => s.nodes));
-  const emitAt = new Map(sites.map((s) => [Math.max(...s.nodes), s]));
 
   const emit = (g: Writer, site: AttentionSite, id: number) => {
     const tag = `${P}${id}`;
@@ -192,20 +214,7 @@ export function chunkAttention(model: Uint8Array, chunks: number): ChunkedModel 
     add(node('Concat', outs, [nodes[site.nodes[site.nodes.length - 1]].outputs[0]], `${tag}/Concat`, { axis: -2 }));
   };
 
-  const gf = graphField(model);
-  const graph = new Writer();
-  let nodeIndex = 0;
-  let siteId = 0;
-  new Reader(model, gf.dataStart, gf.dataEnd).fields((f) => {
-    if (f.field !== GRAPH.node || f.wire !== WIRE.LEN) {
-      graph.raw(model.subarray(f.start, f.end));
-      return;
-    }
-    const i = nodeIndex++;
-    const site = emitAt.get(i);
-    if (site) emit(graph, site, siteId++);
-    else if (!replaced.has(i)) graph.raw(model.subarray(f.start, f.end));
-  });
+  const graph = rewriteSites(model, sites, (s) => s.nodes, emit);
   graph.message(GRAPH.initializer, int64Tensor(`${P}/axis`, [-2]));
   graph.message(GRAPH.initializer, int64Tensor(`${P}/zero`, [0]));
   graph.message(GRAPH.initializer, int64Tensor(`${P}/k`, [k]));

@@ -24,7 +24,7 @@
 // whose heads or scale cannot be read, or that casts between MatMul and
 // Softmax, is left as it is. Fused sites are left whole; everything else is
 // copied byte for byte.
-import { findAttention, indexGraph, int64Tensor, type AttentionSite, type GraphIndex } from './attention-chunks.ts';
+import { findAttention, indexGraph, int64Tensor, rewriteSites, type AttentionSite, type GraphIndex } from './attention-chunks.ts';
 import { graphField, GRAPH, MODEL, NODE, ONNX_DTYPE, TENSOR, type NodeInfo } from './graph-info.ts';
 import { readFields, readInt64, readString, Reader, WIRE, Writer } from './protobuf.ts';
 
@@ -198,8 +198,6 @@ export function fuseAttention(model: Uint8Array): FusedModel {
   const values = constants(model, g.nodes);
   const plans = sites.map((s) => planSite(g, values, s)).filter((p): p is FusePlan => p !== null);
   if (!plans.length) return { model, fused: 0, skipped: sites.length };
-  const replaced = new Set(plans.flatMap((p) => p.site.nodes));
-  const emitAt = new Map(plans.map((p) => [Math.max(...p.site.nodes), p]));
   const headShapes = new Set<number>();
 
   const emit = (graph: Writer, p: FusePlan, id: number) => {
@@ -219,20 +217,7 @@ export function fuseAttention(model: Uint8Array): FusedModel {
     add(node('Transpose', [`${tag}/o_r`], [p.out], `${tag}/o/Transpose`, { perm: [0, 2, 1, 3] }));
   };
 
-  const gf = graphField(model);
-  const graph = new Writer();
-  let nodeIndex = 0;
-  let id = 0;
-  new Reader(model, gf.dataStart, gf.dataEnd).fields((f) => {
-    if (f.field !== GRAPH.node || f.wire !== WIRE.LEN) {
-      graph.raw(model.subarray(f.start, f.end));
-      return;
-    }
-    const i = nodeIndex++;
-    const plan = emitAt.get(i);
-    if (plan) emit(graph, plan, id++);
-    else if (!replaced.has(i)) graph.raw(model.subarray(f.start, f.end));
-  });
+  const graph = rewriteSites(model, plans, (p) => p.site.nodes, emit);
   graph.message(GRAPH.initializer, int64Tensor(`${P}/bsd`, [0, 0, -1]));
   for (const h of headShapes) graph.message(GRAPH.initializer, int64Tensor(`${P}/heads${h}`, [0, 0, h, -1]));
 
