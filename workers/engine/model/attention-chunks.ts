@@ -11,7 +11,7 @@
 // everything else byte for byte. Chunks are balanced (sizes differ by at most
 // one) and computed in the graph from the actual sequence length, so one
 // rewritten graph serves every image size.
-import { defaultOpset, graphField, graphInitializers, graphNodes, GRAPH, MODEL, NODE, ONNX_DTYPE, TENSOR, type NodeInfo } from './graph-info.ts';
+import { defaultOpset, graphField, graphInitializers, graphNodes, onnxNode, GRAPH, MODEL, NODE, ONNX_DTYPE, TENSOR, type NodeInfo } from './graph-info.ts';
 import { readFields, readString, Reader, WIRE, Writer, type Field } from './protobuf.ts';
 
 export interface AttentionSite {
@@ -136,15 +136,6 @@ export function renamedNode(model: Uint8Array, n: NodeInfo, rename: (t: string) 
   return w;
 }
 
-export function node(opType: string, inputs: string[], outputs: string[], name: string, attrs: Record<string, number> = {}): Writer {
-  const w = new Writer();
-  for (const i of inputs) w.string(NODE.input, i);
-  for (const o of outputs) w.string(NODE.output, o);
-  w.string(NODE.name, name).string(NODE.opType, opType);
-  for (const [k, v] of Object.entries(attrs)) w.message(NODE.attribute, new Writer().string(1, k).int(20, 2).int(3, v)); // type INT
-  return w;
-}
-
 export function int64Tensor(name: string, values: number[]): Writer {
   const raw = new Uint8Array(new BigInt64Array(values.map(BigInt)).buffer);
   return new Writer().int(TENSOR.dims, values.length).int(TENSOR.dataType, ONNX_DTYPE.INT64).string(TENSOR.name, name).bytes(TENSOR.rawData, raw);
@@ -192,17 +183,17 @@ export function chunkAttention(model: Uint8Array, chunks: number): ChunkedModel 
     const tag = `${P}${id}`;
     const add = (w: Writer) => g.message(GRAPH.node, w);
     // balanced chunk bounds from the live sequence length: start_i = floor(i * S / k)
-    add(node('Shape', [site.query], [`${tag}/shape`], `${tag}/Shape`));
-    add(node('Gather', [`${tag}/shape`, `${P}/axis`], [`${tag}/S`], `${tag}/Gather`, { axis: 0 }));
+    add(onnxNode('Shape', [site.query], [`${tag}/shape`], `${tag}/Shape`));
+    add(onnxNode('Gather', [`${tag}/shape`, `${P}/axis`], [`${tag}/S`], `${tag}/Gather`, { axis: 0 }));
     const bound = (i: number) => (i === 0 ? `${P}/zero` : i === k ? `${tag}/S` : `${tag}/b${i}`);
     for (let i = 1; i < k; i++) {
-      add(node('Mul', [`${tag}/S`, `${P}/i${i}`], [`${tag}/m${i}`], `${tag}/Mul${i}`));
-      add(node('Div', [`${tag}/m${i}`, `${P}/k`], [`${tag}/b${i}`], `${tag}/Div${i}`));
+      add(onnxNode('Mul', [`${tag}/S`, `${P}/i${i}`], [`${tag}/m${i}`], `${tag}/Mul${i}`));
+      add(onnxNode('Div', [`${tag}/m${i}`, `${P}/k`], [`${tag}/b${i}`], `${tag}/Div${i}`));
     }
     const outs: string[] = [];
     for (let i = 0; i < k; i++) {
       const q = `${tag}/q${i}`;
-      add(node('Slice', [site.query, bound(i), bound(i + 1), `${P}/axis`], [q], `${tag}/Slice${i}`));
+      add(onnxNode('Slice', [site.query, bound(i), bound(i + 1), `${P}/axis`], [q], `${tag}/Slice${i}`));
       const last = nodes[site.nodes[site.nodes.length - 1]];
       const out = `${last.outputs[0]}/chunk${i}`;
       // every node of the site again, on this chunk: the query renamed, intermediates suffixed
@@ -211,7 +202,7 @@ export function chunkAttention(model: Uint8Array, chunks: number): ChunkedModel 
       for (const n of site.nodes) add(renamedNode(model, nodes[n], rename, `/chunk${i}`));
       outs.push(out);
     }
-    add(node('Concat', outs, [nodes[site.nodes[site.nodes.length - 1]].outputs[0]], `${tag}/Concat`, { axis: -2 }));
+    add(onnxNode('Concat', outs, [nodes[site.nodes[site.nodes.length - 1]].outputs[0]], `${tag}/Concat`, { axis: -2 }));
   };
 
   const graph = rewriteSites(model, sites, (s) => s.nodes, emit);

@@ -25,36 +25,11 @@
 // Softmax, is left as it is. Fused sites are left whole; everything else is
 // copied byte for byte.
 import { findAttention, indexGraph, int64Tensor, rewriteSites, type AttentionSite, type GraphIndex } from './attention-chunks.ts';
-import { graphField, GRAPH, MODEL, NODE, ONNX_DTYPE, TENSOR, type NodeInfo } from './graph-info.ts';
+import { ATTRIBUTE, graphField, onnxNode, GRAPH, MODEL, NODE, ONNX_DTYPE, TENSOR, type NodeInfo } from './graph-info.ts';
 import { readFields, readInt64, readString, Reader, WIRE, Writer } from './protobuf.ts';
 
 const MS_DOMAIN = 'com.microsoft';
 const P = 'sd3webgpu_fuse';
-/** AttributeProto fields and types (onnx.proto). */
-const ATTR = { name: 1, f: 2, i: 3, t: 5, ints: 8, type: 20 } as const;
-const ATTR_TYPE = { FLOAT: 1, INT: 2, INTS: 7 } as const;
-
-function node(opType: string, inputs: string[], outputs: string[], name: string, attrs: Record<string, number | number[] | { float: number }> = {}, domain = ''): Writer {
-  const w = new Writer();
-  for (const i of inputs) w.string(NODE.input, i);
-  for (const o of outputs) w.string(NODE.output, o);
-  w.string(NODE.name, name).string(NODE.opType, opType);
-  for (const [k, v] of Object.entries(attrs)) {
-    const a = new Writer().string(ATTR.name, k);
-    if (Array.isArray(v)) {
-      for (const x of v) a.int(ATTR.ints, x);
-      a.int(ATTR.type, ATTR_TYPE.INTS);
-    } else if (typeof v === 'number') a.int(ATTR.i, v).int(ATTR.type, ATTR_TYPE.INT);
-    else {
-      const f = new Uint8Array(4);
-      new DataView(f.buffer).setFloat32(0, v.float, true);
-      a.raw(Uint8Array.of(ATTR.f * 8 + WIRE.I32)).raw(f).int(ATTR.type, ATTR_TYPE.FLOAT);
-    }
-    w.message(NODE.attribute, a);
-  }
-  if (domain) w.string(NODE.domain, domain);
-  return w;
-}
 
 /** Values of a TensorProto (float, float16, int32/int64 and double; raw or typed fields). */
 function tensorValues(buf: Uint8Array, start: number, end: number): number[] | null {
@@ -114,7 +89,7 @@ function constants(model: Uint8Array, nodes: NodeInfo[]): Map<string, number[]> 
     new Reader(model, n.field.dataStart, n.field.dataEnd).fields((f) => {
       if (f.field !== NODE.attribute) return;
       new Reader(model, f.dataStart, f.dataEnd).fields((a) => {
-        if (a.field !== ATTR.t) return;
+        if (a.field !== ATTRIBUTE.t) return;
         const v = tensorValues(model, a.dataStart, a.dataEnd);
         if (v) out.set(n.outputs[0], v);
       });
@@ -204,17 +179,17 @@ export function fuseAttention(model: Uint8Array): FusedModel {
     const tag = `${P}${id}`;
     const add = (w: Writer) => graph.message(GRAPH.node, w);
     const bsd = (t: string, perm: number[], name: string) => {
-      add(node('Transpose', [t], [`${tag}/${name}_t`], `${tag}/${name}/Transpose`, { perm }));
-      add(node('Reshape', [`${tag}/${name}_t`, `${P}/bsd`], [`${tag}/${name}`], `${tag}/${name}/Reshape`));
+      add(onnxNode('Transpose', [t], [`${tag}/${name}_t`], `${tag}/${name}/Transpose`, { perm }));
+      add(onnxNode('Reshape', [`${tag}/${name}_t`, `${P}/bsd`], [`${tag}/${name}`], `${tag}/${name}/Reshape`));
       return `${tag}/${name}`;
     };
     const q = bsd(p.q, [0, 2, 1, 3], 'q');
     const k = bsd(p.kt, [0, 3, 1, 2], 'k');
     const v = bsd(p.v, [0, 2, 1, 3], 'v');
-    add(node('MultiHeadAttention', [q, k, v], [`${tag}/o`], `${tag}/MultiHeadAttention`, { num_heads: p.heads, scale: { float: p.scale } }, MS_DOMAIN));
+    add(onnxNode('MultiHeadAttention', [q, k, v], [`${tag}/o`], `${tag}/MultiHeadAttention`, { num_heads: p.heads, scale: { float: p.scale } }, { domain: MS_DOMAIN }));
     headShapes.add(p.heads);
-    add(node('Reshape', [`${tag}/o`, `${P}/heads${p.heads}`], [`${tag}/o_r`], `${tag}/o/Reshape`));
-    add(node('Transpose', [`${tag}/o_r`], [p.out], `${tag}/o/Transpose`, { perm: [0, 2, 1, 3] }));
+    add(onnxNode('Reshape', [`${tag}/o`, `${P}/heads${p.heads}`], [`${tag}/o_r`], `${tag}/o/Reshape`));
+    add(onnxNode('Transpose', [`${tag}/o_r`], [p.out], `${tag}/o/Transpose`, { perm: [0, 2, 1, 3] }));
   };
 
   const graph = rewriteSites(model, plans, (p) => p.site.nodes, emit);

@@ -4,7 +4,7 @@
 // attention rewrite). A protobuf walk over ModelProto -> GraphProto: weight
 // bytes are skipped by length, never copied, so it costs little even on a
 // large inline graph.
-import { readFields, readInt64, readString, Reader, WIRE, type Field } from './protobuf.ts';
+import { readFields, readInt64, readString, Reader, WIRE, Writer, type Field } from './protobuf.ts';
 
 /** TensorProto.DataType values the loader cares about. */
 export const ONNX_DTYPE = { FLOAT: 1, INT64: 7, FLOAT16: 10, BFLOAT16: 16 } as const;
@@ -13,8 +13,40 @@ export const ONNX_DTYPE = { FLOAT: 1, INT64: 7, FLOAT16: 10, BFLOAT16: 16 } as c
 export const MODEL = { graph: 7, opsetImport: 8 } as const;
 export const GRAPH = { node: 1, initializer: 5 } as const;
 export const NODE = { input: 1, output: 2, name: 3, opType: 4, attribute: 5, domain: 7 } as const;
-export const ATTRIBUTE = { name: 1, f: 2, i: 3, type: 20 } as const;
+export const ATTRIBUTE = { name: 1, f: 2, i: 3, t: 5, floats: 7, ints: 8, type: 20 } as const;
+/** AttributeProto.AttributeType values written here. */
+export const ATTRIBUTE_TYPE = { FLOAT: 1, INT: 2, INTS: 7 } as const;
 export const TENSOR = { dims: 1, dataType: 2, name: 8, rawData: 9, externalData: 13, dataLocation: 14 } as const;
+
+/** A node attribute: an int, a list of ints, or a float, said explicitly (a float that happens to be whole stays a float). */
+export type AttributeValue = number | number[] | { float: number };
+
+/**
+ * A NodeProto for the graph rewrites (attention chunks and fusion, operator lowering): inputs, outputs,
+ * name, op type, attributes, and optionally a domain and attributes copied raw from another node.
+ */
+export function onnxNode(opType: string, inputs: string[], outputs: string[], name: string, attrs: Record<string, AttributeValue> = {}, extra: { domain?: string; rawAttributes?: Uint8Array[] } = {}): Writer {
+  const w = new Writer();
+  for (const i of inputs) w.string(NODE.input, i);
+  for (const o of outputs) w.string(NODE.output, o);
+  w.string(NODE.name, name).string(NODE.opType, opType);
+  for (const [k, v] of Object.entries(attrs)) {
+    const a = new Writer().string(ATTRIBUTE.name, k);
+    if (Array.isArray(v)) {
+      for (const x of v) a.int(ATTRIBUTE.ints, x);
+      a.int(ATTRIBUTE.type, ATTRIBUTE_TYPE.INTS);
+    } else if (typeof v === 'number') a.int(ATTRIBUTE.i, v).int(ATTRIBUTE.type, ATTRIBUTE_TYPE.INT);
+    else {
+      const f = new Uint8Array(4);
+      new DataView(f.buffer).setFloat32(0, v.float, true);
+      a.raw(Uint8Array.of(ATTRIBUTE.f * 8 + WIRE.I32)).raw(f).int(ATTRIBUTE.type, ATTRIBUTE_TYPE.FLOAT);
+    }
+    w.message(NODE.attribute, a);
+  }
+  for (const r of extra.rawAttributes ?? []) w.raw(r);
+  if (extra.domain) w.string(NODE.domain, extra.domain);
+  return w;
+}
 
 export interface ExternalRef {
   location: string;

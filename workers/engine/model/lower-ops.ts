@@ -10,7 +10,7 @@
 // another layout gets a Transpose node, which onnxruntime folds at load). The
 // Transpose pairs NhwcConv was wrapped in (NCHW -> NHWC -> NCHW) are folded
 // away. Everything else is copied byte for byte, as attention-chunks.ts does.
-import { defaultOpset, graphField, graphInitializers, graphNodes, GRAPH, MODEL, NODE, ONNX_DTYPE, TENSOR, type NodeInfo } from './graph-info.ts';
+import { ATTRIBUTE, defaultOpset, graphField, graphInitializers, graphNodes, onnxNode, GRAPH, MODEL, NODE, ONNX_DTYPE, TENSOR, type NodeInfo } from './graph-info.ts';
 import { toHalfBits } from './float16.ts';
 import { readFields, readString, Reader, WIRE, Writer } from './protobuf.ts';
 import { opsToLower, packedAttention } from './op-support.ts';
@@ -21,34 +21,6 @@ export type WebBackend = 'wasm' | 'webgpu';
 
 const MS = 'com.microsoft';
 const P = 'sd3webgpu_lower';
-
-/** AttributeProto fields and types (onnx.proto). */
-const ATTR = { name: 1, f: 2, i: 3, floats: 7, ints: 8, type: 20 } as const;
-const ATTR_TYPE = { FLOAT: 1, INT: 2, INTS: 7 } as const;
-
-type Attrs = Record<string, number | number[]>;
-
-function node(opType: string, inputs: string[], outputs: string[], name: string, attrs: Attrs = {}, raw: Uint8Array[] = []): Writer {
-  const w = new Writer();
-  for (const i of inputs) w.string(NODE.input, i);
-  for (const o of outputs) w.string(NODE.output, o);
-  w.string(NODE.name, name).string(NODE.opType, opType);
-  for (const [k, v] of Object.entries(attrs)) {
-    const a = new Writer().string(ATTR.name, k);
-    if (Array.isArray(v)) {
-      for (const x of v) a.int(ATTR.ints, x);
-      a.int(ATTR.type, ATTR_TYPE.INTS);
-    } else if (Number.isInteger(v) && k !== 'epsilon') a.int(ATTR.i, v).int(ATTR.type, ATTR_TYPE.INT);
-    else {
-      const f = new Uint8Array(4);
-      new DataView(f.buffer).setFloat32(0, v, true);
-      a.raw(Uint8Array.of(ATTR.f * 8 + WIRE.I32)).raw(f).int(ATTR.type, ATTR_TYPE.FLOAT);
-    }
-    w.message(NODE.attribute, a);
-  }
-  for (const r of raw) w.raw(r);
-  return w;
-}
 
 function tensor(name: string, dataType: number, dims: number[], raw: Uint8Array): Writer {
   const w = new Writer();
@@ -68,9 +40,9 @@ function intsAttr(model: Uint8Array, n: NodeInfo, name: string): number[] | unde
     let attrName = '';
     const values: number[] = [];
     new Reader(model, f.dataStart, f.dataEnd).fields((a) => {
-      if (a.field === ATTR.name) attrName = readString(model, a);
-      else if (a.field === ATTR.ints && a.wire === WIRE.VARINT) values.push(a.value);
-      else if (a.field === ATTR.ints && a.wire === WIRE.LEN) {
+      if (a.field === ATTRIBUTE.name) attrName = readString(model, a);
+      else if (a.field === ATTRIBUTE.ints && a.wire === WIRE.VARINT) values.push(a.value);
+      else if (a.field === ATTRIBUTE.ints && a.wire === WIRE.LEN) {
         const r = new Reader(model, a.dataStart, a.dataEnd);
         while (r.pos < a.dataEnd) values.push(r.varint());
       }
@@ -103,8 +75,8 @@ interface Emit {
 
 /** ReduceMean over `axes`, keepdims: axes are an attribute up to opset 17, an input from 18. */
 function reduceMean(e: Emit, x: string, axes: number[], out: string, name: string): void {
-  if (e.opset >= 18) e.add(node('ReduceMean', [x, e.constant(`${P}/axes_${axes.join('_')}`, () => int64s(`${P}/axes_${axes.join('_')}`, axes))], [out], name, { keepdims: 1 }));
-  else e.add(node('ReduceMean', [x], [out], name, { axes, keepdims: 1 }));
+  if (e.opset >= 18) e.add(onnxNode('ReduceMean', [x, e.constant(`${P}/axes_${axes.join('_')}`, () => int64s(`${P}/axes_${axes.join('_')}`, axes))], [out], name, { keepdims: 1 }));
+  else e.add(onnxNode('ReduceMean', [x], [out], name, { axes, keepdims: 1 }));
 }
 
 /** GroupNorm on x (NHWC when channelsLast, else NCHW), then the affine and SiLU when asked. */
@@ -114,35 +86,35 @@ function groupNorm(e: Emit, tag: string, x: string, gamma: string, beta: string,
   // [N, H*W, G, C/G] (channels last) or [N, G, C/G * H*W]: statistics over all but batch and group
   const grouped = channelsLast ? [0, -1, groups, c / groups] : [0, groups, -1];
   const axes = channelsLast ? [1, 3] : [2];
-  e.add(node('Shape', [x], [`${tag}/shape`], `${tag}/Shape`));
-  e.add(node('Reshape', [x, e.constant(`${P}/group_${grouped.join('_')}`, () => int64s(`${P}/group_${grouped.join('_')}`, grouped))], [`${tag}/x`], `${tag}/Reshape`));
+  e.add(onnxNode('Shape', [x], [`${tag}/shape`], `${tag}/Shape`));
+  e.add(onnxNode('Reshape', [x, e.constant(`${P}/group_${grouped.join('_')}`, () => int64s(`${P}/group_${grouped.join('_')}`, grouped))], [`${tag}/x`], `${tag}/Reshape`));
   reduceMean(e, `${tag}/x`, axes, `${tag}/mean`, `${tag}/Mean`);
-  e.add(node('Sub', [`${tag}/x`, `${tag}/mean`], [`${tag}/d`], `${tag}/Sub`));
-  e.add(node('Mul', [`${tag}/d`, `${tag}/d`], [`${tag}/d2`], `${tag}/Square`));
+  e.add(onnxNode('Sub', [`${tag}/x`, `${tag}/mean`], [`${tag}/d`], `${tag}/Sub`));
+  e.add(onnxNode('Mul', [`${tag}/d`, `${tag}/d`], [`${tag}/d2`], `${tag}/Square`));
   reduceMean(e, `${tag}/d2`, axes, `${tag}/var`, `${tag}/Var`);
   const eps = e.scalar(epsilon, x, `${tag}/eps`);
-  e.add(node('Add', [`${tag}/var`, eps], [`${tag}/ve`], `${tag}/AddEps`));
-  e.add(node('Sqrt', [`${tag}/ve`], [`${tag}/std`], `${tag}/Sqrt`));
-  e.add(node('Div', [`${tag}/d`, `${tag}/std`], [`${tag}/n`], `${tag}/Div`));
-  e.add(node('Reshape', [`${tag}/n`, `${tag}/shape`], [`${tag}/nx`], `${tag}/ReshapeBack`));
+  e.add(onnxNode('Add', [`${tag}/var`, eps], [`${tag}/ve`], `${tag}/AddEps`));
+  e.add(onnxNode('Sqrt', [`${tag}/ve`], [`${tag}/std`], `${tag}/Sqrt`));
+  e.add(onnxNode('Div', [`${tag}/d`, `${tag}/std`], [`${tag}/n`], `${tag}/Div`));
+  e.add(onnxNode('Reshape', [`${tag}/n`, `${tag}/shape`], [`${tag}/nx`], `${tag}/ReshapeBack`));
   let g = e.castLike(gamma, x, `${tag}/gammaT`);
   let b = e.castLike(beta, x, `${tag}/betaT`);
   if (!channelsLast) {
     // [C] -> [C, 1, 1] to broadcast over NCHW
     const cs = e.constant(`${P}/c11`, () => int64s(`${P}/c11`, [-1, 1, 1]));
-    e.add(node('Reshape', [g, cs], [`${tag}/gamma`], `${tag}/GammaShape`));
-    e.add(node('Reshape', [b, cs], [`${tag}/beta`], `${tag}/BetaShape`));
+    e.add(onnxNode('Reshape', [g, cs], [`${tag}/gamma`], `${tag}/GammaShape`));
+    e.add(onnxNode('Reshape', [b, cs], [`${tag}/beta`], `${tag}/BetaShape`));
     g = `${tag}/gamma`;
     b = `${tag}/beta`;
   }
-  e.add(node('Mul', [`${tag}/nx`, g], [`${tag}/scaled`], `${tag}/Scale`));
+  e.add(onnxNode('Mul', [`${tag}/nx`, g], [`${tag}/scaled`], `${tag}/Scale`));
   if (!silu) {
-    e.add(node('Add', [`${tag}/scaled`, b], [out], `${tag}/Shift`));
+    e.add(onnxNode('Add', [`${tag}/scaled`, b], [out], `${tag}/Shift`));
     return;
   }
-  e.add(node('Add', [`${tag}/scaled`, b], [`${tag}/y`], `${tag}/Shift`));
-  e.add(node('Sigmoid', [`${tag}/y`], [`${tag}/sig`], `${tag}/Sigmoid`));
-  e.add(node('Mul', [`${tag}/y`, `${tag}/sig`], [out], `${tag}/SiLU`));
+  e.add(onnxNode('Add', [`${tag}/scaled`, b], [`${tag}/y`], `${tag}/Shift`));
+  e.add(onnxNode('Sigmoid', [`${tag}/y`], [`${tag}/sig`], `${tag}/Sigmoid`));
+  e.add(onnxNode('Mul', [`${tag}/y`, `${tag}/sig`], [out], `${tag}/SiLU`));
 }
 
 /** Emits the standard-op form of one com.microsoft node; false when it is not one this file lowers. */
@@ -151,10 +123,10 @@ function lowerNode(model: Uint8Array, n: NodeInfo, tag: string, e: Emit): boolea
     case 'NhwcConv': {
       // weights are NHWC too ([M, kH, kW, C/group]): back to [M, C/group, kH, kW]
       const [x, w, bias] = n.inputs;
-      e.add(node('Transpose', [x], [`${tag}/x`], `${tag}/ToNCHW`, { perm: [0, 3, 1, 2] }));
-      e.add(node('Transpose', [w], [`${tag}/w`], `${tag}/WeightToNCHW`, { perm: [0, 3, 1, 2] }));
-      e.add(node('Conv', [`${tag}/x`, `${tag}/w`, ...(bias ? [bias] : [])], [`${tag}/y`], `${tag}/Conv`, {}, rawAttributes(model, n)));
-      e.add(node('Transpose', [`${tag}/y`], [n.outputs[0]], `${tag}/ToNHWC`, { perm: [0, 2, 3, 1] }));
+      e.add(onnxNode('Transpose', [x], [`${tag}/x`], `${tag}/ToNCHW`, { perm: [0, 3, 1, 2] }));
+      e.add(onnxNode('Transpose', [w], [`${tag}/w`], `${tag}/WeightToNCHW`, { perm: [0, 3, 1, 2] }));
+      e.add(onnxNode('Conv', [`${tag}/x`, `${tag}/w`, ...(bias ? [bias] : [])], [`${tag}/y`], `${tag}/Conv`, {}, { rawAttributes: rawAttributes(model, n) }));
+      e.add(onnxNode('Transpose', [`${tag}/y`], [n.outputs[0]], `${tag}/ToNHWC`, { perm: [0, 2, 3, 1] }));
       return true;
     }
     case 'GroupNorm': {
@@ -167,30 +139,30 @@ function lowerNode(model: Uint8Array, n: NodeInfo, tag: string, e: Emit): boolea
       const [x, gamma, beta, skip, bias] = n.inputs;
       const sum = n.outputs[1] || `${tag}/sum`;
       if (bias) {
-        e.add(node('Add', [x, skip], [`${tag}/xs`], `${tag}/AddSkip`));
-        e.add(node('Add', [`${tag}/xs`, bias], [sum], `${tag}/AddBias`));
-      } else e.add(node('Add', [x, skip], [sum], `${tag}/AddSkip`));
+        e.add(onnxNode('Add', [x, skip], [`${tag}/xs`], `${tag}/AddSkip`));
+        e.add(onnxNode('Add', [`${tag}/xs`, bias], [sum], `${tag}/AddBias`));
+      } else e.add(onnxNode('Add', [x, skip], [sum], `${tag}/AddSkip`));
       groupNorm(e, tag, sum, gamma, beta, n.outputs[0], n.ints.groups, n.floats.epsilon ?? 1e-5, n.ints.activation === 1, true);
       return true;
     }
     case 'BiasAdd': {
       const [x, bias, skip] = n.inputs;
-      e.add(node('Add', [x, bias], [`${tag}/xb`], `${tag}/AddBias`));
-      e.add(node('Add', [`${tag}/xb`, skip], [n.outputs[0]], `${tag}/AddSkip`));
+      e.add(onnxNode('Add', [x, bias], [`${tag}/xb`], `${tag}/AddBias`));
+      e.add(onnxNode('Add', [`${tag}/xb`, skip], [n.outputs[0]], `${tag}/AddSkip`));
       return true;
     }
     case 'BiasSplitGelu': {
       // (x + bias) split in halves on the last axis: left * Gelu(right), Gelu exact (Erf)
       const [x, bias] = n.inputs;
-      e.add(node('Add', [x, bias], [`${tag}/xb`], `${tag}/AddBias`));
-      if (e.opset >= 18) e.add(node('Split', [`${tag}/xb`], [`${tag}/a`, `${tag}/b`], `${tag}/Split`, { axis: -1, num_outputs: 2 }));
-      else e.add(node('Split', [`${tag}/xb`], [`${tag}/a`, `${tag}/b`], `${tag}/Split`, { axis: -1 }));
-      e.add(node('Mul', [`${tag}/b`, e.scalar(Math.SQRT1_2, x, `${tag}/rsqrt2`)], [`${tag}/bs`], `${tag}/Scale`));
-      e.add(node('Erf', [`${tag}/bs`], [`${tag}/erf`], `${tag}/Erf`));
-      e.add(node('Add', [`${tag}/erf`, e.scalar(1, x, `${tag}/one`)], [`${tag}/erf1`], `${tag}/AddOne`));
-      e.add(node('Mul', [`${tag}/b`, `${tag}/erf1`], [`${tag}/g2`], `${tag}/MulB`));
-      e.add(node('Mul', [`${tag}/g2`, e.scalar(0.5, x, `${tag}/half`)], [`${tag}/gelu`], `${tag}/Half`));
-      e.add(node('Mul', [`${tag}/a`, `${tag}/gelu`], [n.outputs[0]], `${tag}/Gate`));
+      e.add(onnxNode('Add', [x, bias], [`${tag}/xb`], `${tag}/AddBias`));
+      if (e.opset >= 18) e.add(onnxNode('Split', [`${tag}/xb`], [`${tag}/a`, `${tag}/b`], `${tag}/Split`, { axis: -1, num_outputs: 2 }));
+      else e.add(onnxNode('Split', [`${tag}/xb`], [`${tag}/a`, `${tag}/b`], `${tag}/Split`, { axis: -1 }));
+      e.add(onnxNode('Mul', [`${tag}/b`, e.scalar(Math.SQRT1_2, x, `${tag}/rsqrt2`)], [`${tag}/bs`], `${tag}/Scale`));
+      e.add(onnxNode('Erf', [`${tag}/bs`], [`${tag}/erf`], `${tag}/Erf`));
+      e.add(onnxNode('Add', [`${tag}/erf`, e.scalar(1, x, `${tag}/one`)], [`${tag}/erf1`], `${tag}/AddOne`));
+      e.add(onnxNode('Mul', [`${tag}/b`, `${tag}/erf1`], [`${tag}/g2`], `${tag}/MulB`));
+      e.add(onnxNode('Mul', [`${tag}/g2`, e.scalar(0.5, x, `${tag}/half`)], [`${tag}/gelu`], `${tag}/Half`));
+      e.add(onnxNode('Mul', [`${tag}/a`, `${tag}/gelu`], [n.outputs[0]], `${tag}/Gate`));
       return true;
     }
     case 'MultiHeadAttention': {
@@ -203,8 +175,8 @@ function lowerNode(model: Uint8Array, n: NodeInfo, tag: string, e: Emit): boolea
       const parts = key ? ['k', 'v'] : ['q', 'k', 'v'];
       const sizes = e.constant(`${P}/split_${parts.length}`, () => int64s(`${P}/split_${parts.length}`, parts.map(() => 1)));
       const flat = e.constant(`${P}/bs_flat`, () => int64s(`${P}/bs_flat`, [0, 0, -1]));
-      e.add(node('Split', [packed, sizes], parts.map((p) => `${tag}/${p}5`), `${tag}/Split`, { axis: 3 }));
-      for (const p of parts) e.add(node('Reshape', [`${tag}/${p}5`, flat], [`${tag}/${p}`], `${tag}/Flatten_${p}`));
+      e.add(onnxNode('Split', [packed, sizes], parts.map((p) => `${tag}/${p}5`), `${tag}/Split`, { axis: 3 }));
+      for (const p of parts) e.add(onnxNode('Reshape', [`${tag}/${p}5`, flat], [`${tag}/${p}`], `${tag}/Flatten_${p}`));
       const unpacked = key ? [query, `${tag}/k`, `${tag}/v`] : [`${tag}/q`, `${tag}/k`, `${tag}/v`];
       const w = new Writer();
       for (const i of [...unpacked, ...rest]) w.string(NODE.input, i);
@@ -331,7 +303,7 @@ export function lowerForWeb(model: Uint8Array, backend: WebBackend): { model: Ui
         channels: (t) => channels.get(t),
         scalar: (v, like, out) => e.castLike(e.constant(`${P}/f32_${v}`, () => scalar(`${P}/f32_${v}`, v, ONNX_DTYPE.FLOAT)), like, out),
         castLike: (t, like, out) => {
-          e.add(node('CastLike', [t, like], [out], `${out}/CastLike`));
+          e.add(onnxNode('CastLike', [t, like], [out], `${out}/CastLike`));
           return out;
         },
       };
