@@ -8,8 +8,12 @@
 //   and the largest pixel difference between the forms' images (same seed).
 // Models: the tiny model at 256², and sd3-medium at full width with 2 blocks
 // (narrow VAE, fp32; built under models/attention/, git-ignored) at 256²; with
-// `--attention-1024` also at 1024² (SwiftShader takes ~30 min a step there).
-// `--attention-quick`: the tiny model only. Writes bench/results.json `attention`.
+// `--attention-1024` also at 1024² (SwiftShader takes ~30 min a step there, so
+// one step per form, shader compilation included, and the unchunked fused form
+// is not run where its scores cannot fit one buffer: the row says why).
+// `--attention-quick`: the tiny model only; `--attention-wide`: the full-width
+// model only. Writes bench/results.json `attention`, keeping the rows of models
+// and sizes this run did not measure.
 import { existsSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -23,7 +27,7 @@ import type { GenerateRequest, ModelInfo, ModelSourceSpec, ProgressEvent } from 
 import type { LoadModelOptions } from '../workers/engine/engine.ts';
 import { ATTENTION_FORMS, NO_SUBGROUPS_FORM, type AttentionForm } from '../workers/engine/model/device-fit.ts';
 import type { WorkerStatus } from '../workers/worker-api.ts';
-import { writeResults } from './results-file.ts';
+import { readResults, writeResults } from './results-file.ts';
 
 const ROOT = fileURLToPath(new URL('../models/attention/', import.meta.url));
 const STEP_MODEL = ['--preset', 'sd3-medium', '--weights', 'fp32', '--layers', '2', '--encoder-layers', '1', '--vae-layers', '1', '--vae-channels', '32,32,32,32', '--no-t5', '--no-vae-encoder'];
@@ -78,7 +82,14 @@ export interface AttentionRow {
   maxPixelDiff: number;
   /** Largest 0..255 channel difference from the same request on the wasm backend in Node (the tiny model only). */
   maxPixelDiffVsWasm?: number;
+  /** Whether the engine's device had subgroups: 'granted (N wide)', 'withheld' (too narrow) or 'absent'. */
+  subgroups?: string;
+  /** Why a form was not run, or how its figure was taken. */
+  note?: string;
 }
+
+/** Heads × T × T fp32 scores of one sd3-medium row at size² (77 CLIP + 256 T5 text tokens, 2×2 patches of the 8× latent). */
+const sd3MediumScoreBytes = (size: number) => 24 * ((size / 16) ** 2 + 333) ** 2 * 4;
 
 const REQUEST = { prompt: 'a lighthouse on a cliff at dusk', seed: 1234, guidance: 1 };
 
@@ -150,6 +161,7 @@ const r3 = (x: number) => Number(x.toFixed(3));
 
 export async function attentionBench(out: string, argv: string[]): Promise<Record<string, unknown>> {
   const quick = argv.includes('--attention-quick');
+  const wideOnly = argv.includes('--attention-wide');
   const started = Date.now();
   const log = (m: string) => console.log(`[attention ${((Date.now() - started) / 1000).toFixed(0)} s] ${m}`);
   await build({ mode: 'test', logLevel: 'warn' });
@@ -157,33 +169,45 @@ export async function attentionBench(out: string, argv: string[]): Promise<Recor
   const baseUrl = `${server.resolvedUrls!.local[0]}test.html`;
   const stepDir = quick ? null : ensureStepModel();
   const files = stepDir ? await startModelServer({ repos: [{ repo: 'attention/step', folder: stepDir }] }) : null;
-  const runs: { model: string; source: ModelSourceSpec; size: number; steps: number; wasmDir?: string }[] = [
+  const runs: { model: string; source: ModelSourceSpec; size: number; steps: number; wasmDir?: string }[] = wideOnly ? [] : [
     { model: 'tiny-sd3', source: { kind: 'url', url: new URL('models/tiny-sd3/', baseUrl).href }, size: 256, steps: 4, wasmDir: fileURLToPath(new URL('../public/models/tiny-sd3/', import.meta.url)) },
   ];
   if (stepDir && files) {
     const source: ModelSourceSpec = { kind: 'hub', repo: 'attention/step', host: files.url };
     runs.push({ model: `sd3-medium full width, 2 blocks, fp32 (${(folderBytes(stepDir) / GiB).toFixed(2)} GB)`, source, size: 256, steps: 2 });
-    if (argv.includes('--attention-1024')) runs.push({ model: 'sd3-medium full width, 2 blocks, fp32', source, size: 1024, steps: 2 });
+    if (argv.includes('--attention-1024')) runs.push({ model: runs.at(-1)!.model, source, size: 1024, steps: 1 });
   }
   const rows: AttentionRow[] = [];
   const reasons: Record<string, string> = {};
   let adapter = '';
   let features: string[] = [];
   let auto: ModelInfo['attention'] | undefined;
+  let subgroups = '';
   try {
     for (const run of runs) {
       const cells: Cell[] = [];
+      const skipped: AttentionRow[] = [];
       for (const form of ATTENTION_FORMS) {
+        const scoreBytes = run.wasmDir ? 0 : sd3MediumScoreBytes(run.size);
+        if (form === 'fused' && adapter && !features.includes('subgroups') && scoreBytes > GiB) {
+          // onnxruntime's unfused MultiHeadAttention kernel (no flash path without subgroups) holds one row's whole scores
+          const note = `not run: without subgroups onnxruntime's MultiHeadAttention holds one row's scores whole, 24 heads × ${(run.size / 16) ** 2 + 333}² tokens × 4 B = ${(scoreBytes / GiB).toFixed(2)} GiB, over this adapter's 1 GiB buffer limit`;
+          log(`${run.model} ${run.size}²: fused ${note}`);
+          skipped.push({ model: run.model, size: run.size, form, chunks: 1, secondsPerStep: NaN, firstStepSeconds: NaN, largestGpuBufferMb: r3(scoreBytes / MiB), gpuPeakMb: NaN, maxPixelDiff: NaN, subgroups, note });
+          continue;
+        }
         log(`${run.model} ${run.size}²: ${form}`);
         const { cell, status } = await measure(baseUrl, run.source, form, run.size, run.steps);
         cell.rgba = Array.from(decode(Uint8Array.from(cell.rgba)).data);
         adapter ||= status.gpu?.adapter ?? '';
         features = status.gpu?.features ?? features;
+        subgroups = features.includes('subgroups') ? `granted (${status.gpu?.subgroupSizes?.min ?? '?'} wide)` : status.gpu?.withheldFeatures ? 'withheld' : 'absent';
         cells.push(cell);
         reasons[`${run.model} ${run.size} ${form}`] = cell.reason;
         log(`  ${cell.chunks} chunk(s), steps ${cell.stepMs.map((s) => (s / 1000).toFixed(1)).join(' / ')} s, largest buffer ${cell.largestGpuBufferMb.toFixed(1)} MB, peak ${cell.gpuPeakMb.toFixed(0)} MB`);
       }
       const wasm = run.wasmDir ? await wasmImage(run.wasmDir, run.size, run.steps) : null;
+      rows.push(...skipped);
       for (const c of cells) {
         rows.push({
           model: run.model,
@@ -196,6 +220,8 @@ export async function attentionBench(out: string, argv: string[]): Promise<Recor
           gpuPeakMb: Math.round(c.gpuPeakMb),
           maxPixelDiff: maxDiff(cells[0].rgba, c.rgba),
           ...(wasm ? { maxPixelDiffVsWasm: maxDiff(wasm, c.rgba) } : {}),
+          subgroups,
+          ...(run.steps === 1 ? { note: 'one step: its time includes compiling the shaders (seconds, against minutes for the step)' } : {}),
         });
       }
     }
@@ -211,16 +237,20 @@ export async function attentionBench(out: string, argv: string[]): Promise<Recor
     await server.close();
   }
   console.table(rows);
+  // rows of models and sizes this run did not measure stay (a wide-only or 1024² run keeps the tiny rows)
+  const measured = new Set(runs.map((r) => `${r.model} ${r.size}`));
+  const before = (readResults(out).attention ?? {}) as { rows?: AttentionRow[]; reasons?: Record<string, string> };
+  const kept = (before.rows ?? []).filter((r) => !measured.has(`${r.model} ${r.size}`));
   const figures = {
     date: new Date().toISOString(),
     device: `SwiftShader (Chromium headless, CPU): ${adapter}`,
     features,
     subgroups: features.includes('subgroups'),
-    note: 'each form in a fresh page; s/step is the mean of the steps after the first (which compiles shaders); largest buffer and peak from the device buffer meter, reset after the load; image differences against the fused form, same seed; guidance 1 (one row per run)',
-    rows,
+    note: 'each form in a fresh page; s/step is the mean of the steps after the first (which compiles shaders), or the one step where only one ran; largest buffer and peak from the device buffer meter, reset after the load (a form not run: the buffer it would need); image differences against the first form run, same seed; guidance 1 (one row per run); subgroups: what the engine\'s device had (granted with their width, withheld where narrower than 16, absent)',
+    rows: [...kept, ...rows].map((r) => ({ ...r, subgroups: r.subgroups ?? 'absent' })),
     chosenHere: auto ?? null,
     noSubgroupsDefault: NO_SUBGROUPS_FORM,
-    reasons,
+    reasons: { ...Object.fromEntries(Object.entries(before.reasons ?? {}).filter(([k]) => ![...measured].some((m) => k.startsWith(`${m} `)))), ...reasons },
     totalMinutes: Number(((Date.now() - started) / 60000).toFixed(1)),
     bytesNote: `MB = ${MiB} bytes`,
   };
