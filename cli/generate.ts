@@ -5,7 +5,6 @@
 //   npm run generate -- --model <...> --plan [--size N] [--guidance G] [--gpu-memory GB]   (memory plan as JSON, no weights downloaded)
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { parseArgs } from 'node:util';
 import type { GenerateRequest, GenerateResult } from '../workers/engine/api/types.ts';
 import { EngineError, ModelTooLargeError } from '../workers/engine/errors.ts';
 import { DEFAULT_MAX_ACTIVE } from '../workers/engine/interleaver/interleaver.ts';
@@ -15,7 +14,7 @@ import { ATTENTION_FORMS, type AttentionForm } from '../workers/engine/model/dev
 import type { ModelSourceSpec } from '../workers/engine/api/types.ts';
 import { parseModelArg } from '../workers/engine/model/hub-spec.ts';
 import { createNodeEngine, openNodeModelFiles } from '../workers/engine/node.ts';
-import { defaultNodeCacheFolder, nodeFileCache } from '../workers/engine/model/node-file-cache.ts';
+import { engineFlags, flagError, loadWithLog, numberFlag, readFlags } from './flags.ts';
 
 const USAGE = `usage: npm run generate -- --model <folder|url|hf:owner/repo[/subfolder][@revision]> (--prompt TEXT --out FILE.png | --prompts FILE.txt --out-dir DIR)
   [--negative TEXT] [--seed N] [--steps N] [--guidance G] [--size N | --width N --height N]
@@ -29,51 +28,34 @@ const USAGE = `usage: npm run generate -- --model <folder|url|hf:owner/repo[/sub
   prints the memory plan (weights, per-request bytes, largest buffer, how many fit, verdict) as JSON and
   downloads no weights. It plans for a WebGPU adapter with 8 GB, 1 GiB buffers and shader-f16 unless told.`;
 
-/** A numeric flag: absent stays absent; anything else is handed to the engine, which names the field if bad. */
-const num = (v: string | undefined) => (v === undefined ? undefined : v.trim() === '' ? NaN : Number(v));
+/** A numeric request flag: absent stays absent; anything else is handed to the engine, which names the field if bad. */
+const num = numberFlag;
 
 export async function main(argv: string[]): Promise<number> {
-  let args;
-  try {
-    args = parseArgs({
-      args: argv,
-      options: {
-        model: { type: 'string', default: 'public/models/tiny-sd3' },
-        prompt: { type: 'string' },
-        prompts: { type: 'string' },
-        negative: { type: 'string' },
-        seed: { type: 'string' },
-        steps: { type: 'string' },
-        guidance: { type: 'string' },
-        size: { type: 'string' },
-        width: { type: 'string' },
-        height: { type: 'string' },
-        out: { type: 'string', default: 'out.png' },
-        'out-dir': { type: 'string', default: 'out' },
-        concurrency: { type: 'string', default: '8' },
-        'max-batch': { type: 'string' },
-        'no-t5': { type: 'boolean', default: false },
-        'cache-dir': { type: 'string' },
-        'no-cache': { type: 'boolean', default: false },
-        plan: { type: 'boolean', default: false },
-        'gpu-memory': { type: 'string' },
-        'max-buffer-mb': { type: 'string' },
-        backend: { type: 'string', default: 'webgpu' },
-        'no-f16': { type: 'boolean', default: false },
-        subgroups: { type: 'boolean', default: false },
-        attention: { type: 'string' },
-        help: { type: 'boolean', default: false },
-      },
-      strict: true,
-    }).values;
-  } catch (e) {
-    console.error(`error: ${(e as Error).message}\n${USAGE}`);
-    return 2;
-  }
-  if (args.help) {
-    console.log(USAGE);
-    return 0;
-  }
+  const args = readFlags(
+    argv,
+    {
+      prompt: { type: 'string' },
+      prompts: { type: 'string' },
+      negative: { type: 'string' },
+      seed: { type: 'string' },
+      steps: { type: 'string' },
+      guidance: { type: 'string' },
+      size: { type: 'string' },
+      width: { type: 'string' },
+      height: { type: 'string' },
+      out: { type: 'string', default: 'out.png' },
+      'out-dir': { type: 'string', default: 'out' },
+      concurrency: { type: 'string', default: '8' },
+      plan: { type: 'boolean', default: false },
+      backend: { type: 'string', default: 'webgpu' },
+      'no-f16': { type: 'boolean', default: false },
+      subgroups: { type: 'boolean', default: false },
+      attention: { type: 'string' },
+    },
+    USAGE,
+  );
+  if (typeof args === 'number') return args;
   let source: ModelSourceSpec;
   try {
     source = parseModelArg(args.model);
@@ -86,16 +68,8 @@ export async function main(argv: string[]): Promise<number> {
     console.error(`error: give exactly one of --prompt and --prompts\n${USAGE}`);
     return 2;
   }
-  const concurrency = Number(args.concurrency);
-  if (!Number.isInteger(concurrency) || concurrency < 1 || concurrency > 256) {
-    console.error(`error: --concurrency: expected an integer in 1..256, got ${args.concurrency}`);
-    return 2;
-  }
-  const maxBatch = num(args['max-batch']);
-  if (maxBatch !== undefined && (!Number.isInteger(maxBatch) || maxBatch < 1 || maxBatch > 64)) {
-    console.error(`error: --max-batch: expected an integer in 1..64, got ${args['max-batch']}`);
-    return 2;
-  }
+  const flags = engineFlags(args);
+  if (flags === 2) return 2;
 
   let prompts: string[];
   if (args.prompt !== undefined) prompts = [args.prompt];
@@ -119,19 +93,8 @@ export async function main(argv: string[]): Promise<number> {
     if (v !== undefined) (base as Record<string, unknown>)[k] = v;
   }
 
-  const fileCache = args['no-cache'] ? undefined : nodeFileCache(args['cache-dir'] ?? defaultNodeCacheFolder());
-  const engine = createNodeEngine({ maxActive: concurrency, maxBatch, fileCache });
-  let lastFile = '';
-  const info = await engine
-    .load(source, (e) => {
-      if (e.status === 'done' && e.file !== lastFile) console.error(`loaded ${(lastFile = e.file ?? '')}${e.cached ? ' (cached)' : ''}`);
-    }, { skipT5: args['no-t5'] })
-    .catch((e: Error) => {
-      console.error(`error: ${e.message}`);
-      return null;
-    });
-  if (!info) return 1;
-  console.error(`model ${info.id} (${info.family}) on ${info.backend}; defaults ${info.defaults.steps} steps, guidance ${info.defaults.guidance}, ${info.defaults.width}x${info.defaults.height}`);
+  const engine = createNodeEngine({ maxActive: flags.concurrency, maxBatch: flags.maxBatch, fileCache: flags.fileCache });
+  if (!(await loadWithLog(engine, source, args['no-t5']))) return 1;
 
   const single = args.prompt !== undefined;
   if (!single) await mkdir(args['out-dir'], { recursive: true });
@@ -161,24 +124,18 @@ export async function main(argv: string[]): Promise<number> {
 }
 
 /** --plan: the memory plan for one request size, as JSON on stdout; exit 0 if it fits, 1 if refused, 2 for bad flags. */
-async function plan(args: { size?: string; width?: string; height?: string; guidance?: string; 'gpu-memory'?: string; 'max-buffer-mb'?: string; backend: string; 'no-f16': boolean; 'no-t5': boolean; subgroups?: boolean; attention?: string }, source: ModelSourceSpec): Promise<number> {
-  const flagError = (flag: string, allowed: string, got: string | undefined) => {
-    console.error(`error: ${flag}: expected ${allowed}, got ${got}`);
-    return 2;
-  };
+async function plan(args: { size?: string; width?: string; height?: string; guidance?: string; 'gpu-memory'?: string; 'max-buffer-mb'?: string; 'max-batch'?: string; concurrency?: string; 'no-cache'?: boolean; 'cache-dir'?: string; backend: string; 'no-f16': boolean; 'no-t5': boolean; subgroups?: boolean; attention?: string }, source: ModelSourceSpec): Promise<number> {
   const backend = args.backend;
   if (backend !== 'webgpu' && backend !== 'wasm') return flagError('--backend', 'webgpu or wasm', backend);
-  const gb = num(args['gpu-memory']);
-  if (gb !== undefined && !(gb > 0 && gb <= 1024)) return flagError('--gpu-memory', 'a number of GB in (0, 1024]', args['gpu-memory']);
-  const bufferMb = num(args['max-buffer-mb']);
-  if (bufferMb !== undefined && !(Number.isInteger(bufferMb) && bufferMb >= 1)) return flagError('--max-buffer-mb', 'an integer >= 1', args['max-buffer-mb']);
+  const flags = engineFlags(args);
+  if (flags === 2) return 2;
   const attention = args.attention ?? 'auto';
   if (attention !== 'auto' && !(ATTENTION_FORMS as readonly string[]).includes(attention)) return flagError('--attention', `auto or one of ${ATTENTION_FORMS.join(', ')}`, attention);
   const files = openNodeModelFiles(source);
   const fit = {
     attention: attention as AttentionForm | 'auto',
-    ...(gb !== undefined ? { memoryBytes: Math.round(gb * 1024 ** 3) } : {}),
-    maxBufferBytes: (bufferMb ?? 1024) * 1024 ** 2,
+    ...(flags.gpuMemoryBytes !== undefined ? { memoryBytes: flags.gpuMemoryBytes } : {}),
+    maxBufferBytes: flags.maxBufferBytes ?? 1024 ** 3,
     maxFileBytes: Infinity, // the browser streams large files (JSPI); the plan is about memory
     features: [...(args['no-f16'] ? [] : ['shader-f16']), ...(args.subgroups ? ['subgroups'] : [])],
   };

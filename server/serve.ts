@@ -3,9 +3,7 @@
 //   npm run serve -- --model <folder|url|hf:owner/repo> [--port 8500] [--host 127.0.0.1] [--images-dir DIR]
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { parseArgs } from 'node:util';
-import { DEFAULT_MAX_ACTIVE } from '../workers/engine/interleaver/interleaver.ts';
-import { defaultNodeCacheFolder, nodeFileCache } from '../workers/engine/model/node-file-cache.ts';
+import { engineFlags, flagError, loadWithLog, numberFlag, readFlags } from '../cli/flags.ts';
 import { parseModelArg } from '../workers/engine/node.ts';
 import { createServerEngine, type BackendChoice } from './node-backend.ts';
 import { SeedServer } from './seed-server.ts';
@@ -20,76 +18,38 @@ const USAGE = `usage: npm run serve -- --model <folder|url|hf:owner/repo> [--por
 
 /** Parses the flags, loads the model, and serves until a signal; resolves with the exit code. */
 export async function main(argv: string[], signals: NodeJS.Process = process): Promise<number> {
-  let args;
-  try {
-    args = parseArgs({
-      args: argv,
-      options: {
-        model: { type: 'string', default: 'public/models/tiny-sd3' },
-        port: { type: 'string', default: '8500' },
-        host: { type: 'string', default: '127.0.0.1' },
-        'images-dir': { type: 'string', default: join(tmpdir(), 'sd3-webgpu-images') },
-        backend: { type: 'string', default: 'auto' },
-        'no-t5': { type: 'boolean', default: false },
-        'gpu-memory': { type: 'string' },
-        'max-buffer-mb': { type: 'string' },
-        concurrency: { type: 'string', default: String(DEFAULT_MAX_ACTIVE) },
-        'max-batch': { type: 'string' },
-        'cache-dir': { type: 'string' },
-        'no-cache': { type: 'boolean', default: false },
-        'max-body-kb': { type: 'string', default: '1024' },
-        grace: { type: 'string', default: '30' },
-        help: { type: 'boolean', default: false },
-      },
-      strict: true,
-    }).values;
-  } catch (e) {
-    console.error(`error: ${(e as Error).message}\n${USAGE}`);
-    return 2;
-  }
-  if (args.help) {
-    console.log(USAGE);
-    return 0;
-  }
-  const bad = (flag: string, allowed: string, got: string | undefined) => {
-    console.error(`error: ${flag}: expected ${allowed}, got ${got}`);
-    return 2;
-  };
-  const int = (v: string | undefined) => (v === undefined || v.trim() === '' ? NaN : Number(v));
+  const args = readFlags(
+    argv,
+    {
+      port: { type: 'string', default: '8500' },
+      host: { type: 'string', default: '127.0.0.1' },
+      'images-dir': { type: 'string', default: join(tmpdir(), 'sd3-webgpu-images') },
+      backend: { type: 'string', default: 'auto' },
+      'max-body-kb': { type: 'string', default: '1024' },
+      grace: { type: 'string', default: '30' },
+    },
+    USAGE,
+  );
+  if (typeof args === 'number') return args;
+  const bad = flagError;
+  const int = (v: string | undefined) => numberFlag(v) ?? NaN;
   const port = int(args.port);
   if (!Number.isInteger(port) || port < 0 || port > 65535) return bad('--port', 'an integer in 0..65535', args.port);
   const backend = args.backend as BackendChoice;
   if (!['auto', 'webgpu', 'wasm'].includes(backend)) return bad('--backend', 'auto, webgpu or wasm', args.backend);
-  const concurrency = int(args.concurrency);
-  if (!Number.isInteger(concurrency) || concurrency < 1 || concurrency > 256) return bad('--concurrency', 'an integer in 1..256', args.concurrency);
-  const maxBatch = args['max-batch'] === undefined ? undefined : int(args['max-batch']);
-  if (maxBatch !== undefined && (!Number.isInteger(maxBatch) || maxBatch < 1 || maxBatch > 64)) return bad('--max-batch', 'an integer in 1..64', args['max-batch']);
-  const gb = args['gpu-memory'] === undefined ? undefined : Number(args['gpu-memory']);
-  if (gb !== undefined && !(gb > 0 && gb <= 1024)) return bad('--gpu-memory', 'a number of GB in (0, 1024]', args['gpu-memory']);
-  const bufferMb = args['max-buffer-mb'] === undefined ? undefined : int(args['max-buffer-mb']);
-  if (bufferMb !== undefined && !(Number.isInteger(bufferMb) && bufferMb >= 1)) return bad('--max-buffer-mb', 'an integer >= 1', args['max-buffer-mb']);
+  const flags = engineFlags(args);
+  if (flags === 2) return 2;
   const bodyKb = int(args['max-body-kb']);
   if (!(Number.isInteger(bodyKb) && bodyKb >= 1)) return bad('--max-body-kb', 'an integer >= 1', args['max-body-kb']);
   const grace = Number(args.grace);
   if (!(grace >= 0)) return bad('--grace', 'a number of seconds >= 0', args.grace);
 
-  const fileCache = args['no-cache'] ? undefined : nodeFileCache(args['cache-dir'] ?? defaultNodeCacheFolder());
-  const deviceFit = { ...(gb !== undefined ? { memoryBytes: Math.round(gb * 1024 ** 3) } : {}), ...(bufferMb !== undefined ? { maxBufferBytes: bufferMb * 1024 ** 2 } : {}) };
-  const made = await createServerEngine(backend, { maxActive: concurrency, maxBatch, fileCache, deviceFit });
+  const deviceFit = { ...(flags.gpuMemoryBytes !== undefined ? { memoryBytes: flags.gpuMemoryBytes } : {}), ...(flags.maxBufferBytes !== undefined ? { maxBufferBytes: flags.maxBufferBytes } : {}) };
+  const made = await createServerEngine(backend, { maxActive: flags.concurrency, maxBatch: flags.maxBatch, fileCache: flags.fileCache, deviceFit });
   if (made.fallbackReason) console.error(`WebGPU: ${made.fallbackReason}; using wasm`);
   const { engine } = made;
   // the model loads once, before the port opens: GET / answers only when the server can serve
-  let lastFile = '';
-  const info = await engine
-    .load(parseModelArg(args.model), (e) => {
-      if (e.status === 'done' && e.file !== lastFile) console.error(`loaded ${(lastFile = e.file ?? '')}${e.cached ? ' (cached)' : ''}`);
-    }, { skipT5: args['no-t5'] })
-    .catch((e: Error) => {
-      console.error(`error: ${e.message}`);
-      return null;
-    });
-  if (!info) return 1;
-  console.error(`model ${info.id} (${info.family}) on ${info.backend}; defaults ${info.defaults.steps} steps, guidance ${info.defaults.guidance}, ${info.defaults.width}x${info.defaults.height}`);
+  if (!(await loadWithLog(engine, parseModelArg(args.model), args['no-t5']))) return 1;
 
   const server = new SeedServer({ engine, modelName: args.model, imagesDir: args['images-dir'], maxBodyBytes: bodyKb * 1024, ownsEngine: true });
   server.on('inference', ({ id, images }) => console.error(`${id}: ${images} image(s) queued`));

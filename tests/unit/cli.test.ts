@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import { decode as decodePng } from 'fast-png';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { main } from '../../cli/generate.ts';
+import { main as serve } from '../../server/serve.ts';
 import { loadTinyEngine, maxPixelDiff, TINY_MODEL_DIR } from '../helpers/tiny-engine.ts';
 
 describe('npm run generate', () => {
@@ -47,5 +48,23 @@ describe('npm run generate', () => {
     expect(await main(['--bogus'])).toBe(2);
     expect(await main(['--model', join(dir, 'nowhere'), '--prompt', 'x'])).toBe(1);
     expect(errors.join('\n')).toMatch(/model_index\.json/);
+  });
+
+  it('the engine flags are checked alike by generate and serve (cli/flags.ts), before anything loads', async () => {
+    const errors: string[] = [];
+    vi.mocked(console.error).mockImplementation((m: string) => void errors.push(m));
+    const cases: [string[], string][] = [
+      [['--gpu-memory', '0'], '--gpu-memory: expected a number of GB in (0, 1024], got 0'],
+      [['--max-buffer-mb', '1.5'], '--max-buffer-mb: expected an integer >= 1, got 1.5'],
+      [['--max-batch', '65'], '--max-batch: expected an integer in 1..64, got 65'],
+      [['--concurrency', ''], '--concurrency: expected an integer in 1..256, got '],
+    ];
+    for (const [flags, message] of cases) {
+      for (const run of [() => main(['--model', TINY_MODEL_DIR, '--prompt', 'x', ...flags]), () => serve(['--model', TINY_MODEL_DIR, '--port', '0', ...flags])]) {
+        errors.length = 0;
+        expect(await run()).toBe(2);
+        expect(errors).toEqual([`error: ${message}`]);
+      }
+    }
   });
 });
