@@ -121,57 +121,47 @@ async function copyScalar(r: ChunkReader, w: Writer, k: Key): Promise<void> {
   else throw new Error(`unsupported wire type ${k.wire}`);
 }
 
-/** A TensorProto with its large payloads left out. */
-async function tensorSkeleton(r: ChunkReader, end: number): Promise<Writer> {
+/**
+ * A message copied field by field: scalars byte for byte, and each LEN field handed to `lenField`,
+ * which reads its `len` bytes (or skips them) and writes what it keeps into `w`.
+ */
+async function copyMessage(r: ChunkReader, end: number, lenField: (w: Writer, field: number, len: number) => Promise<void>): Promise<Writer> {
   const w = new Writer();
   while (r.consumed < end) {
     const k = (await readKey(r))!;
-    if (k.wire !== WIRE.LEN) {
-      await copyScalar(r, w, k);
-      continue;
-    }
-    const len = (await r.varint())!;
-    if (PAYLOAD_FIELDS.has(k.field) && len > KEEP_PAYLOAD_BYTES) await r.skip(len);
-    else w.bytes(k.field, await r.bytes(len));
+    if (k.wire !== WIRE.LEN) await copyScalar(r, w, k);
+    else await lenField(w, k.field, (await r.varint())!);
   }
   return w;
+}
+
+/** A TensorProto with its large payloads left out. */
+function tensorSkeleton(r: ChunkReader, end: number): Promise<Writer> {
+  return copyMessage(r, end, async (w, field, len) => {
+    if (PAYLOAD_FIELDS.has(field) && len > KEEP_PAYLOAD_BYTES) await r.skip(len);
+    else w.bytes(field, await r.bytes(len));
+  });
 }
 
 /** Nodes up to this size are copied whole; larger ones (a Constant holding a folded buffer) lose their tensor payloads. */
 const KEEP_NODE_BYTES = 64 * 1024;
 
 /** A NodeProto or AttributeProto whose tensor attributes (AttributeProto.t = 5, .tensors = 11) lose their large payloads. */
-async function nodeSkeleton(r: ChunkReader, end: number, tensorFields: Set<number>, nested: (field: number) => boolean): Promise<Writer> {
-  const w = new Writer();
-  while (r.consumed < end) {
-    const k = (await readKey(r))!;
-    if (k.wire !== WIRE.LEN) {
-      await copyScalar(r, w, k);
-      continue;
-    }
-    const len = (await r.varint())!;
-    if (tensorFields.has(k.field)) w.message(k.field, await tensorSkeleton(r, r.consumed + len));
-    else if (nested(k.field)) w.message(k.field, await nodeSkeleton(r, r.consumed + len, new Set([5, 11]), () => false));
-    else w.bytes(k.field, await r.bytes(len));
-  }
-  return w;
+function nodeSkeleton(r: ChunkReader, end: number, tensorFields: Set<number>, nested: (field: number) => boolean): Promise<Writer> {
+  return copyMessage(r, end, async (w, field, len) => {
+    if (tensorFields.has(field)) w.message(field, await tensorSkeleton(r, r.consumed + len));
+    else if (nested(field)) w.message(field, await nodeSkeleton(r, r.consumed + len, new Set([5, 11]), () => false));
+    else w.bytes(field, await r.bytes(len));
+  });
 }
 
 /** A GraphProto with its initializers' payloads left out; nodes, inputs and outputs copied whole. */
-async function graphSkeleton(r: ChunkReader, end: number): Promise<Writer> {
-  const w = new Writer();
-  while (r.consumed < end) {
-    const k = (await readKey(r))!;
-    if (k.wire !== WIRE.LEN) {
-      await copyScalar(r, w, k);
-      continue;
-    }
-    const len = (await r.varint())!;
-    if (k.field === GRAPH.initializer) w.message(k.field, await tensorSkeleton(r, r.consumed + len));
-    else if (k.field === GRAPH.node && len > KEEP_NODE_BYTES) w.message(k.field, await nodeSkeleton(r, r.consumed + len, new Set(), (f) => f === NODE.attribute));
-    else w.bytes(k.field, await r.bytes(len));
-  }
-  return w;
+function graphSkeleton(r: ChunkReader, end: number): Promise<Writer> {
+  return copyMessage(r, end, async (w, field, len) => {
+    if (field === GRAPH.initializer) w.message(field, await tensorSkeleton(r, r.consumed + len));
+    else if (field === GRAPH.node && len > KEEP_NODE_BYTES) w.message(field, await nodeSkeleton(r, r.consumed + len, new Set(), (f) => f === NODE.attribute));
+    else w.bytes(field, await r.bytes(len));
+  });
 }
 
 /** The skeleton of a serialized ModelProto read from a stream of its bytes. */
