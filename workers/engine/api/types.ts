@@ -77,7 +77,8 @@ export interface ProgressEvent {
 
 export type ProgressCallback = (event: ProgressEvent) => void;
 
-export interface ImageMetadata {
+/** A request with every field filled in and checked (validate.ts normalizeRequest): what the engine runs. */
+export interface NormalizedRequest {
   id: string;
   prompt: string;
   negativePrompt: string;
@@ -86,6 +87,10 @@ export interface ImageMetadata {
   guidance: number;
   width: number;
   height: number;
+}
+
+/** An image's settings (the request it ran) and how it was made. */
+export interface ImageMetadata extends NormalizedRequest {
   modelId: string;
   backend: BackendName;
   /** Wall-clock ms of its phases; `stages`: the transformer runs that carried its rows, its guidance/Euler updates and read-backs (see StageTimings). */

@@ -1,7 +1,7 @@
 // Request validation: every field checked against the loaded model's limits,
 // with errors that name the field and the allowed range.
 import { InvalidRequestError } from '../errors.ts';
-import type { GenerateRequest, ModelInfo } from './types.ts';
+import type { GenerateRequest, ModelInfo, NormalizedRequest } from './types.ts';
 
 export const LIMITS = {
   steps: { min: 1, max: 500 },
@@ -13,16 +13,7 @@ export const LIMITS = {
 
 const KNOWN_FIELDS = new Set(['id', 'prompt', 'negativePrompt', 'seed', 'steps', 'guidance', 'width', 'height']);
 
-export interface NormalizedRequest {
-  id: string;
-  prompt: string;
-  negativePrompt: string;
-  seed: number;
-  steps: number;
-  guidance: number;
-  width: number;
-  height: number;
-}
+export type { NormalizedRequest } from './types.ts';
 
 function integerIn(field: string, v: unknown, min: number, max: number, extra?: (n: number) => boolean, extraText = ''): number {
   if (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > max || (extra && !extra(v))) {
