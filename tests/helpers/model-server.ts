@@ -35,9 +35,10 @@ export const servedCommit = (r: ServedRepo): string => r.commit ?? createHash('s
 /**
  * A status code instead of the file; the connection dropped when a response reaches byte `truncateAt` of the file (the first `times` responses, default all); other bytes in its place; or the file after a delay (a slow link);
  * the connection reset before any answer (a network blip: the client sees a network error, no status); the file sent `bytes` at a time every `everyMs` (a trickle: many small chunks);
- * or one fault per GET in turn (`sequence`, each used once; HEAD requests and GETs after the last are served normally).
+ * or one fault per GET in turn (`sequence`, each used once; HEAD requests and GETs after the last are served normally);
+ * or the file once `until` settles (a download held open until the test lets it go).
  */
-export type Fault = number | { truncateAt: number; times?: number } | { body: Uint8Array } | { delayMs: number } | { reset: true } | { trickle: { bytes: number; everyMs: number } } | { sequence: Fault[] };
+export type Fault = number | { truncateAt: number; times?: number } | { body: Uint8Array } | { delayMs: number } | { until: Promise<unknown> } | { reset: true } | { trickle: { bytes: number; everyMs: number } } | { sequence: Fault[] };
 
 export interface ModelServer {
   url: string;
@@ -113,6 +114,7 @@ export async function startModelServer(opts: { root?: string; repos?: ServedRepo
       return;
     }
     if (fault && typeof fault === 'object' && 'delayMs' in fault && req.method === 'GET') await new Promise((r) => setTimeout(r, fault.delayMs));
+    if (fault && typeof fault === 'object' && 'until' in fault && req.method === 'GET') await fault.until.catch(() => undefined);
     if (typeof fault === 'number') {
       res.writeHead(fault).end('injected fault');
       return;

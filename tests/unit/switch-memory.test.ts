@@ -1,5 +1,6 @@
 // Memory on a model switch: the engine's ledger counts every model resident
 // on the device; a switch whose new model does not fit beside the old one
+// downloads the new one into the cache while the old one serves, then
 // releases the old one (after its running requests end, or once they are
 // taken with 'rerun') before the new model's first session is made; with
 // room for both it loads while the old one serves; a model that cannot fit
@@ -16,7 +17,9 @@ import { ModelNotLoadedError, ModelTooLargeError } from '../../workers/engine/er
 import { RESERVE_BYTES } from '../../workers/engine/memory/budget.ts';
 import { smallestRequestBytes } from '../../workers/engine/memory/footprint.ts';
 import type { Feeds } from '../../workers/engine/model/component-session.ts';
+import { nodeFileCache } from '../../workers/engine/model/node-file-cache.ts';
 import { createNodeEngine, ort } from '../../workers/engine/node.ts';
+import { startModelServer } from '../helpers/model-server.ts';
 import { maxPixelDiff, newTinyEngine, TINY_MODEL_DIR, TINY_MODEL_EXTERNAL_DIR } from '../helpers/tiny-engine.ts';
 
 const OLD = { kind: 'path', path: TINY_MODEL_DIR } as const;
@@ -135,6 +138,76 @@ describe('model switch within the memory budget', () => {
     await engine.idle();
     expect(engine.status()).toMatchObject({ requestsFailed: 0, requestsCancelled: 0, requestsServed: 3, requestsQueued: 0, memory: { residentWeightBytes: info.weightBytes, models: [{ id: info.id, state: 'loaded' }], lastLoad: { model: info.id, order: 'release-first', budgetBytes: memoryBytes } } });
     await Promise.all([engine.unload(), reference.unload()]);
+  });
+
+  it('both models do not fit and the new one downloads: the old model serves its queue until every file of the new one is in the cache, and only then is it released', async () => {
+    const memoryBytes = await oneModelBudget();
+    const cacheDir = await mkdtemp(join(tmpdir(), 'switch-download-'));
+    const server = await startModelServer({ repos: [{ repo: 'switch/external', folder: TINY_MODEL_EXTERNAL_DIR }] });
+    try {
+      const engine = createNodeEngine({ deviceFit: { memoryBytes }, fileCache: nodeFileCache(cacheDir), maxActive: 1 });
+      await engine.load(OLD);
+      const from = engine.model!.info.id;
+      const events: string[] = [];
+      const { released } = watchOldModel(engine, events as Event[]);
+      restore = watchCreates(events as Event[]);
+      // one request runs, one waits behind it; the new model's weight file is held until the waiting one has stepped
+      let stepped!: () => void;
+      const queuedStepped = new Promise<void>((r) => (stepped = r));
+      server.faults.set('/switch/external/resolve/main/text_encoder_2/model.onnx.data', { until: queuedStepped });
+      const running = engine.generate(req('running', 51));
+      const queued = engine.generate(req('queued', 52), {
+        onProgress: (p) => {
+          if (p.status !== 'step' || events.includes('queued stepped')) return;
+          events.push('queued stepped');
+          stepped();
+        },
+      });
+      const info = await engine.load({ kind: 'hub', repo: 'switch/external', host: server.url }, (e) => {
+        if (e.status === 'done' && e.file?.endsWith('.data')) events.push(`stored ${e.file}`);
+      });
+      await released;
+      expect(events.slice(0, events.indexOf('create'))).toEqual(['queued stepped', 'stored text_encoder_2/model.onnx.data', 'stop-old', 'release-old', 'released-old']);
+      expect(engine.status().memory!.lastLoad).toMatchObject({ model: info.id, order: 'release-first' });
+      // both ran on the old model, undisturbed
+      const [r0, r1] = await Promise.all([running, queued]);
+      expect([r0.metadata.modelId, r1.metadata.modelId]).toEqual([from, from]);
+      const reference = await newTinyEngine();
+      expect(maxPixelDiff(r1.rgba, (await reference.generate(req('ref', 52))).rgba)).toBe(0);
+      // the new model serves, its data file fetched once (the sessions read it from the cache)
+      expect((await engine.generate(req('after', 53, 3))).metadata.modelId).toBe(info.id);
+      expect(server.requests.filter((q) => q.method === 'GET' && q.path.endsWith('model.onnx.data'))).toHaveLength(1);
+      await Promise.all([engine.unload(), reference.unload()]);
+    } finally {
+      await server.close();
+      await rm(cacheDir, { recursive: true, force: true });
+    }
+  });
+
+  it("a download that fails during a switch costs nothing: the old model was never released and serves on, with no reload", async () => {
+    const memoryBytes = await oneModelBudget();
+    const cacheDir = await mkdtemp(join(tmpdir(), 'switch-download-'));
+    const server = await startModelServer({ repos: [{ repo: 'switch/external', folder: TINY_MODEL_EXTERNAL_DIR }] });
+    try {
+      const engine = createNodeEngine({ deviceFit: { memoryBytes }, fileCache: nodeFileCache(cacheDir) });
+      await engine.load(OLD);
+      const from = engine.model!;
+      const events: Event[] = [];
+      watchOldModel(engine, events);
+      restore = watchCreates(events);
+      // the size (HEAD) is answered, the download (GET) is refused
+      server.faults.set('/switch/external/resolve/main/text_encoder_2/model.onnx.data', { sequence: [500] });
+      const e = await engine.load({ kind: 'hub', repo: 'switch/external', host: server.url }).catch((x: unknown) => x);
+      expect(e).toMatchObject({ code: 'model_load', file: 'text_encoder_2/model.onnx.data' });
+      expect(events).toEqual([]);
+      expect(engine.model).toBe(from);
+      expect((await engine.generate(req('after', 54, 3))).metadata.modelId).toBe(from.info.id);
+      expect(engine.status()).toMatchObject({ noModelReason: null, requestsFailed: 0, memory: { models: [{ id: from.info.id, state: 'loaded' }] } });
+      await engine.unload();
+    } finally {
+      await server.close();
+      await rm(cacheDir, { recursive: true, force: true });
+    }
   });
 
   it("with onSwitch 'rerun' the running request is taken off, the old model is released at once, and the request runs again on the new model with the same image", async () => {

@@ -252,7 +252,7 @@ export class Engine {
         // a streamed file is never one buffer: only memory limits what loads
         fit: { ...(streaming ? { maxFileBytes: Infinity } : {}), ...this.options.deviceFit, ...opts.fit },
         // the plan is known, no session made yet: make room for it beside (or instead of) the models resident
-        beforeSessions: (plan: ModelPlan) => this.makeRoom(plan, token, opts, signal),
+        beforeSessions: (plan: ModelPlan, storeFiles: () => Promise<void>) => this.makeRoom(plan, token, opts, signal, storeFiles),
       });
     // this load's entry in the memory ledger, from its first session until it is installed (or fails)
     const token = {};
@@ -353,16 +353,20 @@ export class Engine {
   /**
    * Called once a load's plan is known, before its first session: a model that
    * fits beside every resident one loads at once (the old one keeps serving);
-   * one that does not waits until the old model has stopped taking work, ended
-   * (or handed over) its running requests and been released.
+   * one that does not is downloaded first (into the cache, where the source
+   * has one) while the old model serves, then waits until the old model has
+   * stopped taking work, ended (or handed over) its running requests and been
+   * released.
    */
-  private async makeRoom(plan: ModelPlan, token: object, opts: LoadModelOptions, signal: AbortSignal): Promise<void> {
+  private async makeRoom(plan: ModelPlan, token: object, opts: LoadModelOptions, signal: AbortSignal, storeFiles: () => Promise<void>): Promise<void> {
     this.ledger.remove(token); // a second attempt (a file fetched again) plans again
     const need = modelNeedBytes(plan.budget, smallestRequestBytes(plan.dims, plan.limits.minSize));
     const resident = this.residentBytes();
     const sequential = resident + need > plan.budget.memoryBytes && (this.loaded !== null || this.draining.size > 0);
     this.lastSwitch = { model: plan.id, order: sequential ? 'release-first' : 'beside', residentBytes: resident, needBytes: need, budgetBytes: plan.budget.memoryBytes };
     if (sequential) {
+      await storeFiles();
+      signal.throwIfAborted();
       this.vacate(opts.onSwitch ?? 'finish', plan);
       let retiring: Promise<void>;
       do {

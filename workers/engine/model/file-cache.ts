@@ -217,6 +217,10 @@ export class CachedModelFiles implements ModelFiles {
     return this.cache.get(key);
   }
 
+  async store(path: string, onProgress?: ByteProgress): Promise<number> {
+    return (await this.stored(path, onProgress))?.meta.size ?? 0;
+  }
+
   async read(path: string, onProgress?: ByteProgress): Promise<Uint8Array> {
     const stored = await this.stored(path, onProgress);
     return stored ? stored.bytes() : this.inner.read(path, onProgress);

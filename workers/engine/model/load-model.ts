@@ -75,8 +75,12 @@ export interface LoadOptions {
   signal?: AbortSignal;
   /** Graphs up to this size are read whole while planning; larger ones are streamed, their weights skipped (default 64 MB). */
   planReadMaxBytes?: number;
-  /** Awaited once the plan is known and before the first session is created (a model switch makes room here). */
-  beforeSessions?: (plan: ModelPlan) => Promise<void>;
+  /**
+   * Awaited once the plan is known and before the first session is created (a model switch makes room here).
+   * `storeFiles` downloads every file the sessions will read into the source's cache first (a no-op for
+   * local sources), so that a switch which must release the old model can keep it serving until then.
+   */
+  beforeSessions?: (plan: ModelPlan, storeFiles: () => Promise<void>) => Promise<void>;
 }
 
 function parseJson(path: string, bytes: Uint8Array): Record<string, unknown> {
@@ -483,7 +487,7 @@ export async function loadModel(files: ModelFiles, opts: LoadOptions): Promise<L
   const progress = new LoadProgress(opts.onProgress);
   const cachedPaths = files instanceof CachedModelFiles ? files.hits : undefined;
 
-  const tracked = async <T extends Uint8Array | Blob>(path: string, get: (onProgress: ByteProgress) => Promise<T>): Promise<T> => {
+  const tracked = async <T extends Uint8Array | Blob | number>(path: string, get: (onProgress: ByteProgress) => Promise<T>): Promise<T> => {
     opts.signal?.throwIfAborted();
     const before = cachedPaths?.has(path) ?? false;
     const report = progress.start(path);
@@ -492,8 +496,15 @@ export async function loadModel(files: ModelFiles, opts: LoadOptions): Promise<L
       opts.signal?.throwIfAborted();
       report(loaded, total);
     });
-    progress.done(path, data instanceof Blob ? data.size : data.byteLength, !before && (cachedPaths?.has(path) ?? false));
+    progress.done(path, typeof data === 'number' ? data : data instanceof Blob ? data.size : data.byteLength, !before && (cachedPaths?.has(path) ?? false));
     return data;
+  };
+  // every graph not read while planning and every external data file, into the cache
+  const storeFiles = async (plan: ModelPlan): Promise<void> => {
+    if (!files.store) return;
+    for (const c of plan.components.values()) {
+      for (const path of [...(c.graph ? [] : [c.graphPath]), ...c.data.map((d) => d.path)]) await tracked(path, (p) => files.store!(path, p));
+    }
   };
   const readTracked = (path: string) => tracked(path, (p) => files.read(path, p));
   // external data as a Blob where the source has one and the runtime streams it; bytes otherwise
@@ -543,7 +554,7 @@ export async function loadModel(files: ModelFiles, opts: LoadOptions): Promise<L
 
   try {
     const plan = await planModel(files, opts, progress, readTracked);
-    await opts.beforeSessions?.(plan);
+    await opts.beforeSessions?.(plan, () => storeFiles(plan));
     opts.signal?.throwIfAborted();
     const { components, transformerConfig, vaeConfig, defaults } = plan;
     const at = (path: string) => (plan.layout.root ? `${plan.layout.root}/${path}` : path);

@@ -15,6 +15,11 @@ export interface ModelFiles {
   stream?(path: string, onProgress?: ByteProgress): AsyncIterable<Uint8Array>;
   /** The file as a Blob that reads from storage as it is consumed (a picked folder, the browser's download cache): no copy in memory. */
   blob?(path: string, onProgress?: ByteProgress): Promise<Blob>;
+  /**
+   * Downloads the file into the source's cache without holding it in memory, for a later read to find;
+   * resolves with its size (0 when storing failed: the read then downloads). Absent where files are local.
+   */
+  store?(path: string, onProgress?: ByteProgress): Promise<number>;
   /** Whether the file exists, without downloading it. */
   exists(path: string): Promise<boolean>;
   /** The file's size in bytes without downloading it (0 when the source cannot tell), or null when it is absent. */
