@@ -17,6 +17,7 @@ import { ModelNotLoadedError, ModelTooLargeError } from '../../workers/engine/er
 import { RESERVE_BYTES } from '../../workers/engine/memory/budget.ts';
 import { smallestRequestBytes } from '../../workers/engine/memory/footprint.ts';
 import type { Feeds } from '../../workers/engine/model/component-session.ts';
+import { FileCache } from '../../workers/engine/model/file-cache.ts';
 import { nodeFileCache } from '../../workers/engine/model/node-file-cache.ts';
 import { createNodeEngine, ort } from '../../workers/engine/node.ts';
 import { startModelServer } from '../helpers/model-server.ts';
@@ -150,7 +151,9 @@ describe('model switch within the memory budget', () => {
       const from = engine.model!.info.id;
       const events: string[] = [];
       const { released } = watchOldModel(engine, events as Event[]);
-      restore = watchCreates(events as Event[]);
+      const gets = () => server.requests.filter((q) => q.method === 'GET').length;
+      let getsBeforeSessions: number | undefined;
+      restore = watchCreates(events as Event[], () => (getsBeforeSessions ??= gets()));
       // one request runs, one waits behind it; the new model's weight file is held until the waiting one has stepped
       let stepped!: () => void;
       const queuedStepped = new Promise<void>((r) => (stepped = r));
@@ -163,12 +166,20 @@ describe('model switch within the memory budget', () => {
           stepped();
         },
       });
+      const done: { file: string; cached: boolean | undefined }[] = [];
       const info = await engine.load({ kind: 'hub', repo: 'switch/external', host: server.url }, (e) => {
-        if (e.status === 'done' && e.file?.endsWith('.data')) events.push(`stored ${e.file}`);
+        if (e.status !== 'done') return;
+        done.push({ file: e.file!, cached: e.cached });
+        if (e.file?.endsWith('.data') && !events.includes(`stored ${e.file}`)) events.push(`stored ${e.file}`);
       });
       await released;
       expect(events.slice(0, events.indexOf('create'))).toEqual(['queued stepped', 'stored text_encoder_2/model.onnx.data', 'stop-old', 'release-old', 'released-old']);
       expect(engine.status().memory!.lastLoad).toMatchObject({ model: info.id, order: 'release-first' });
+      // every file the load reads (tokenizers too) was fetched before the release: none after its first session
+      expect(getsBeforeSessions).toBe(gets());
+      expect(done.filter((d) => d.file.startsWith('tokenizer'))).toEqual(expect.arrayContaining([{ file: 'tokenizer/tokenizer.json', cached: false }]));
+      // downloaded by this load, then read back from the cache: never reported as cached
+      expect(done.filter((d) => d.cached)).toEqual([]);
       // both ran on the old model, undisturbed
       const [r0, r1] = await Promise.all([running, queued]);
       expect([r0.metadata.modelId, r1.metadata.modelId]).toEqual([from, from]);
@@ -203,6 +214,89 @@ describe('model switch within the memory budget', () => {
       expect(engine.model).toBe(from);
       expect((await engine.generate(req('after', 54, 3))).metadata.modelId).toBe(from.info.id);
       expect(engine.status()).toMatchObject({ noModelReason: null, requestsFailed: 0, memory: { models: [{ id: from.info.id, state: 'loaded' }] } });
+      // no switch happened: the last one recorded is still the old model's own load
+      expect(engine.status().memory!.lastLoad).toMatchObject({ model: from.info.id, order: 'beside' });
+      await engine.unload();
+    } finally {
+      await server.close();
+      await rm(cacheDir, { recursive: true, force: true });
+    }
+  });
+
+  it('asking for the loaded model again while a switch downloads gives the switch up: the loaded model stays, nothing is released, no session is made', async () => {
+    const memoryBytes = await oneModelBudget();
+    const cacheDir = await mkdtemp(join(tmpdir(), 'switch-download-'));
+    const server = await startModelServer({ repos: [{ repo: 'switch/external', folder: TINY_MODEL_EXTERNAL_DIR }] });
+    try {
+      const engine = createNodeEngine({ deviceFit: { memoryBytes }, fileCache: nodeFileCache(cacheDir) });
+      await engine.load(OLD);
+      const from = engine.model!;
+      const events: Event[] = [];
+      watchOldModel(engine, events);
+      restore = watchCreates(events);
+      let letGo!: () => void;
+      server.faults.set('/switch/external/resolve/main/text_encoder_2/model.onnx.data', { until: new Promise<void>((r) => (letGo = r)) });
+      let downloading!: () => void;
+      const started = new Promise<void>((r) => (downloading = r));
+      const switching = engine
+        .load({ kind: 'hub', repo: 'switch/external', host: server.url }, (e) => {
+          if (e.status === 'initiate' && e.file === 'text_encoder_2/model.onnx.data') downloading();
+        })
+        .catch((x: unknown) => x);
+      await started;
+      // a request sent now waits for the load under way, then runs on the model that stays
+      const waiting = engine.generate(req('waiting', 55, 3));
+      expect(await engine.load(OLD)).toBe(from.info);
+      letGo();
+      expect(await switching).toMatchObject({ name: 'LoadAbortedError', message: expect.stringContaining('which is loaded') });
+      expect((await waiting).metadata.modelId).toBe(from.info.id);
+      expect(events).toEqual([]);
+      expect(engine.model).toBe(from);
+      expect(engine.status()).toMatchObject({ noModelReason: null, memory: { models: [{ id: from.info.id, state: 'loaded' }], lastLoad: { model: from.info.id } } });
+      await engine.unload();
+    } finally {
+      await server.close();
+      await rm(cacheDir, { recursive: true, force: true });
+    }
+  });
+
+  it('a cache that refuses the new model\'s files during a switch: storing stops at the first refusal, that file is not written again but read from the network and reported done once, and the new model loads', async () => {
+    const memoryBytes = await oneModelBudget();
+    const cacheDir = await mkdtemp(join(tmpdir(), 'switch-download-'));
+    const server = await startModelServer({ repos: [{ repo: 'switch/external', folder: TINY_MODEL_EXTERNAL_DIR }] });
+    try {
+      const disk = nodeFileCache(cacheDir).backend;
+      const writes: string[] = [];
+      // the disk fills up: every weight file fails after its first chunk (a quota error mid-write)
+      const full = new FileCache({
+        ...disk,
+        write: async (key, modelId, chunks) => {
+          if (!key.endsWith('.data')) return disk.write(key, modelId, chunks);
+          writes.push(key.replace(/^.*\/resolve\/[^/]+\//, '')); // the path in the repo
+          const it = chunks[Symbol.asyncIterator]();
+          await it.next();
+          await it.return?.();
+          throw new DOMException('the quota has been exceeded', 'QuotaExceededError');
+        },
+      });
+      const engine = createNodeEngine({ deviceFit: { memoryBytes }, fileCache: full });
+      await engine.load(OLD);
+      const events: Event[] = [];
+      watchOldModel(engine, events);
+      let writesBeforeSessions: string[] | undefined;
+      restore = watchCreates(events, () => (writesBeforeSessions ??= [...writes]));
+      const done: string[] = [];
+      const info = await engine.load({ kind: 'hub', repo: 'switch/external', host: server.url }, (e) => {
+        if (e.status === 'done') done.push(e.file!);
+      });
+      // one refused write before the release, and that file was not tried again: read from the network once more
+      expect(writesBeforeSessions).toHaveLength(1);
+      expect(writes.filter((w) => w === writesBeforeSessions![0])).toHaveLength(1);
+      const gets = (f: string) => server.requests.filter((q) => q.method === 'GET' && q.path.endsWith(f)).length;
+      expect(gets(writesBeforeSessions![0])).toBe(2);
+      // the refused file is reported done once, with its bytes, by the read that loaded it
+      expect(done.filter((f) => f === writesBeforeSessions![0])).toHaveLength(1);
+      expect((await engine.generate(req('after', 56, 3))).metadata.modelId).toBe(info.id);
       await engine.unload();
     } finally {
       await server.close();

@@ -160,14 +160,22 @@ export class Engine {
    */
   async load(source: ModelSourceSpec | ModelFiles, onProgress?: ProgressCallback, opts: LoadModelOptions = {}, signal?: AbortSignal): Promise<ModelInfo> {
     const name = 'read' in source ? source.id : source.kind === 'hub' ? source.repo : source.kind === 'url' ? source.url : source.kind === 'path' ? source.path : (source.name ?? 'a local folder');
-    if (!this.loading && this.loaded && this.lostReason === null && this.loadedKey === loadKey(this.sourceId(source), opts, this.options.backend, this.options.deviceFit)) return this.loaded.info;
+    const key = loadKey(this.sourceId(source), opts, this.options.backend, this.options.deviceFit);
+    const isLoaded = () => this.loaded !== null && this.lostReason === null && this.loadedKey === key;
+    if (isLoaded()) {
+      // the loaded model asked for again while another loads (downloading before a switch, or beside it): that load is given up, the loaded one stays
+      this.loading?.controller.abort(new LoadAbortedError(`replaced by a load of ${name}, which is loaded`));
+      return this.loaded!.info;
+    }
     this.loading?.controller.abort(new LoadAbortedError(`replaced by a load of ${name}`));
     const controller = new AbortController();
     const byCaller = () => controller.abort(signal?.reason instanceof LoadAbortedError ? signal.reason : new LoadAbortedError('aborted by its caller'));
     if (signal?.aborted) byCaller();
     signal?.addEventListener('abort', byCaller, { once: true });
     const task = this.loadNow(source, onProgress, opts, controller.signal);
-    const entry = { controller, settled: task.catch(() => undefined), source: name };
+    // settled once the load has ended and its entry is cleared (below)
+    let settle!: () => void;
+    const entry = { controller, settled: new Promise<void>((r) => (settle = r)), source: name };
     this.loading = entry;
     try {
       return await task;
@@ -178,6 +186,7 @@ export class Engine {
     } finally {
       if (this.loading === entry) this.loading = null;
       if (!this.loading) this.settleHeld();
+      settle();
     }
   }
 
@@ -363,10 +372,14 @@ export class Engine {
     const need = modelNeedBytes(plan.budget, smallestRequestBytes(plan.dims, plan.limits.minSize));
     const resident = this.residentBytes();
     const sequential = resident + need > plan.budget.memoryBytes && (this.loaded !== null || this.draining.size > 0);
-    this.lastSwitch = { model: plan.id, order: sequential ? 'release-first' : 'beside', residentBytes: resident, needBytes: need, budgetBytes: plan.budget.memoryBytes };
+    const order = { model: plan.id, order: sequential ? 'release-first' : 'beside', residentBytes: resident, needBytes: need, budgetBytes: plan.budget.memoryBytes } as const;
     if (sequential) {
       await storeFiles();
       signal.throwIfAborted();
+    }
+    // recorded once it happens: a download that fails (or a load aborted during it) switched nothing
+    this.lastSwitch = order;
+    if (sequential) {
       this.vacate(opts.onSwitch ?? 'finish', plan);
       let retiring: Promise<void>;
       do {

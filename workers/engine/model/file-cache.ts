@@ -155,6 +155,8 @@ export class CachedModelFiles implements ModelFiles {
   readonly hits = new Set<string>();
   /** Why storing a file failed (quota…): the load carries on without caching it. */
   readonly storeErrors: string[] = [];
+  /** Paths whose storing failed: read from the source from then on, not downloaded into a failing write again. */
+  private readonly unstorable = new Set<string>();
   private ready: Promise<void> | null = null;
 
   constructor(
@@ -198,6 +200,7 @@ export class CachedModelFiles implements ModelFiles {
   /** The stored file, downloading it into the cache first when absent; null when storing failed. */
   private async stored(path: string, onProgress?: ByteProgress): Promise<StoredFile | null> {
     await this.prepared();
+    if (this.unstorable.has(path)) return null;
     const key = this.inner.cacheKey(path);
     const cached = await this.cache.get(key);
     if (cached) {
@@ -212,13 +215,14 @@ export class CachedModelFiles implements ModelFiles {
       // a failed download is the download's error (it names the file); a failed write falls back to the network
       if (source.error !== undefined) throw source.error;
       this.storeErrors.push(`${path}: ${(e as Error).message ?? e}`);
+      this.unstorable.add(path);
       return null;
     }
     return this.cache.get(key);
   }
 
-  async store(path: string, onProgress?: ByteProgress): Promise<number> {
-    return (await this.stored(path, onProgress))?.meta.size ?? 0;
+  async store(path: string, onProgress?: ByteProgress): Promise<number | null> {
+    return (await this.stored(path, onProgress))?.meta.size ?? null;
   }
 
   async read(path: string, onProgress?: ByteProgress): Promise<Uint8Array> {

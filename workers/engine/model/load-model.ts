@@ -205,6 +205,11 @@ class LoadProgress {
     this.onProgress?.({ status: 'done', file: path, loaded: bytes, total: bytes, progress: 100, cached, overall: this.overall() });
   }
 
+  /** A file's download was given up (its cache write failed): its bytes no longer count as loaded. */
+  dropped(path: string): void {
+    this.loaded.delete(path);
+  }
+
   ready(bytes: number): void {
     this.onProgress?.({ status: 'ready', loaded: bytes, total: bytes, progress: 100, overall: this.overall() });
   }
@@ -487,7 +492,9 @@ export async function loadModel(files: ModelFiles, opts: LoadOptions): Promise<L
   const progress = new LoadProgress(opts.onProgress);
   const cachedPaths = files instanceof CachedModelFiles ? files.hits : undefined;
 
-  const tracked = async <T extends Uint8Array | Blob | number>(path: string, get: (onProgress: ByteProgress) => Promise<T>): Promise<T> => {
+  /** Files this load downloaded into the cache before reading them: read back from there, but not "cached". */
+  const storedNow = new Set<string>();
+  const tracked = async <T extends Uint8Array | Blob>(path: string, get: (onProgress: ByteProgress) => Promise<T>): Promise<T> => {
     opts.signal?.throwIfAborted();
     const before = cachedPaths?.has(path) ?? false;
     const report = progress.start(path);
@@ -496,14 +503,32 @@ export async function loadModel(files: ModelFiles, opts: LoadOptions): Promise<L
       opts.signal?.throwIfAborted();
       report(loaded, total);
     });
-    progress.done(path, typeof data === 'number' ? data : data instanceof Blob ? data.size : data.byteLength, !before && (cachedPaths?.has(path) ?? false));
+    progress.done(path, data instanceof Blob ? data.size : data.byteLength, !before && !storedNow.has(path) && (cachedPaths?.has(path) ?? false));
     return data;
   };
-  // every graph not read while planning and every external data file, into the cache
+  // every file the sessions and tokenizers will read that planning has not, into the cache
   const storeFiles = async (plan: ModelPlan): Promise<void> => {
-    if (!files.store) return;
-    for (const c of plan.components.values()) {
-      for (const path of [...(c.graph ? [] : [c.graphPath]), ...c.data.map((d) => d.path)]) await tracked(path, (p) => files.store!(path, p));
+    const store = files.store?.bind(files);
+    if (!store) return;
+    const at = (path: string) => (plan.layout.root ? `${plan.layout.root}/${path}` : path);
+    const tokenizerFiles = ['tokenizer', 'tokenizer_2', ...(plan.withT5 ? ['tokenizer_3'] : [])].flatMap((t) => [
+      at(`${t}/tokenizer.json`),
+      ...(plan.layout.configSources[`${t}/tokenizer_config.json`] === 'file' ? [at(`${t}/tokenizer_config.json`)] : []),
+    ]);
+    const sessionFiles = [...plan.components.values()].flatMap((c) => [...(c.graph ? [] : [c.graphPath]), ...c.data.map((d) => d.path)]);
+    for (const path of [...tokenizerFiles, ...sessionFiles]) {
+      opts.signal?.throwIfAborted();
+      const before = cachedPaths?.has(path) ?? false;
+      const report = progress.start(path);
+      const size = await store(path, (loaded, total) => {
+        opts.signal?.throwIfAborted();
+        report(loaded, total);
+      });
+      // the cache refused the file (quota…): the sessions download it and the rest as they read them
+      if (size === null) return progress.dropped(path);
+      const fromCache = cachedPaths?.has(path) ?? false;
+      if (!fromCache) storedNow.add(path);
+      progress.done(path, size, fromCache && !before);
     }
   };
   const readTracked = (path: string) => tracked(path, (p) => files.read(path, p));

@@ -17,9 +17,9 @@ export interface ModelFiles {
   blob?(path: string, onProgress?: ByteProgress): Promise<Blob>;
   /**
    * Downloads the file into the source's cache without holding it in memory, for a later read to find;
-   * resolves with its size (0 when storing failed: the read then downloads). Absent where files are local.
+   * resolves with its size, or null when storing failed (quota…: the read then downloads). Absent where files are local.
    */
-  store?(path: string, onProgress?: ByteProgress): Promise<number>;
+  store?(path: string, onProgress?: ByteProgress): Promise<number | null>;
   /** Whether the file exists, without downloading it. */
   exists(path: string): Promise<boolean>;
   /** The file's size in bytes without downloading it (0 when the source cannot tell), or null when it is absent. */
