@@ -5,6 +5,7 @@
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import type { ModelSourceSpec } from '../workers/engine/api/types.ts';
 import type { Engine } from '../workers/engine/engine.ts';
+import { ModelTooLargeError } from '../workers/engine/errors.ts';
 import { DEFAULT_MAX_ACTIVE } from '../workers/engine/interleaver/interleaver.ts';
 import { defaultNodeCacheFolder, nodeFileCache } from '../workers/engine/model/node-file-cache.ts';
 
@@ -55,6 +56,8 @@ export interface EngineFlags {
   maxBatch?: number;
   gpuMemoryBytes?: number;
   maxBufferBytes?: number;
+  /** --gpu-memory and --max-buffer-mb as the engine's device fit (each absent when not given). */
+  deviceFit: { memoryBytes?: number; maxBufferBytes?: number };
   /** Where URL and Hub models are cached; absent with --no-cache. */
   fileCache?: ReturnType<typeof nodeFileCache>;
 }
@@ -71,11 +74,14 @@ export function engineFlags(args: EngineFlagValues): EngineFlags | 2 {
   if (gb !== undefined && !(gb > 0 && gb <= 1024)) return flagError('--gpu-memory', 'a number of GB in (0, 1024]', args['gpu-memory']);
   const bufferMb = numberFlag(args['max-buffer-mb']);
   if (bufferMb !== undefined && !(Number.isInteger(bufferMb) && bufferMb >= 1)) return flagError('--max-buffer-mb', 'an integer >= 1', args['max-buffer-mb']);
+  const gpuMemoryBytes = gb !== undefined ? Math.round(gb * 1024 ** 3) : undefined;
+  const maxBufferBytes = bufferMb !== undefined ? bufferMb * 1024 ** 2 : undefined;
   return {
     concurrency,
+    deviceFit: { ...(gpuMemoryBytes !== undefined ? { memoryBytes: gpuMemoryBytes } : {}), ...(maxBufferBytes !== undefined ? { maxBufferBytes } : {}) },
     ...(maxBatch !== undefined ? { maxBatch } : {}),
-    ...(gb !== undefined ? { gpuMemoryBytes: Math.round(gb * 1024 ** 3) } : {}),
-    ...(bufferMb !== undefined ? { maxBufferBytes: bufferMb * 1024 ** 2 } : {}),
+    ...(gpuMemoryBytes !== undefined ? { gpuMemoryBytes } : {}),
+    ...(maxBufferBytes !== undefined ? { maxBufferBytes } : {}),
     ...(args['no-cache'] ? {} : { fileCache: nodeFileCache(args['cache-dir'] ?? defaultNodeCacheFolder()) }),
   };
 }
@@ -88,7 +94,9 @@ export async function loadWithLog(engine: Engine, source: ModelSourceSpec, skipT
       if (e.status === 'done' && e.file !== lastFile) console.error(`loaded ${(lastFile = e.file ?? '')}${e.cached ? ' (cached)' : ''}`);
     }, { skipT5 })
     .catch((e: Error) => {
-      console.error(`error: ${e.message}`);
+      // the budget was the person's own setting: say which
+      const setting = e instanceof ModelTooLargeError && engine.options.deviceFit?.memoryBytes !== undefined ? ` (the GPU memory is set by --gpu-memory)` : '';
+      console.error(`error: ${e.message}${setting}`);
       return null;
     });
   if (info) console.error(`model ${info.id} (${info.family}) on ${info.backend}; defaults ${info.defaults.steps} steps, guidance ${info.defaults.guidance}, ${info.defaults.width}x${info.defaults.height}`);

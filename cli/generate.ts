@@ -18,7 +18,7 @@ import { engineFlags, flagError, loadWithLog, numberFlag, readFlags } from './fl
 
 const USAGE = `usage: npm run generate -- --model <folder|url|hf:owner/repo[/subfolder][@revision]> (--prompt TEXT --out FILE.png | --prompts FILE.txt --out-dir DIR)
   [--negative TEXT] [--seed N] [--steps N] [--guidance G] [--size N | --width N --height N]
-  [--concurrency N] [--max-batch N] [--no-t5] [--cache-dir DIR | --no-cache]
+  [--concurrency N] [--max-batch N] [--gpu-memory GB] [--max-buffer-mb MB] [--no-t5] [--cache-dir DIR | --no-cache]
   URL and Hub models are cached in --cache-dir (default $SD3_WEBGPU_CACHE or ~/.cache/sd3-webgpu/models).
   Gated Hub repos need a read token: HF_TOKEN, else the file huggingface-cli login writes ($HF_HOME/token);
   HF_ENDPOINT names a Hub mirror.
@@ -93,7 +93,7 @@ export async function main(argv: string[]): Promise<number> {
     if (v !== undefined) (base as Record<string, unknown>)[k] = v;
   }
 
-  const engine = createNodeEngine({ maxActive: flags.concurrency, maxBatch: flags.maxBatch, fileCache: flags.fileCache });
+  const engine = createNodeEngine({ maxActive: flags.concurrency, maxBatch: flags.maxBatch, fileCache: flags.fileCache, deviceFit: flags.deviceFit });
   if (!(await loadWithLog(engine, source, args['no-t5']))) return 1;
 
   const single = args.prompt !== undefined;

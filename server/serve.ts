@@ -44,8 +44,7 @@ export async function main(argv: string[], signals: NodeJS.Process = process): P
   const grace = Number(args.grace);
   if (!(grace >= 0)) return bad('--grace', 'a number of seconds >= 0', args.grace);
 
-  const deviceFit = { ...(flags.gpuMemoryBytes !== undefined ? { memoryBytes: flags.gpuMemoryBytes } : {}), ...(flags.maxBufferBytes !== undefined ? { maxBufferBytes: flags.maxBufferBytes } : {}) };
-  const made = await createServerEngine(backend, { maxActive: flags.concurrency, maxBatch: flags.maxBatch, fileCache: flags.fileCache, deviceFit });
+  const made = await createServerEngine(backend, { maxActive: flags.concurrency, maxBatch: flags.maxBatch, fileCache: flags.fileCache, deviceFit: flags.deviceFit });
   if (made.fallbackReason) console.error(`WebGPU: ${made.fallbackReason}; using wasm`);
   const { engine } = made;
   // the model loads once, before the port opens: GET / answers only when the server can serve

@@ -50,6 +50,15 @@ describe('npm run generate', () => {
     expect(errors.join('\n')).toMatch(/model_index\.json/);
   });
 
+  it('--gpu-memory is the engine\'s memory budget: a model that cannot fit it is refused with numbers, naming the setting', async () => {
+    const errors: string[] = [];
+    vi.mocked(console.error).mockImplementation((m: string) => void errors.push(m));
+    const out = join(dir, 'budget.png');
+    expect(await main(['--model', TINY_MODEL_DIR, '--prompt', 'x', '--gpu-memory', '0.001', '--out', out])).toBe(1);
+    expect(errors.join('\n')).toMatch(/error: tiny-sd3: this model needs ~[\d.]+ MB of GPU memory .* offers 1\.0 MB\. .*\(the GPU memory is set by --gpu-memory\)$/m);
+    expect(await main(['--model', TINY_MODEL_DIR, '--prompt', 'x', '--gpu-memory', '1', '--steps', '2', '--size', '64', '--out', out])).toBe(0);
+  });
+
   it('the engine flags are checked alike by generate and serve (cli/flags.ts), before anything loads', async () => {
     const errors: string[] = [];
     vi.mocked(console.error).mockImplementation((m: string) => void errors.push(m));
