@@ -5,12 +5,14 @@
 // (onnxruntime calls the prototype's methods on the device we hand it, so the
 // prototype is wrapped, once, and counts only our device's buffers.)
 //
-// Each live buffer is also counted by kind: who made it (onnxruntime's wasm,
-// or the app's own code), its usage flags and its size. That is what lets a
+// Each live buffer is also counted by kind: who made it (onnxruntime, or the
+// app's own code, by its label), its usage flags and its size. That is what lets a
 // test tell the buffers onnxruntime keeps on purpose (its buffer cache, below)
 // from buffers someone forgot to destroy.
 
-/** Who made a buffer: onnxruntime's WebGPU EP (called from its wasm) or the app (the engine's denoiser). */
+import { APP_BUFFER_LABEL } from './engine/app-buffers.ts';
+
+/** Who made a buffer: onnxruntime's WebGPU EP or the app (the engine's denoiser and pass timer: labelled APP_BUFFER_LABEL). */
 export type BufferOrigin = 'ort' | 'app';
 
 export interface GpuMemory {
@@ -39,15 +41,9 @@ export function parseKind(key: string): { origin: BufferOrigin; usage: number; s
   return { origin: origin as BufferOrigin, usage: Number(usage), size: Number(size) };
 }
 
-/**
- * Whether onnxruntime's wasm is on the stack: its WebGPU EP creates buffers from
- * C++ through emscripten's WebGPU bindings, so a buffer it makes has a wasm
- * frame under createBuffer; the engine's own buffers (webgpu-denoiser.ts) are
- * made from JavaScript. One stack capture per buffer created: onnxruntime makes
- * buffers only on a cache miss and for its uploads, a handful a run.
- */
-function originOfCaller(): BufferOrigin {
-  return /wasm:\/\/|wasm-function/.test(new Error().stack ?? '') ? 'ort' : 'app';
+/** The app's buffers carry its label (engine/app-buffers.ts); every other buffer on our device is onnxruntime's. */
+function originOf(desc: GPUBufferDescriptor): BufferOrigin {
+  return desc.label?.startsWith(APP_BUFFER_LABEL) ? 'app' : 'ort';
 }
 
 function install(): void {
@@ -58,7 +54,7 @@ function install(): void {
     const buffer = create.call(this, desc);
     const m = meters.get(this);
     if (m) {
-      const kind = kindKey(originOfCaller(), desc.usage, desc.size);
+      const kind = kindKey(originOf(desc), desc.usage, desc.size);
       sizes.set(buffer, { device: this, size: desc.size, kind });
       m.liveBytes += desc.size;
       m.buffers++;

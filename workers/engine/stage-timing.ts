@@ -8,6 +8,7 @@
 // (flops.ts), for the achieved FLOP/s and, on a known adapter, its fraction of
 // the adapter's peak.
 import type { StageName, StageTiming, StageTimings } from './api/types.ts';
+import { APP_BUFFER_LABEL } from './app-buffers.ts';
 import { adapterPeakFlops } from './flops.ts';
 
 interface Sum {
@@ -169,7 +170,7 @@ export class GpuPassTimer {
 
   private constructor(device: GPUDevice) {
     this.querySet = device.createQuerySet({ type: 'timestamp', count: 2 });
-    this.resolveBuffer = device.createBuffer({ size: 16, usage: QUERY_RESOLVE | COPY_SRC });
+    this.resolveBuffer = device.createBuffer({ label: `${APP_BUFFER_LABEL} pass timer`, size: 16, usage: QUERY_RESOLVE | COPY_SRC });
   }
 
   get timestampWrites(): GPUComputePassTimestampWrites {

@@ -17,6 +17,7 @@
 // Ordering needs no fences: onnxruntime submits its work on the same queue at
 // the end of every run, and ours is submitted before or after a run, never
 // during one.
+import { APP_BUFFER_LABEL } from '../app-buffers.ts';
 import { deviceLoss, type DeviceLoss } from '../device-loss.ts';
 import { DeviceLostError } from '../errors.ts';
 import { yieldToEventLoop } from '../event-loop.ts';
@@ -164,7 +165,7 @@ export class WebGpuDenoiser implements Denoiser {
   /** A storage buffer on our device, counted until destroyed. */
   buffer(bytes: number, usage = STORAGE | COPY_SRC | COPY_DST): GPUBuffer {
     this.live++;
-    return this.device.createBuffer({ size: Math.max(4, bytes), usage });
+    return this.device.createBuffer({ label: `${APP_BUFFER_LABEL} denoiser`, size: Math.max(4, bytes), usage });
   }
 
   destroy(b: GPUBuffer): void {
