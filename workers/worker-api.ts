@@ -173,6 +173,9 @@ export class WorkerApi {
     return guard(async () => (await this.ready()).options.fileCache?.deleteModel(modelId) ?? 0);
   }
 
+  /** Requests cancelled while in the durable queue but not (yet) resumed: a resume that reaches one ends it cancelled. */
+  private readonly cancelledUnresumed = new Set<string>();
+
   /** The loaded model as requests record it. */
   private current: { id: string; source: ModelSourceSpec; loadOptions: StoredLoadOptions } | null = null;
 
@@ -232,6 +235,11 @@ export class WorkerApi {
       if (!engine.model && !engine.loadingSource) throw new ModelNotLoadedError(); // a switch that released its old model first: the load under way takes it
       const store = await this.store;
       const queued = (await store.pending()).find((q) => q.id === id);
+      // cancelled while this resume read the queue: it stays out of the queue and never runs
+      if (this.cancelledUnresumed.delete(id)) {
+        if (queued) await store.dequeue(id);
+        throw new CancelledError(id);
+      }
       if (!queued) throw new NotFoundError('queued request', id);
       const attempts = queued.attempts ?? 1;
       if (attempts >= MAX_ATTEMPTS) {
@@ -321,7 +329,10 @@ export class WorkerApi {
     return guard(async () => {
       const entry = this.registry.get(id);
       if (!entry) {
-        await (await this.store).dequeue(id); // queued before a reload, not running now
+        // queued before a reload, not running now; a resume of it already under way (past its own
+        // read of the queue) must not put it back and run it: it sees this mark and ends cancelled
+        this.cancelledUnresumed.add(id);
+        await (await this.store).dequeue(id);
         return false;
       }
       if (entry.state === 'saving' || entry.state === 'done') return false; // made: its image is being stored
