@@ -20,7 +20,7 @@ import type { Feeds } from '../../workers/engine/model/component-session.ts';
 import { FileCache } from '../../workers/engine/model/file-cache.ts';
 import { nodeFileCache } from '../../workers/engine/model/node-file-cache.ts';
 import { createNodeEngine, ort } from '../../workers/engine/node.ts';
-import { startModelServer } from '../helpers/model-server.ts';
+import { startModelServer, type ModelServer } from '../helpers/model-server.ts';
 import { maxPixelDiff, newTinyEngine, TINY_MODEL_DIR, TINY_MODEL_EXTERNAL_DIR } from '../helpers/tiny-engine.ts';
 
 const OLD = { kind: 'path', path: TINY_MODEL_DIR } as const;
@@ -90,6 +90,19 @@ async function oneModelBudget(): Promise<number> {
   return Math.ceil(w * 1.01) + RESERVE_BYTES + smallestRequestBytes(dims, info.limits.minSize) + Math.floor(w / 2);
 }
 
+/** A GPU memory setting for one model, an empty download cache and a Hub server with the new model (switch/external), for a switch that downloads. */
+async function withSwitchServer(test: (c: { memoryBytes: number; cacheDir: string; server: ModelServer }) => Promise<void>): Promise<void> {
+  const memoryBytes = await oneModelBudget();
+  const cacheDir = await mkdtemp(join(tmpdir(), 'switch-download-'));
+  const server = await startModelServer({ repos: [{ repo: 'switch/external', folder: TINY_MODEL_EXTERNAL_DIR }] });
+  try {
+    await test({ memoryBytes, cacheDir, server });
+  } finally {
+    await server.close();
+    await rm(cacheDir, { recursive: true, force: true });
+  }
+}
+
 let restore: (() => void) | null = null;
 afterEach(() => {
   restore?.();
@@ -142,10 +155,7 @@ describe('model switch within the memory budget', () => {
   });
 
   it('both models do not fit and the new one downloads: the old model serves its queue until every file of the new one is in the cache, and only then is it released', async () => {
-    const memoryBytes = await oneModelBudget();
-    const cacheDir = await mkdtemp(join(tmpdir(), 'switch-download-'));
-    const server = await startModelServer({ repos: [{ repo: 'switch/external', folder: TINY_MODEL_EXTERNAL_DIR }] });
-    try {
+    await withSwitchServer(async ({ memoryBytes, cacheDir, server }) => {
       const engine = createNodeEngine({ deviceFit: { memoryBytes }, fileCache: nodeFileCache(cacheDir), maxActive: 1 });
       await engine.load(OLD);
       const from = engine.model!.info.id;
@@ -189,17 +199,11 @@ describe('model switch within the memory budget', () => {
       expect((await engine.generate(req('after', 53, 3))).metadata.modelId).toBe(info.id);
       expect(server.requests.filter((q) => q.method === 'GET' && q.path.endsWith('model.onnx.data'))).toHaveLength(1);
       await Promise.all([engine.unload(), reference.unload()]);
-    } finally {
-      await server.close();
-      await rm(cacheDir, { recursive: true, force: true });
-    }
+    });
   });
 
   it("a download that fails during a switch costs nothing: the old model was never released and serves on, with no reload", async () => {
-    const memoryBytes = await oneModelBudget();
-    const cacheDir = await mkdtemp(join(tmpdir(), 'switch-download-'));
-    const server = await startModelServer({ repos: [{ repo: 'switch/external', folder: TINY_MODEL_EXTERNAL_DIR }] });
-    try {
+    await withSwitchServer(async ({ memoryBytes, cacheDir, server }) => {
       const engine = createNodeEngine({ deviceFit: { memoryBytes }, fileCache: nodeFileCache(cacheDir) });
       await engine.load(OLD);
       const from = engine.model!;
@@ -217,17 +221,11 @@ describe('model switch within the memory budget', () => {
       // no switch happened: the last one recorded is still the old model's own load
       expect(engine.status().memory!.lastLoad).toMatchObject({ model: from.info.id, order: 'beside' });
       await engine.unload();
-    } finally {
-      await server.close();
-      await rm(cacheDir, { recursive: true, force: true });
-    }
+    });
   });
 
   it('asking for the loaded model again while a switch downloads gives the switch up: the loaded model stays, nothing is released, no session is made', async () => {
-    const memoryBytes = await oneModelBudget();
-    const cacheDir = await mkdtemp(join(tmpdir(), 'switch-download-'));
-    const server = await startModelServer({ repos: [{ repo: 'switch/external', folder: TINY_MODEL_EXTERNAL_DIR }] });
-    try {
+    await withSwitchServer(async ({ memoryBytes, cacheDir, server }) => {
       const engine = createNodeEngine({ deviceFit: { memoryBytes }, fileCache: nodeFileCache(cacheDir) });
       await engine.load(OLD);
       const from = engine.model!;
@@ -254,17 +252,11 @@ describe('model switch within the memory budget', () => {
       expect(engine.model).toBe(from);
       expect(engine.status()).toMatchObject({ noModelReason: null, memory: { models: [{ id: from.info.id, state: 'loaded' }], lastLoad: { model: from.info.id } } });
       await engine.unload();
-    } finally {
-      await server.close();
-      await rm(cacheDir, { recursive: true, force: true });
-    }
+    });
   });
 
   it('a cache that refuses the new model\'s files during a switch: storing stops at the first refusal, that file is not written again but read from the network and reported done once, and the new model loads', async () => {
-    const memoryBytes = await oneModelBudget();
-    const cacheDir = await mkdtemp(join(tmpdir(), 'switch-download-'));
-    const server = await startModelServer({ repos: [{ repo: 'switch/external', folder: TINY_MODEL_EXTERNAL_DIR }] });
-    try {
+    await withSwitchServer(async ({ memoryBytes, cacheDir, server }) => {
       const disk = nodeFileCache(cacheDir).backend;
       const writes: string[] = [];
       // the disk fills up: every weight file fails after its first chunk (a quota error mid-write)
@@ -298,10 +290,7 @@ describe('model switch within the memory budget', () => {
       expect(done.filter((f) => f === writesBeforeSessions![0])).toHaveLength(1);
       expect((await engine.generate(req('after', 56, 3))).metadata.modelId).toBe(info.id);
       await engine.unload();
-    } finally {
-      await server.close();
-      await rm(cacheDir, { recursive: true, force: true });
-    }
+    });
   });
 
   it("with onSwitch 'rerun' the running request is taken off, the old model is released at once, and the request runs again on the new model with the same image", async () => {
