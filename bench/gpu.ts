@@ -1,8 +1,9 @@
-// npm run bench -- --gpu: the engine on a real GPU, from Node, through Dawn
-// (the optional `webgpu` package) on Vulkan. No browser. One command, within
-// 8 minutes on a Linux machine with an NVIDIA GPU:
-//   1. finds a WebGPU adapter, or stops (exit 3) saying why: it never falls
-//      back to wasm;
+// npm run bench -- --gpu: the engine on a real GPU, from Node, on native
+// onnxruntime (onnxruntime-node): its CUDA provider where installed, else its
+// WebGPU provider (onnxruntime's own Dawn, on Vulkan on Linux). No browser.
+// One command, within 8 minutes on a Linux machine with an NVIDIA GPU:
+//   1. finds a GPU provider that runs, or stops (exit 3) saying why: it never
+//      falls back to the CPU or wasm;
 //   2. builds (once; cached under models/bench-gpu/<key of its config>) an
 //      SD3.5-medium-shaped model with random fp16 weights written at disk
 //      speed (tools/model-builder/fast-weights.ts): the transformer at full
@@ -42,14 +43,25 @@ import { existsSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync 
 import { cpus, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import type { NodeBackend } from '../server/node-backend.ts';
 import { buildModel, type BuildSpec, type ComponentSummary } from '../tools/model-builder/build.ts';
 import { PRESETS, withDepth, type ModelPreset } from '../tools/model-builder/presets.ts';
 import { FolderOutput } from '../tools/model-builder/weight-store.ts';
 import type { GenerateRequest, GenerateResult, ModelInfo } from '../workers/engine/api/types.ts';
 import type { Engine } from '../workers/engine/engine.ts';
 import { adapterPeakFlops, imageTokens, transformerFlopsPerRow } from '../workers/engine/flops.ts';
-import { createNodeEngine } from '../workers/engine/node.ts';
+import type { BackendName } from '../workers/engine/api/types.ts';
+import { createNodeEngine, wasmNodeRuntime } from '../workers/engine/node.ts';
+import { nodeRuntime } from '../workers/engine/runtime/node-runtime.ts';
+
+/** An engine on a backend, or why the GPU one is not there. */
+export interface NodeBackend {
+  engine: Engine;
+  backend: BackendName;
+  fallbackReason: string | null;
+}
+
+/** GPU backends: what the benchmark measures. */
+const GPU_BACKENDS = new Set<BackendName>(['cuda', 'webgpu', 'dml', 'coreml']);
 import { pct, runBatch } from './modes.ts';
 import { writeResults } from './results-file.ts';
 
@@ -69,7 +81,7 @@ export interface GpuBenchOptions {
   /** Cells not started within this many seconds of the start are skipped. */
   budgetS?: number;
   attention?: 'decomposed' | 'fused';
-  /** Tests: the WebGPU backend (default: Dawn through server/node-backend.ts). */
+  /** Tests: the GPU backend (default: nodeRuntime('auto'), which tries CUDA, then native WebGPU). */
   openBackend?: (options: Parameters<typeof createNodeEngine>[0]) => Promise<NodeBackend>;
   log?: (line: string) => void;
 }
@@ -102,9 +114,10 @@ export function vulkanDiagnostics(env: NodeJS.ProcessEnv = process.env): string[
 
 export function noAdapterMessage(reason: string, diagnostics = vulkanDiagnostics()): string {
   return [
-    `GPU benchmark: no WebGPU adapter (${reason}).`,
-    'It measures a real GPU only and does not fall back to wasm (npm run bench -- --gpu-dry-run runs the same code on wasm at toy size).',
-    'Dawn (the optional `webgpu` npm package) drives the GPU through Vulkan on Linux: it needs the Vulkan loader (libvulkan.so.1) and the GPU driver\'s Vulkan manifest (nvidia_icd.json, found in /usr/share/vulkan/icd.d or named by VK_DRIVER_FILES / VK_ICD_FILENAMES).',
+    `GPU benchmark: no GPU provider runs here (${reason}).`,
+    'It measures a real GPU only and does not fall back to the CPU or wasm (npm run bench -- --gpu-dry-run runs the same code on wasm at toy size).',
+    "onnxruntime-node's CUDA provider needs its CUDA 12 libraries installed (ONNXRUNTIME_NODE_INSTALL=cuda12 node node_modules/onnxruntime-node/script/install) and CUDA 12 / cuDNN 9 on the library path.",
+    "Its WebGPU provider (onnxruntime's own Dawn) drives the GPU through Vulkan on Linux: it needs the Vulkan loader (libvulkan.so.1) and the GPU driver's Vulkan manifest (nvidia_icd.json, found in /usr/share/vulkan/icd.d or named by VK_DRIVER_FILES / VK_ICD_FILENAMES).",
     ...diagnostics.map((d) => `  - ${d}`),
   ].join('\n');
 }
@@ -224,7 +237,7 @@ export interface InterleaveCell {
 export interface GpuReport {
   date: string;
   dryRun: boolean;
-  backend: 'webgpu' | 'wasm';
+  backend: BackendName;
   adapter: string | null;
   machine: { cpus: number; memoryGb: number; node: string; platform: string };
   model: { id: string; family: string; dir: string; key: string; cached: boolean; buildSeconds: number; builtSeconds: number; bytes: number; gb: number; parameters: number; components: Record<string, ComponentSummary>; realSize: Record<string, string>; weightBytesOnDevice: number; attentionChunks: ModelInfo['attentionChunks'] };
@@ -285,19 +298,25 @@ export async function gpuBench(opts: GpuBenchOptions): Promise<GpuReport> {
   // 1. the adapter first: no GPU, no 5 GB build
   let engine: Engine;
   let adapter: string | null = null;
-  let backend: 'webgpu' | 'wasm';
+  let backend: BackendName;
   if (dry) {
-    engine = createNodeEngine(engineOptions);
+    engine = createNodeEngine({ ...engineOptions, runtime: wasmNodeRuntime() });
     backend = 'wasm';
   } else {
-    const open = opts.openBackend ?? (async (o) => (await import('../server/node-backend.ts')).createServerEngine('webgpu', o));
+    const open =
+      opts.openBackend ??
+      (async (o) => {
+        const runtime = await nodeRuntime('auto');
+        const reason = runtime.status.unavailable.map((u) => `${u.backend}: ${u.reason}`).join('; ') || null;
+        return { engine: createNodeEngine({ ...o, runtime }), backend: runtime.backend, fallbackReason: reason };
+      });
     const b = await open({ ...engineOptions, deviceFit: { memoryBytes: memoryGb * GiB } });
-    if (b.backend !== 'webgpu') {
+    if (!GPU_BACKENDS.has(b.backend)) {
       await b.engine.unload().catch(() => undefined);
-      throw new NoAdapterError(b.fallbackReason ?? 'the engine came up on wasm');
+      throw new NoAdapterError(b.fallbackReason ?? `the engine came up on ${b.backend}`);
     }
     engine = b.engine;
-    backend = 'webgpu';
+    backend = b.backend;
     adapter = engine.status().adapter;
     log(`adapter: ${adapter}`);
   }

@@ -1,18 +1,23 @@
 // The flags `npm run generate` and `npm run serve` share, parsed and checked
-// once: the model, the engine's limits (requests at once, rows per run, GPU
-// memory, largest buffer), the download cache, T5. A bad value is named with
-// its allowed range, and the command exits 2 before anything loads.
+// once: the model, the backend and its threads, the engine's limits (requests
+// at once, rows per run, GPU memory, largest buffer), the download cache, T5.
+// A bad value is named with its allowed range, and the command exits 2 before
+// anything loads.
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import type { ModelSourceSpec } from '../workers/engine/api/types.ts';
 import type { Engine } from '../workers/engine/engine.ts';
 import { ModelTooLargeError } from '../workers/engine/errors.ts';
 import { DEFAULT_MAX_ACTIVE } from '../workers/engine/interleaver/interleaver.ts';
 import { defaultNodeCacheFolder, nodeFileCache } from '../workers/engine/model/node-file-cache.ts';
+import { createNodeEngine, type NodeEngineOptions } from '../workers/engine/node.ts';
+import { BACKEND_CHOICES, describeRuntime, nodeRuntime, type BackendChoice } from '../workers/engine/runtime/node-runtime.ts';
 
 type Options = NonNullable<ParseArgsConfig['options']>;
 
 export const ENGINE_FLAGS = {
   model: { type: 'string', default: 'public/models/tiny-sd3' },
+  backend: { type: 'string', default: 'auto' },
+  threads: { type: 'string' },
   'no-t5': { type: 'boolean', default: false },
   'gpu-memory': { type: 'string' },
   'max-buffer-mb': { type: 'string' },
@@ -52,6 +57,9 @@ export function readFlags<O extends Options>(argv: string[], own: O, usage: stri
 }
 
 export interface EngineFlags {
+  backend: BackendChoice;
+  /** CPU (native) or wasm threads; absent: every core natively, one on wasm. */
+  threads?: number;
   concurrency: number;
   maxBatch?: number;
   gpuMemoryBytes?: number;
@@ -62,10 +70,14 @@ export interface EngineFlags {
   fileCache?: ReturnType<typeof nodeFileCache>;
 }
 
-type EngineFlagValues = { concurrency?: string; 'max-batch'?: string; 'gpu-memory'?: string; 'max-buffer-mb'?: string; 'cache-dir'?: string; 'no-cache'?: boolean };
+type EngineFlagValues = { backend?: string; threads?: string; concurrency?: string; 'max-batch'?: string; 'gpu-memory'?: string; 'max-buffer-mb'?: string; 'cache-dir'?: string; 'no-cache'?: boolean };
 
 /** Checks the engine's flags; 2 (after naming the flag) when one is out of range. */
 export function engineFlags(args: EngineFlagValues): EngineFlags | 2 {
+  const backend = (args.backend ?? 'auto') as BackendChoice;
+  if (!BACKEND_CHOICES.includes(backend)) return flagError('--backend', BACKEND_CHOICES.join(', '), args.backend);
+  const threads = numberFlag(args.threads);
+  if (threads !== undefined && (!Number.isInteger(threads) || threads < 1 || threads > 256)) return flagError('--threads', 'an integer in 1..256', args.threads);
   const concurrency = numberFlag(args.concurrency) ?? DEFAULT_MAX_ACTIVE;
   if (!Number.isInteger(concurrency) || concurrency < 1 || concurrency > 256) return flagError('--concurrency', 'an integer in 1..256', args.concurrency);
   const maxBatch = numberFlag(args['max-batch']);
@@ -77,6 +89,8 @@ export function engineFlags(args: EngineFlagValues): EngineFlags | 2 {
   const gpuMemoryBytes = gb !== undefined ? Math.round(gb * 1024 ** 3) : undefined;
   const maxBufferBytes = bufferMb !== undefined ? bufferMb * 1024 ** 2 : undefined;
   return {
+    backend,
+    ...(threads !== undefined ? { threads } : {}),
     concurrency,
     deviceFit: { ...(gpuMemoryBytes !== undefined ? { memoryBytes: gpuMemoryBytes } : {}), ...(maxBufferBytes !== undefined ? { maxBufferBytes } : {}) },
     ...(maxBatch !== undefined ? { maxBatch } : {}),
@@ -84,6 +98,22 @@ export function engineFlags(args: EngineFlagValues): EngineFlags | 2 {
     ...(maxBufferBytes !== undefined ? { maxBufferBytes } : {}),
     ...(args['no-cache'] ? {} : { fileCache: nodeFileCache(args['cache-dir'] ?? defaultNodeCacheFolder()) }),
   };
+}
+
+/**
+ * The engine on the backend the flags ask for ('auto': the fastest this machine runs), its choice said first
+ * (and why each faster backend was not used); null (after the error) when the named backend cannot run here.
+ */
+export async function engineFromFlags(flags: EngineFlags, options: NodeEngineOptions = {}): Promise<Engine | null> {
+  let runtime;
+  try {
+    runtime = await nodeRuntime(flags.backend, { threads: flags.threads });
+  } catch (e) {
+    console.error(`error: ${(e as Error).message}`);
+    return null;
+  }
+  console.error(describeRuntime(runtime.status));
+  return createNodeEngine({ maxActive: flags.concurrency, maxBatch: flags.maxBatch, fileCache: flags.fileCache, deviceFit: flags.deviceFit, ...options, runtime });
 }
 
 /** Loads the model, naming each file as it arrives and the model when it is ready; false (after the error) when it fails. */

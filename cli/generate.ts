@@ -1,4 +1,5 @@
-// The CLI on the same engine as the app (Node, onnxruntime-web's wasm backend).
+// The CLI on the same engine as the app, in Node on native onnxruntime (--backend auto: a GPU provider where
+// this machine has one, else the CPU on every core; --backend wasm: onnxruntime-web's wasm, as the page without WebGPU).
 //   npm run generate -- --model <folder|url|hf:owner/repo[/subfolder][@revision]> --prompt "..." --seed 7 --steps 4 --size 64 --out out.png
 //   Hub repos: HF_TOKEN (or the token file `huggingface-cli login` writes) for gated repos, HF_ENDPOINT for a mirror.
 //   npm run generate -- --model <...> --prompts prompts.txt --concurrency 8 --out-dir out/
@@ -10,20 +11,24 @@ import { EngineError, ModelTooLargeError } from '../workers/engine/errors.ts';
 import { DEFAULT_MAX_ACTIVE } from '../workers/engine/interleaver/interleaver.ts';
 import { planReport, refusedModelReport } from '../workers/engine/memory/plan-report.ts';
 import { planModel } from '../workers/engine/model/load-model.ts';
-import { ATTENTION_FORMS, type AttentionForm } from '../workers/engine/model/device-fit.ts';
+import { ATTENTION_FORMS, NATIVE_UNLIMITED, type AttentionForm } from '../workers/engine/model/device-fit.ts';
 import type { ModelSourceSpec } from '../workers/engine/api/types.ts';
 import { parseModelArg } from '../workers/engine/model/hub-spec.ts';
-import { createNodeEngine, openNodeModelFiles } from '../workers/engine/node.ts';
-import { engineFlags, flagError, loadWithLog, numberFlag, readFlags } from './flags.ts';
+import { openNodeModelFiles } from '../workers/engine/node.ts';
+import type { BackendName } from '../workers/engine/api/types.ts';
+import { engineFlags, engineFromFlags, flagError, loadWithLog, numberFlag, readFlags } from './flags.ts';
 
 const USAGE = `usage: npm run generate -- --model <folder|url|hf:owner/repo[/subfolder][@revision]> (--prompt TEXT --out FILE.png | --prompts FILE.txt --out-dir DIR)
   [--negative TEXT] [--seed N] [--steps N] [--guidance G] [--size N | --width N --height N]
+  [--backend auto|cpu|webgpu|cuda|dml|coreml|wasm] [--threads N]
   [--concurrency N] [--max-batch N] [--gpu-memory GB] [--max-buffer-mb MB] [--no-t5] [--cache-dir DIR | --no-cache]
+  --backend auto (default) takes the first GPU provider of onnxruntime-node that runs here, else its CPU provider
+  on every core (--threads N: N cores); the first line says which and why each faster one was not used.
   URL and Hub models are cached in --cache-dir (default $SD3_WEBGPU_CACHE or ~/.cache/sd3-webgpu/models).
   Gated Hub repos need a read token: HF_TOKEN, else the file huggingface-cli login writes ($HF_HOME/token);
   HF_ENDPOINT names a Hub mirror.
        npm run generate -- --model <...> --plan [--size N | --width N --height N] [--guidance G] [--no-t5]
-  [--gpu-memory GB] [--max-buffer-mb MB] [--backend webgpu|wasm] [--no-f16] [--subgroups]
+  [--gpu-memory GB] [--max-buffer-mb MB] [--backend webgpu|wasm|cpu|cuda|…] [--no-f16] [--subgroups]
   [--attention auto|fused|fused-chunked|decomposed-chunked]
   prints the memory plan (weights, per-request bytes, largest buffer, how many fit, verdict) as JSON and
   downloads no weights. It plans for a WebGPU adapter with 8 GB, 1 GiB buffers and shader-f16 unless told.`;
@@ -48,7 +53,6 @@ export async function main(argv: string[]): Promise<number> {
       'out-dir': { type: 'string', default: 'out' },
       concurrency: { type: 'string', default: '8' },
       plan: { type: 'boolean', default: false },
-      backend: { type: 'string', default: 'webgpu' },
       'no-f16': { type: 'boolean', default: false },
       subgroups: { type: 'boolean', default: false },
       attention: { type: 'string' },
@@ -93,7 +97,8 @@ export async function main(argv: string[]): Promise<number> {
     if (v !== undefined) (base as Record<string, unknown>)[k] = v;
   }
 
-  const engine = createNodeEngine({ maxActive: flags.concurrency, maxBatch: flags.maxBatch, fileCache: flags.fileCache, deviceFit: flags.deviceFit });
+  const engine = await engineFromFlags(flags);
+  if (!engine) return 1;
   if (!(await loadWithLog(engine, source, args['no-t5']))) return 1;
 
   const single = args.prompt !== undefined;
@@ -124,9 +129,9 @@ export async function main(argv: string[]): Promise<number> {
 }
 
 /** --plan: the memory plan for one request size, as JSON on stdout; exit 0 if it fits, 1 if refused, 2 for bad flags. */
-async function plan(args: { size?: string; width?: string; height?: string; guidance?: string; 'gpu-memory'?: string; 'max-buffer-mb'?: string; 'max-batch'?: string; concurrency?: string; 'no-cache'?: boolean; 'cache-dir'?: string; backend: string; 'no-f16': boolean; 'no-t5': boolean; subgroups?: boolean; attention?: string }, source: ModelSourceSpec): Promise<number> {
-  const backend = args.backend;
-  if (backend !== 'webgpu' && backend !== 'wasm') return flagError('--backend', 'webgpu or wasm', backend);
+async function plan(args: { size?: string; width?: string; height?: string; guidance?: string; 'gpu-memory'?: string; 'max-buffer-mb'?: string; 'max-batch'?: string; concurrency?: string; 'no-cache'?: boolean; 'cache-dir'?: string; backend?: string; 'no-f16': boolean; 'no-t5': boolean; subgroups?: boolean; attention?: string }, source: ModelSourceSpec): Promise<number> {
+  // a plan is for the page's WebGPU unless told: 'auto' plans for it
+  const backend = (args.backend === undefined || args.backend === 'auto' ? 'webgpu' : args.backend) as BackendName;
   const flags = engineFlags(args);
   if (flags === 2) return 2;
   const attention = args.attention ?? 'auto';
@@ -135,7 +140,8 @@ async function plan(args: { size?: string; width?: string; height?: string; guid
   const fit = {
     attention: attention as AttentionForm | 'auto',
     ...(flags.gpuMemoryBytes !== undefined ? { memoryBytes: flags.gpuMemoryBytes } : {}),
-    maxBufferBytes: flags.maxBufferBytes ?? 1024 ** 3,
+    // native CPU and CUDA sessions have no buffer limit; WebGPU's is 1 GiB on most adapters
+    maxBufferBytes: flags.maxBufferBytes ?? (NATIVE_UNLIMITED.has(backend) ? Infinity : 1024 ** 3),
     maxFileBytes: Infinity, // the browser streams large files (JSPI); the plan is about memory
     features: [...(args['no-f16'] ? [] : ['shader-f16']), ...(args.subgroups ? ['subgroups'] : [])],
   };

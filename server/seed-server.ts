@@ -157,17 +157,20 @@ export class SeedServer extends EventEmitter<{
       current_model: this.opts.modelName,
       type_models: 't2im',
       memory: {
-        memory_allocated_gb: gb(s.weightBytes + s.requestBytes),
-        memory_reserved_gb: gb(s.budgetBytes),
-        device: s.adapter ?? s.backend,
+        // what the engine holds: every resident model's weights (a draining one too) and the requests admitted on them
+        memory_allocated_gb: gb(s.memory ? s.memory.residentWeightBytes + s.memory.admittedBytes : s.weightBytes + s.requestBytes),
+        memory_reserved_gb: gb(s.memory?.budgetBytes ?? s.budgetBytes),
+        device: s.runtime?.device ?? s.adapter ?? s.backend,
         weights_bytes: s.weightBytes,
         requests_bytes: s.requestBytes,
         admitted_bytes: s.admittedBytes,
         budget_bytes: s.budgetBytes,
       },
       // ours: images (each an engine request) and HTTP requests
-      backend: s.backend,
+      backend: s.backend ?? s.runtime?.backend ?? null,
       adapter: s.adapter,
+      // the runtime: native onnxruntime or onnxruntime-web, its threads, and why faster backends were not used
+      runtime: s.runtime && { name: s.runtime.runtime, backend: s.runtime.backend, choice: s.runtime.choice, threads: s.runtime.threads, device: s.runtime.device, unavailable: s.runtime.unavailable },
       model: s.model && { id: s.model.id, family: s.model.family, defaults: s.model.defaults, limits: s.model.limits, has_t5: s.model.hasT5 },
       active: s.requestsActive,
       queued: s.requestsQueued,

@@ -3,18 +3,18 @@
 //   npm run serve -- --model <folder|url|hf:owner/repo> [--port 8500] [--host 127.0.0.1] [--images-dir DIR]
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { engineFlags, flagError, loadWithLog, numberFlag, readFlags } from '../cli/flags.ts';
+import { engineFlags, engineFromFlags, flagError, loadWithLog, numberFlag, readFlags } from '../cli/flags.ts';
 import { parseModelArg } from '../workers/engine/node.ts';
-import { createServerEngine, type BackendChoice } from './node-backend.ts';
 import { SeedServer } from './seed-server.ts';
 
 const USAGE = `usage: npm run serve -- --model <folder|url|hf:owner/repo> [--port 8500] [--host 127.0.0.1] [--images-dir DIR]
-  [--backend auto|webgpu|wasm] [--no-t5] [--gpu-memory GB] [--max-buffer-mb MB] [--concurrency N] [--max-batch N]
+  [--backend auto|cpu|webgpu|cuda|dml|coreml|wasm] [--threads N] [--no-t5] [--gpu-memory GB] [--max-buffer-mb MB] [--concurrency N] [--max-batch N]
   [--cache-dir DIR | --no-cache] [--max-body-kb KB] [--grace S]
   Serves GET /, POST /api/diffusers/inference, GET /images/{filename} and GET /api/status as diffusers'
   server-async does. Images go to --images-dir (default: <system temp>/sd3-webgpu-images). SIGINT/SIGTERM stop
   accepting work, let running requests finish for --grace seconds (default 30), then cancel them; a second
-  signal cancels at once.`;
+  signal cancels at once. --backend auto (default): onnxruntime-node's first GPU provider that runs here
+  (CUDA, DirectML, Core ML, WebGPU), else its CPU provider on every core (--threads N).`;
 
 /** Parses the flags, loads the model, and serves until a signal; resolves with the exit code. */
 export async function main(argv: string[], signals: NodeJS.Process = process): Promise<number> {
@@ -24,7 +24,6 @@ export async function main(argv: string[], signals: NodeJS.Process = process): P
       port: { type: 'string', default: '8500' },
       host: { type: 'string', default: '127.0.0.1' },
       'images-dir': { type: 'string', default: join(tmpdir(), 'sd3-webgpu-images') },
-      backend: { type: 'string', default: 'auto' },
       'max-body-kb': { type: 'string', default: '1024' },
       grace: { type: 'string', default: '30' },
     },
@@ -35,8 +34,6 @@ export async function main(argv: string[], signals: NodeJS.Process = process): P
   const int = (v: string | undefined) => numberFlag(v) ?? NaN;
   const port = int(args.port);
   if (!Number.isInteger(port) || port < 0 || port > 65535) return bad('--port', 'an integer in 0..65535', args.port);
-  const backend = args.backend as BackendChoice;
-  if (!['auto', 'webgpu', 'wasm'].includes(backend)) return bad('--backend', 'auto, webgpu or wasm', args.backend);
   const flags = engineFlags(args);
   if (flags === 2) return 2;
   const bodyKb = int(args['max-body-kb']);
@@ -44,9 +41,8 @@ export async function main(argv: string[], signals: NodeJS.Process = process): P
   const grace = Number(args.grace);
   if (!(grace >= 0)) return bad('--grace', 'a number of seconds >= 0', args.grace);
 
-  const made = await createServerEngine(backend, { maxActive: flags.concurrency, maxBatch: flags.maxBatch, fileCache: flags.fileCache, deviceFit: flags.deviceFit });
-  if (made.fallbackReason) console.error(`WebGPU: ${made.fallbackReason}; using wasm`);
-  const { engine } = made;
+  const engine = await engineFromFlags(flags);
+  if (!engine) return 1;
   // the model loads once, before the port opens: GET / answers only when the server can serve
   if (!(await loadWithLog(engine, parseModelArg(args.model), args['no-t5']))) return 1;
 

@@ -1,6 +1,6 @@
 // npm run bench -- --gpu (bench/gpu.ts) on a machine without a GPU: the dry
 // run (the same code on wasm, toy widths) gives a report of the right shape
-// whose ratios follow from its own cells; with no WebGPU adapter the benchmark
+// whose ratios follow from its own cells; with no GPU provider the benchmark
 // stops, says why, builds nothing and does not measure wasm instead.
 import { mkdtemp, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -10,6 +10,7 @@ import { buildKey, ensureGpuModel, gpuBench, gpuModelConfig, noAdapterMessage, N
 import { fastWeightBytes } from '../../tools/model-builder/fast-weights.ts';
 import { fromHalf } from '../../workers/engine/model/float16.ts';
 import { createNodeEngine } from '../../workers/engine/node.ts';
+import { nodeRuntime } from '../../workers/engine/runtime/node-runtime.ts';
 
 const dirs: string[] = [];
 const tempDir = async () => {
@@ -83,23 +84,28 @@ describe('GPU benchmark dry run', () => {
   });
 });
 
-describe('GPU benchmark without an adapter', () => {
-  it('stops with the reason, builds nothing and does not run on wasm', async () => {
+describe('GPU benchmark without a GPU provider', () => {
+  it('stops with the reasons native onnxruntime gives, builds nothing and does not run on the CPU or wasm', async () => {
     const root = await tempDir();
     let asked = 0;
+    let backend = '';
     const run = gpuBench({
       dryRun: false,
       modelRoot: root,
       log: () => {},
+      // the real choice this machine makes ('auto': CUDA, then WebGPU, then the CPU)
       openBackend: async (o) => {
         asked++;
-        return { engine: createNodeEngine(o), backend: 'wasm', fallbackReason: 'Dawn (the webgpu package) found no WebGPU adapter' };
+        const runtime = await nodeRuntime('auto');
+        backend = runtime.backend;
+        return { engine: createNodeEngine({ ...o, runtime }), backend: runtime.backend, fallbackReason: runtime.status.unavailable.map((u) => `${u.backend}: ${u.reason}`).join('; ') };
       },
     });
     await expect(run).rejects.toBeInstanceOf(NoAdapterError);
+    expect(backend).toBe('cpu');
     const e = (await run.catch((x: unknown) => x)) as Error;
-    expect(e.message).toContain('no WebGPU adapter (Dawn (the webgpu package) found no WebGPU adapter)');
-    expect(e.message).toContain('does not fall back to wasm');
+    expect(e.message).toMatch(/no GPU provider runs here \(cuda: the CUDA provider is not installed .*; webgpu: the webgpu provider did not start \(Failed to get a WebGPU adapter/);
+    expect(e.message).toContain('does not fall back to the CPU or wasm');
     expect(e.message).toContain('libvulkan.so.1');
     expect(asked).toBe(1);
     expect(await readdir(root)).toEqual([]);
@@ -108,7 +114,7 @@ describe('GPU benchmark without an adapter', () => {
   it('names what the machine lacks for Vulkan', () => {
     const d = vulkanDiagnostics({ VK_DRIVER_FILES: '/nonexistent/nvidia_icd.json', LD_LIBRARY_PATH: '' });
     if (process.platform === 'linux') expect(d).toContain('VK_DRIVER_FILES / VK_ICD_FILENAMES names /nonexistent/nvidia_icd.json, which does not exist');
-    expect(noAdapterMessage('x', ['no loader'])).toMatch(/no WebGPU adapter \(x\)[\s\S]*  - no loader$/);
+    expect(noAdapterMessage('x', ['no loader'])).toMatch(/no GPU provider runs here \(x\)[\s\S]*  - no loader$/);
   });
 });
 

@@ -26,7 +26,7 @@ describe('request isolation', () => {
     const png = decodePng(new Uint8Array(await r.png.arrayBuffer()));
     expect([png.width, png.height, png.channels]).toEqual([96, 64, 4]);
     expect(Uint8ClampedArray.from(png.data)).toEqual(r.rgba);
-    expect(r.metadata).toMatchObject({ prompt: 'a red cube', negativePrompt: 'blurry', seed: 5, steps: 3, guidance: 3, width: 96, height: 64, modelId: 'tiny-sd3', backend: 'wasm', warnings: [] });
+    expect(r.metadata).toMatchObject({ prompt: 'a red cube', negativePrompt: 'blurry', seed: 5, steps: 3, guidance: 3, width: 96, height: 64, modelId: 'tiny-sd3', backend: 'cpu', warnings: [] });
     const t = r.metadata.timings;
     expect(t.totalMs).toBeGreaterThanOrEqual(t.queuedMs + t.encodeMs + t.denoiseMs + t.decodeMs - 1); // the parts add up to at most the whole
     expect(new Set(r.rgba).size).toBeGreaterThan(16); // an image, not a flat fill
@@ -96,7 +96,7 @@ describe('model defaults and status', () => {
   it('reports model, backend, counts and bytes', async () => {
     const engine = await newTinyEngine();
     const s0 = engine.status();
-    expect(s0.model).toMatchObject({ id: 'tiny-sd3', backend: 'wasm', hasT5: true, defaults: { steps: 4, guidance: 4.5, width: 64, height: 64 } });
+    expect(s0.model).toMatchObject({ id: 'tiny-sd3', backend: 'cpu', hasT5: true, defaults: { steps: 4, guidance: 4.5, width: 64, height: 64 } });
     expect(s0.weightBytes).toBeGreaterThan(1_000_000);
     const running = engine.generate({ prompt: 'status', seed: 1 });
     expect(engine.status().requestsQueued + engine.status().requestsActive).toBe(1);

@@ -95,7 +95,7 @@ describe('memory plan of real-size models (npm run generate -- --plan)', () => {
     const bad = await plan(['--model', built['sd3-medium'].dir, '--no-t5', '--size', '1000']);
     expect(bad.code).toBe(2);
     expect(bad.errors).toMatch(/--width: expected an integer in 16\.\.3072, a multiple of 16, got 1000/);
-    expect((await plan(['--model', built['sd3-medium'].dir, '--backend', 'cuda'])).errors).toMatch(/--backend: expected webgpu or wasm/);
+    expect((await plan(['--model', built['sd3-medium'].dir, '--backend', 'tpu'])).errors).toMatch(/--backend: expected auto, cpu, webgpu, cuda, dml, coreml, wasm, got tpu/);
   });
 
   describe('from a Hub-layout server', () => {

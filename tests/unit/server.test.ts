@@ -6,14 +6,14 @@ import { once } from 'node:events';
 import { createHash } from 'node:crypto';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { request as httpRequest, type IncomingMessage } from 'node:http';
-import { tmpdir } from 'node:os';
+import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { decode as decodePng } from 'fast-png';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Engine } from '../../workers/engine/engine.ts';
 import { readPngSettings } from '../../workers/engine/png/settings-chunks.ts';
-import { createServerEngine } from '../../server/node-backend.ts';
+import { nodeRuntime } from '../../workers/engine/runtime/node-runtime.ts';
 import { SeedServer, type InferenceEnd } from '../../server/seed-server.ts';
 import { main } from '../../server/serve.ts';
 import { maxPixelDiff, newTinyEngine, TINY_MODEL_DIR } from '../helpers/tiny-engine.ts';
@@ -148,8 +148,10 @@ describe('npm run serve: the seed’s API', () => {
     expect(status).toMatchObject({
       current_model: TINY_MODEL_DIR,
       type_models: 't2im',
-      memory: { weights_bytes: s.weightBytes, requests_bytes: 0, budget_bytes: s.budgetBytes, device: s.adapter ?? 'wasm' },
-      backend: 'wasm',
+      memory: { weights_bytes: s.weightBytes, requests_bytes: 0, budget_bytes: s.budgetBytes, device: s.runtime!.device },
+      // native CPU on every core, said with why no GPU provider was used
+      backend: 'cpu',
+      runtime: { name: 'onnxruntime-node', backend: 'cpu', threads: availableParallelism(), device: expect.stringMatching(/^CPU: /), unavailable: s.runtime!.unavailable },
       model: { id: 'tiny-sd3', defaults: { steps: 4, width: 64, height: 64 } },
       active: 0,
       queued: 0,
@@ -259,23 +261,26 @@ describe('npm run serve: the seed’s API', () => {
     expect(engine.status().model).not.toBeNull(); // not its engine: left loaded
   });
 
-  it('on wasm where Dawn finds no WebGPU adapter, says so (here); on WebGPU where it finds one', async () => {
-    const made = await createServerEngine('auto');
-    if (made.backend === 'wasm') {
-      expect(made.fallbackReason).toMatch(/no WebGPU adapter|could not be loaded|refused a device/);
-      expect(made.engine.status().adapter).toBe(`none (${made.fallbackReason}); running on wasm`);
-    } else {
-      expect(made.fallbackReason).toBeNull();
-      expect(made.engine.options.backend).toBe('webgpu');
-    }
-    const wasm = await createServerEngine('wasm');
-    expect([wasm.backend, wasm.fallbackReason, wasm.engine.options.backend]).toEqual(['wasm', null, 'wasm']);
+  it("auto takes native onnxruntime: a GPU provider where one runs, else the CPU on every core, saying why each GPU provider was not used", async () => {
+    const auto = await nodeRuntime('auto');
+    expect(auto.status.runtime).toBe('onnxruntime-node');
+    if (auto.backend === 'cpu') {
+      // this machine: no CUDA provider installed, and onnxruntime's Dawn finds no adapter
+      expect(auto.status.unavailable.map((u) => u.backend)).toEqual(process.platform === 'linux' ? ['cuda', 'webgpu'] : expect.any(Array));
+      for (const u of auto.status.unavailable) expect(u.reason).toMatch(/not installed|did not start|has no/);
+      expect(auto.status.threads).toBe((await import('node:os')).availableParallelism());
+    } else expect(auto.status.unavailable.length).toBeLessThan(3);
+    const wasm = await nodeRuntime('wasm', { threads: 1 });
+    expect([wasm.backend, wasm.status.runtime, wasm.status.threads]).toEqual(['wasm', 'onnxruntime-web', 1]);
+    const cpu = await nodeRuntime('cpu', { threads: 1 });
+    expect([cpu.backend, cpu.status.threads, cpu.native?.sessionOptions.intraOpNumThreads]).toEqual(['cpu', 1, 1]);
   });
 });
 
 describe('npm run serve: the command', () => {
   it('refuses bad flags with exit code 2 before loading anything', async () => {
-    expect(await main(['--backend', 'cuda'])).toBe(2);
+    expect(await main(['--backend', 'tpu'])).toBe(2);
+    expect(await main(['--threads', '0'])).toBe(2);
     expect(await main(['--port', '70000'])).toBe(2);
     expect(await main(['--grace', 'soon'])).toBe(2);
     expect(await main(['--bogus'])).toBe(2);
@@ -302,7 +307,9 @@ describe('npm run serve: the command', () => {
       // the first line on stdout, or the reason it never came
       const first = await Promise.race([once(child.stdout, 'data'), once(child, 'exit').then(() => Promise.reject(new Error(`serve exited early:\n${stderr}`)))]);
       const [, url] = String(first).match(/listening on (http:\/\/127\.0\.0\.1:\d+)/)!;
-      expect(stderr).toMatch(/model tiny-sd3 .* on (wasm|webgpu)/);
+      // the backend is said before the model loads, with why no faster one was used
+      expect(stderr).toMatch(/^backend cpu \(onnxruntime-node, \d+ threads?; CPU: .*\); not used: cuda: .*; webgpu: .*$/m);
+      expect(stderr).toMatch(/model tiny-sd3 .* on cpu/);
       expect(await (await fetch(`${url}/`)).json()).toEqual({ message: 'Welcome to the Diffusers Server' });
       const reply = fetch(`${url}${INFERENCE}`, { method: 'POST', body: JSON.stringify({ prompt: 'until the end', num_inference_steps: 60 }) });
       await waitFor(/http-[0-9a-f]+: 1 image\(s\) queued/);

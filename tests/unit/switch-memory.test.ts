@@ -19,7 +19,11 @@ import { smallestRequestBytes } from '../../workers/engine/memory/footprint.ts';
 import type { Feeds } from '../../workers/engine/model/component-session.ts';
 import { FileCache } from '../../workers/engine/model/file-cache.ts';
 import { nodeFileCache } from '../../workers/engine/model/node-file-cache.ts';
-import { createNodeEngine, ort } from '../../workers/engine/node.ts';
+import { createNodeEngine } from '../../workers/engine/node.ts';
+import { cpuRuntime } from '../../workers/engine/runtime/node-runtime.ts';
+
+/** The onnxruntime the engines here run on (native, CPU). */
+const ort = cpuRuntime().ort;
 import { startModelServer, type ModelServer } from '../helpers/model-server.ts';
 import { maxPixelDiff, newTinyEngine, TINY_MODEL_DIR, TINY_MODEL_EXTERNAL_DIR } from '../helpers/tiny-engine.ts';
 

@@ -1,7 +1,7 @@
 // The engine's public surface: load / generate / cancel / status. It knows
 // nothing of workers or messaging (workers/engine.worker.ts adapts it) and
 // nothing of the DOM, so the CLI and the benchmark run it in Node unchanged.
-import type { BackendName, EngineStatus, GenerateResult, ModelInfo, ModelSourceSpec, ProgressCallback } from './api/types.ts';
+import type { BackendName, EngineStatus, RuntimeStatus, GenerateResult, ModelInfo, ModelSourceSpec, ProgressCallback } from './api/types.ts';
 import { normalizeRequest, type NormalizedRequest } from './api/validate.ts';
 import { CancelledError, DeviceLostError, formatBytes, InvalidRequestError, LoadAbortedError, ModelLoadError, ModelNotLoadedError, ModelTooLargeError } from './errors.ts';
 import { DEFAULT_MAX_ACTIVE, DEFAULT_MAX_BATCH, Interleaver, newCounters, type PngEncoder, type PreviewRenderer } from './interleaver/interleaver.ts';
@@ -18,9 +18,13 @@ import { HostDenoiser } from './denoise/denoiser.ts';
 import { WebGpuDenoiser } from './denoise/webgpu-denoiser.ts';
 
 export interface EngineOptions {
-  /** The onnxruntime-web module (node or webgpu build), chosen by the entry point. */
+  /** The onnxruntime module (onnxruntime-web's wasm or webgpu build, or onnxruntime-node), chosen by the entry point. */
   ort: Ort;
   backend: BackendName;
+  /** Native onnxruntime: sessions from files on disk, with these session options (workers/engine/runtime/node-runtime.ts). */
+  native?: { sessionOptions: Record<string, unknown> };
+  /** How the runtime was chosen, for status() (Node entries). */
+  runtimeStatus?: RuntimeStatus;
   /** External data streams from Blobs (onnxruntime-web's JSPI build): no file-size limit, no copy in memory. */
   streaming?: boolean;
   /** The GPUDevice WebGPU sessions run on (browser entry); opaque to the engine. */
@@ -255,6 +259,7 @@ export class Engine {
         onProgress,
         signal,
         streamExternalData: streaming,
+        native: this.options.native,
         webgpuDevice: this.options.webgpuDevice,
         deviceResident: this.options.backend === 'webgpu' && this.options.webgpuDevice != null && (opts.denoiseOnDevice ?? this.options.denoiseOnDevice ?? true),
         ...opts,
@@ -340,8 +345,8 @@ export class Engine {
 
   /** On WebGPU, has onnxruntime really free the buffers of sessions released so far (see FLUSH_GRAPH); a no-op on wasm. */
   private async flushDevice(): Promise<void> {
-    const { ort, backend, webgpuDevice } = this.options;
-    if (backend !== 'webgpu') return;
+    const { ort, backend, webgpuDevice, native } = this.options;
+    if (backend !== 'webgpu' || native) return;
     await deviceQueue(ort)
       .run(async () => {
         const session = await ort.InferenceSession.create(FLUSH_GRAPH, { executionProviders: [webgpuDevice != null ? ({ name: 'webgpu', device: webgpuDevice } as { name: 'webgpu' }) : 'webgpu'] });
@@ -528,6 +533,7 @@ export class Engine {
       model: this.loaded?.info ?? null,
       backend: this.loaded ? this.options.backend : null,
       adapter: this.options.adapter ?? null,
+      runtime: this.options.runtimeStatus ?? null,
       requestsServed: this.counters.served,
       requestsFailed: this.counters.failed,
       requestsCancelled: this.counters.cancelled,

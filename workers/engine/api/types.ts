@@ -1,7 +1,26 @@
 // The engine's public contract: what callers send and what they get back.
 // Everything here is structured-clone friendly, so it crosses the worker boundary as is.
 
-export type BackendName = 'webgpu' | 'wasm';
+/**
+ * Where sessions run: 'webgpu' and 'wasm' are onnxruntime-web's in the page (and 'wasm' in Node too);
+ * in Node, 'cpu', 'cuda', 'dml', 'coreml' and 'webgpu' are onnxruntime-node's execution providers.
+ */
+export type BackendName = 'webgpu' | 'wasm' | 'cpu' | 'cuda' | 'dml' | 'coreml';
+
+/** The onnxruntime build the engine runs on, and how it was chosen (workers/engine/runtime/). */
+export interface RuntimeStatus {
+  /** 'onnxruntime-node' (native) or 'onnxruntime-web' (wasm, or WebGPU in the page). */
+  runtime: 'onnxruntime-node' | 'onnxruntime-web';
+  backend: BackendName;
+  /** What was asked for: 'auto' or a backend. */
+  choice: string;
+  /** Threads a CPU or wasm session computes on (intra-op threads natively, wasm threads on the web). */
+  threads: number;
+  /** The device in words ("CPU: 2 x AMD EPYC …", an adapter). */
+  device: string;
+  /** Each faster backend not chosen, and why it was not available. */
+  unavailable: { backend: string; reason: string }[];
+}
 
 /** Where a model's files come from. */
 export type ModelSourceSpec =
@@ -156,6 +175,8 @@ export interface EngineStatus {
   model: ModelInfo | null;
   backend: BackendName | null;
   adapter: string | null;
+  /** The runtime and backend chosen, its threads, and why each faster one was not (Node entries; absent in the page). */
+  runtime?: RuntimeStatus | null;
   requestsServed: number;
   requestsFailed: number;
   requestsCancelled: number;

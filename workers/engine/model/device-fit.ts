@@ -25,12 +25,17 @@ export const DEFAULT_GPU_MEMORY_BYTES = 8 * 1024 ** 3;
 /** Chrome cannot hold one ArrayBuffer over ~2 GB (Node's readFile has the same limit). */
 export const MAX_BUFFER_BYTES = 2 * 1024 ** 3;
 
+/** Backends of native onnxruntime (onnxruntime-node) whose sessions are made from files on disk, with no buffer limit of their own. */
+export const NATIVE_UNLIMITED: ReadonlySet<BackendName> = new Set(['cpu', 'cuda', 'dml', 'coreml']);
+
 export function defaultDeviceFit(backend: BackendName, over: Partial<DeviceFit> = {}): DeviceFit {
+  const unlimited = NATIVE_UNLIMITED.has(backend);
   return {
     // a GPU setting never lifts wasm32's hard 4 GB
     memoryBytes: backend === 'wasm' ? Math.min(over.memoryBytes ?? WASM_MEMORY_BYTES, WASM_MEMORY_BYTES) : (over.memoryBytes ?? DEFAULT_GPU_MEMORY_BYTES),
-    maxFileBytes: over.maxFileBytes ?? MAX_BUFFER_BYTES,
-    maxBufferBytes: over.maxBufferBytes ?? MAX_BUFFER_BYTES,
+    // native sessions read their files from disk: no JS buffer holds a file whole
+    maxFileBytes: over.maxFileBytes ?? (unlimited ? Infinity : MAX_BUFFER_BYTES),
+    maxBufferBytes: over.maxBufferBytes ?? (unlimited ? Infinity : MAX_BUFFER_BYTES),
     features: over.features ?? [],
     ...(over.attention ? { attention: over.attention } : {}),
   };
@@ -143,6 +148,11 @@ export function chooseAttentionForm(i: AttentionInputs): AttentionChoice {
     return { form: i.force, chunks: chunksOf(i.force), reason: `forced by the load option (attention: '${i.force}')${over}` };
   }
   if (i.backend === 'wasm') return { form: 'decomposed-chunked', chunks: i.chunks, reason: `wasm: no WebGPU attention kernels to choose between; the export's own attention, ${cut(i.chunks)}` };
+  if (NATIVE_UNLIMITED.has(i.backend)) {
+    // a buffer limit set by hand (--max-buffer-mb) is kept as on wasm; by default none, and nothing is rewritten
+    if (Number.isFinite(i.maxBufferBytes)) return { form: 'decomposed-chunked', chunks: i.chunks, reason: `native ${i.backend} with a buffer limit set: the export's own attention, ${cut(i.chunks)}` };
+    return { form: 'decomposed-chunked', chunks: 1, reason: `native ${i.backend}: no buffer limit, so the export's own attention runs as exported (no rewrite)` };
+  }
   const adapterSubgroups = i.features?.includes('subgroups') ?? false;
   const subgroups = i.deviceFeatures ? i.deviceFeatures.includes('subgroups') : adapterSubgroups;
   const vec4 = i.headDim === undefined || i.headDim % 4 === 0;

@@ -6,7 +6,7 @@
 // (`verify`: reading gigabytes again on every load would cost minutes).
 // Storage itself is pluggable: Cache Storage in the browser
 // (workers/store/model-cache.ts), a folder in Node (node-file-cache.ts).
-import type { ByteProgress, ModelFiles, RefStore } from './model-files.ts';
+import type { ByteProgress, LocalFile, ModelFiles, RefStore } from './model-files.ts';
 
 export interface CacheMeta {
   /** The model the file belongs to (for usage per model and deletion). */
@@ -25,6 +25,8 @@ export interface StoredFile {
   blob(): Promise<Blob>;
   /** The stored bytes as a stream (hash checks). */
   stream(): AsyncIterable<Uint8Array>;
+  /** Where the bytes lie on disk (the Node cache): native onnxruntime reads them there. */
+  file?: Omit<LocalFile, 'size'>;
 }
 
 /** Incremental SHA-256 over a stream: each platform brings its own (node:crypto, hash-wasm). */
@@ -228,6 +230,12 @@ export class CachedModelFiles implements ModelFiles {
   async read(path: string, onProgress?: ByteProgress): Promise<Uint8Array> {
     const stored = await this.stored(path, onProgress);
     return stored ? stored.bytes() : this.inner.read(path, onProgress);
+  }
+
+  /** The stored file on disk, downloading it into the cache first; null where the cache keeps no files (the browser's) or storing failed. */
+  async localFile(path: string, onProgress?: ByteProgress): Promise<LocalFile | null> {
+    const stored = await this.stored(path, onProgress);
+    return stored?.file ? { ...stored.file, size: stored.meta.size } : null;
   }
 
   async blob(path: string, onProgress?: ByteProgress): Promise<Blob> {

@@ -12,11 +12,12 @@ import { chunkAttention, findAttention } from './attention-chunks.ts';
 import { fuseAttention } from './attention-fuse.ts';
 import { ComponentSession, type Ort } from './component-session.ts';
 import { checkExternalLocation } from './confine.ts';
+import { relocateExternalData } from './external-data.ts';
 import { checkFileSizes, checkHalfPrecision, checkModelFits, chooseAttentionForm, defaultDeviceFit, type AttentionChoice, type DeviceFit } from './device-fit.ts';
 import { CachedModelFiles } from './file-cache.ts';
 import { graphIoTypes, summarizeGraph, transformerShapes, type GraphIo, type GraphSummary, type TransformerShapes } from './graph-info.ts';
 import { blobChunks, graphSkeletonFromStream } from './graph-stream.ts';
-import type { ByteProgress, ModelFiles } from './model-files.ts';
+import type { ByteProgress, LocalFile, ModelFiles } from './model-files.ts';
 import { ProgressThrottle } from './progress-throttle.ts';
 import { CLIP_LENGTH, familyDefaults, parseTransformerConfig, parseVaeConfig, type TransformerConfig, type VaeConfig } from './model-config.ts';
 import { describeShapes, FileIndex, familyFromShapes, findLayout, hiddenStateLayers, matchRoles, SD3_SCHEDULER, SD3_VAE, tokenizerDefaults, type IoRoles, type ModelLayout } from './model-layout.ts';
@@ -71,6 +72,12 @@ export interface LoadOptions {
   webgpuDevice?: unknown;
   /** Keep the transformer's output on the GPU where the model allows it (float32 I/O on our WebGPU device). */
   deviceResident?: boolean;
+  /**
+   * Native onnxruntime (onnxruntime-node): sessions are made from the files on disk where the source has them
+   * (a folder, the Node download cache), so external data of any size never passes through JS; these session
+   * options (threads, the execution provider's) go with every session.
+   */
+  native?: { sessionOptions: Record<string, unknown> };
   /** Aborts the load: downloads stop at their next chunk, sessions made so far are released. */
   signal?: AbortSignal;
   /** Graphs up to this size are read whole while planning; larger ones are streamed, their weights skipped (default 64 MB). */
@@ -535,40 +542,109 @@ export async function loadModel(files: ModelFiles, opts: LoadOptions): Promise<L
   // external data as a Blob where the source has one and the runtime streams it; bytes otherwise
   const dataTracked = (path: string) => (opts.streamExternalData && files.blob ? tracked(path, (p) => files.blob!(path, p)) : readTracked(path));
 
-  const createSession = async (plan: ComponentPlan, fit: DeviceFit, gpuOutputs: readonly string[] = []): Promise<ComponentSession> => {
-    let graph = plan.graph ?? (await readTracked(plan.graphPath));
-    let summary = plan.summary;
-    if (!summary) {
-      summary = summarize(plan.graphPath, graph);
-      checkHalfPrecision(plan.graphPath, summary, backend, fit);
+  /** A file on disk for native onnxruntime (downloaded into the Node cache first), with its progress; null when the source has none. */
+  const localTracked = async (path: string): Promise<LocalFile | null> => {
+    opts.signal?.throwIfAborted();
+    const before = cachedPaths?.has(path) ?? false;
+    const report = progress.start(path);
+    const file = await files.localFile!(path, (loaded, total) => {
+      opts.signal?.throwIfAborted();
+      report(loaded, total);
+    });
+    if (!file) {
+      progress.dropped(path);
+      return null;
     }
-    const graphBytes = graph.byteLength;
+    progress.done(path, file.size, !before && !storedNow.has(path) && (cachedPaths?.has(path) ?? false));
+    return file;
+  };
+
+  /**
+   * What native onnxruntime is handed: the graph's path where it needs no rewrite and its external data lies
+   * beside it under the names it records (a folder); else the graph's bytes (rewritten) with the folder its
+   * external data lies in, renamed to the names there (the Node cache). Null when the files are not on disk.
+   */
+  const nativeSource = async (plan: ComponentPlan, rewrites: boolean): Promise<{ path: string; bytes: number } | { graph: Uint8Array; folder: string | null; bytes: number } | null> => {
+    if (!opts.native || !files.localFile) return null;
+    // a graph read while planning was reported then
+    const graphFile = plan.graph ? await files.localFile(plan.graphPath) : await localTracked(plan.graphPath);
+    if (!graphFile) return null;
+    const data: LocalFile[] = [];
+    for (const d of plan.data) {
+      const f = await localTracked(d.path);
+      if (!f) return null;
+      data.push(f);
+    }
+    const bytes = graphFile.size + data.reduce((a, f) => a + f.size, 0);
+    const beside = data.every((f, i) => f.folder === graphFile.folder && f.name === plan.data[i].location);
+    if (!rewrites && beside) return { path: graphFile.path, bytes };
+    const folder = data[0]?.folder ?? null;
+    if (data.some((f) => f.folder !== folder)) return null;
+    let graph = plan.graph ?? (await files.read(plan.graphPath));
+    if (!beside) graph = relocateExternalData(graph, new Map(plan.data.map((d, i) => [d.location, data[i].name])));
+    return { graph, folder, bytes };
+  };
+
+  /** The graph as this backend runs it: operators it lacks lowered, attention fused or chunked as planned. */
+  const rewrite = (plan: ComponentPlan, graph: Uint8Array): Uint8Array => {
     graph = lowerForWeb(graph, backend).model;
     if (plan.fuse) graph = fuseAttention(graph).model;
     if (plan.chunks > 1) graph = chunkAttention(graph, plan.chunks).model;
-    // outputs left on the GPU: only float32 ones (the engine converts float16 on the host), on our device
-    const gpuOnly = !summary.halfIO && backend === 'webgpu' && opts.webgpuDevice ? gpuOutputs.map((role) => plan.roles.outputs[role] ?? role) : [];
+    return graph;
+  };
+
+  const createSession = async (plan: ComponentPlan, fit: DeviceFit, gpuOutputs: readonly string[] = []): Promise<ComponentSession> => {
+    const rewrites = plan.fuse === true || plan.chunks > 1 || Object.keys(plan.lowered).length > 0;
+    const onDisk = await nativeSource(plan, rewrites);
+    let summary = plan.summary;
+    let graph: Uint8Array | string;
+    let bytes: number;
     const externalData: { path: string; data: Uint8Array | Blob }[] = [];
-    for (const d of plan.data) externalData.push({ path: d.location, data: await dataTracked(d.path) });
+    let externalFolder: string | null = null;
+    if (onDisk && 'path' in onDisk) {
+      // onnxruntime reads the graph and its external data itself
+      graph = onDisk.path;
+      bytes = onDisk.bytes;
+    } else if (onDisk) {
+      graph = rewrite(plan, onDisk.graph);
+      externalFolder = onDisk.folder;
+      bytes = onDisk.bytes;
+    } else {
+      const read = plan.graph ?? (await readTracked(plan.graphPath));
+      if (!summary) {
+        summary = summarize(plan.graphPath, read);
+        checkHalfPrecision(plan.graphPath, summary, backend, fit);
+      }
+      graph = rewrite(plan, read);
+      for (const d of plan.data) externalData.push({ path: d.location, data: await dataTracked(d.path) });
+      // the bytes really read: a server may leave Content-Length out of its HEAD answers (compressed responses)
+      bytes = read.byteLength + externalData.reduce((a, d) => a + (d.data instanceof Blob ? d.data.size : d.data.byteLength), 0);
+    }
+    const halfIO = summary?.halfIO ?? false;
+    // outputs left on the GPU: only float32 ones (the engine converts float16 on the host), on our device
+    const gpuOnly = !halfIO && backend === 'webgpu' && opts.webgpuDevice ? gpuOutputs.map((role) => plan.roles.outputs[role] ?? role) : [];
+    const native = opts.native?.sessionOptions ?? {};
+    const nativeExtra = (native.extra ?? {}) as Record<string, unknown>;
     let s;
     try {
       s = await queue.run(
         () =>
-          ort.InferenceSession.create(graph, {
+          ort.InferenceSession.create(graph as Uint8Array, {
             // our device, so that its limits, its loss and its buffers are the ones the engine sees
             executionProviders: [backend === 'webgpu' && opts.webgpuDevice ? ({ name: 'webgpu', device: opts.webgpuDevice } as { name: 'webgpu' }) : backend],
             graphOptimizationLevel: 'all',
             externalData: externalData.length ? externalData : undefined,
             ...(gpuOnly.length ? { preferredOutputLocation: Object.fromEntries(gpuOnly.map((n) => [n, 'gpu-buffer' as const])) } : {}),
+            ...native,
+            // a graph handed over as bytes finds its external data in this folder (onnxruntime's session config key)
+            ...(externalFolder ? { extra: { ...nativeExtra, session: { ...((nativeExtra.session as object) ?? {}), model_external_initializers_file_folder_path: externalFolder } } } : {}),
           }),
         `create ${plan.folder}`,
       );
     } catch (e) {
       throw new ModelLoadError(plan.graphPath, `onnxruntime could not create a session (${(e as Error).message ?? e})`);
     }
-    // the bytes really read: a server may leave Content-Length out of its HEAD answers (compressed responses)
-    const bytes = graphBytes + externalData.reduce((a, d) => a + (d.data instanceof Blob ? d.data.size : d.data.byteLength), 0);
-    const c = new ComponentSession(plan.role, s, ort, bytes, queue, summary.halfIO);
+    const c = new ComponentSession(plan.role, s, ort, bytes, queue, halfIO);
     c.setRoles(plan.roles);
     c.gpuOutputs = gpuOnly;
     created.push(c);

@@ -17,7 +17,7 @@ import { opsToLower, packedAttention } from './op-support.ts';
 
 export { checkOps } from './op-support.ts';
 
-export type WebBackend = 'wasm' | 'webgpu';
+export type WebBackend = import('../api/types.ts').BackendName;
 
 const MS = 'com.microsoft';
 const P = 'sd3webgpu_lower';

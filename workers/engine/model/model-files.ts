@@ -26,6 +26,19 @@ export interface ModelFiles {
   size(path: string): Promise<number | null>;
   /** Every file under the source's root ('/'-separated paths relative to it) with its size; null when the source cannot list (a plain URL). */
   list?(): Promise<{ path: string; size: number }[] | null>;
+  /**
+   * The file on this machine's disk (a folder in Node, or the Node download cache after storing it there), for
+   * native onnxruntime to read itself: no byte of it passes through JS. Null when it is not on disk. Absent in the page.
+   */
+  localFile?(path: string, onProgress?: ByteProgress): Promise<LocalFile | null>;
+}
+
+/** A file on disk: its full path, the folder it is in and its name there (external data is found by name in a folder). */
+export interface LocalFile {
+  path: string;
+  folder: string;
+  name: string;
+  size: number;
 }
 
 /** All of a stream in one buffer: no second copy when the size is known. */

@@ -7,7 +7,7 @@ import { createHash } from 'node:crypto';
 import { createReadStream, openAsBlob } from 'node:fs';
 import { mkdir, open, readFile, readdir, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { homedir } from 'node:os';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import { FileCache, type CacheBackend, type CacheMeta } from './file-cache.ts';
 
 interface Record_ extends CacheMeta {
@@ -15,6 +15,7 @@ interface Record_ extends CacheMeta {
 }
 
 export function nodeCacheBackend(folder: string): CacheBackend {
+  folder = resolve(folder);
   const name = (key: string) => createHash('sha256').update(key).digest('hex');
   const readRecord = async (file: string): Promise<Record_ | null> =>
     readFile(file, 'utf8').then(
@@ -29,6 +30,7 @@ export function nodeCacheBackend(folder: string): CacheBackend {
       if (!meta || size !== meta.size) return null;
       return {
         meta,
+        file: { path: base, folder, name: name(key) },
         bytes: async () => {
           const buf = await readFile(base);
           return new Uint8Array(buf.buffer, buf.byteOffset, buf.byteLength);

@@ -1,7 +1,7 @@
 // ModelFiles over a folder on disk, for Node (CLI, benchmarks, tests). Kept out
 // of the browser bundle: only Node entry points import it.
 import { readdir, readFile, stat } from 'node:fs/promises';
-import { basename, isAbsolute, join, relative, resolve, sep } from 'node:path';
+import { basename, dirname, isAbsolute, join, relative, resolve, sep } from 'node:path';
 import { ModelLoadError } from '../errors.ts';
 import type { ByteProgress, ModelFiles } from './model-files.ts';
 
@@ -35,6 +35,18 @@ export function nodeFolderFiles(folder: string, id?: string): ModelFiles {
     },
     async exists(path: string) {
       return (await this.size(path)) !== null;
+    },
+    /** The file where it lies: native onnxruntime reads it (and its external data beside it) itself. */
+    async localFile(path: string, onProgress?: ByteProgress) {
+      const full = inside(path);
+      // the size on disk, which is what onnxruntime reads
+      const size = await stat(full).then(
+        (s) => (s.isFile() ? s.size : null),
+        () => null,
+      );
+      if (size === null) return null;
+      onProgress?.(size, size);
+      return { path: full, folder: dirname(full), name: basename(full), size };
     },
     /** Every file under the folder, '/'-separated, with its size. */
     async list() {

@@ -9,11 +9,18 @@
 // each operator that onnxruntime's transformer optimizer emits was checked by
 // creating a session under Node (tests/unit/lower-ops.test.ts keeps checking).
 // The WebGPU list is contrib_ops/webgpu/webgpu_contrib_kernels.cc; a WebGPU
-// session falls back to the CPU kernels for the rest.
+// session falls back to the CPU kernels for the rest. Native onnxruntime
+// (onnxruntime-node) has the same CPU and WebGPU kernels (tests/unit/lower-ops
+// creates the lowered operators' sessions on it); its CUDA and DirectML
+// providers have the GPU operators DirectML exports use (NhwcConv, GroupNorm,
+// SkipGroupNorm, BiasAdd, BiasSplitGelu, packed MultiHeadAttention:
+// contrib_ops/cuda, contrib_ops/dml), so nothing is lowered there (not
+// exercised on this project's machines: no CUDA, no Windows).
+import type { BackendName } from '../api/types.ts';
 import { ModelLoadError } from '../errors.ts';
 import { graphNodes, type NodeInfo } from './graph-info.ts';
 
-export type Backend = 'wasm' | 'webgpu';
+export type Backend = BackendName;
 
 const CPU_MS = [
   'Attention', 'BiasGelu', 'BifurcationDetector', 'CDist', 'ConvTransposeWithDynamicPads', 'CropAndResize', 'DecoderMaskedMultiHeadAttention',
@@ -30,10 +37,20 @@ const WEBGPU_MS = [
   'MultiHeadAttention', 'QuickGelu', 'RotaryEmbedding', 'SimplifiedLayerNormalization', 'SkipLayerNormalization', 'SkipSimplifiedLayerNormalization',
 ];
 
+/** The GPU operators of onnxruntime's transformer optimizer that CUDA and DirectML run natively. */
+const GPU_OPTIMIZER_MS = ['NhwcConv', 'GroupNorm', 'SkipGroupNorm', 'BiasAdd', 'BiasSplitGelu'];
+
 const KERNELS: Record<Backend, Set<string>> = {
   wasm: new Set(CPU_MS),
+  cpu: new Set(CPU_MS),
+  coreml: new Set(CPU_MS),
   webgpu: new Set([...CPU_MS, ...WEBGPU_MS]),
+  cuda: new Set([...CPU_MS, ...WEBGPU_MS, ...GPU_OPTIMIZER_MS]),
+  dml: new Set([...CPU_MS, ...WEBGPU_MS, ...GPU_OPTIMIZER_MS]),
 };
+
+/** Backends whose MultiHeadAttention takes packed Q/K/V. */
+const PACKED_ATTENTION = new Set<Backend>(['cuda', 'dml']);
 
 const STANDARD = new Set(['', 'ai.onnx', 'ai.onnx.ml']);
 
@@ -44,7 +61,7 @@ export const packedAttention = (n: NodeInfo) => n.opType === 'MultiHeadAttention
 function supported(n: NodeInfo, backend: Backend): boolean {
   if (STANDARD.has(n.domain)) return true;
   if (n.domain !== 'com.microsoft') return false;
-  if (packedAttention(n)) return false;
+  if (packedAttention(n) && !PACKED_ATTENTION.has(backend)) return false;
   return KERNELS[backend].has(n.opType);
 }
 
@@ -80,5 +97,6 @@ export function checkOps(graphPath: string, model: Uint8Array, backend: Backend)
   const left = opsLeftAfterLowering(model, backend);
   if (!left.length) return;
   const list = left.map((o) => `${o.domain ? `${o.domain}.` : ''}${o.op} (${o.count} node${o.count > 1 ? 's' : ''})`).join(', ');
-  throw new ModelLoadError(graphPath, `uses operators onnxruntime-web's ${backend} build has no kernel for: ${list}`);
+  const runtime = backend === 'wasm' || backend === 'webgpu' ? `onnxruntime-web's ${backend} build` : `onnxruntime's ${backend} provider`;
+  throw new ModelLoadError(graphPath, `uses operators ${runtime} has no kernel for: ${list}`);
 }
