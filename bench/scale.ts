@@ -19,8 +19,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Page } from 'playwright-core';
 import { build, preview } from 'vite';
-import { buildModel, specFromArgs } from '../tools/model-builder/build.ts';
-import { FolderOutput } from '../tools/model-builder/weight-store.ts';
+import { ensureBuilt } from './built-model.ts';
 import type { GenerateRequest, ModelInfo, ModelSourceSpec, ProgressEvent } from '../workers/engine/api/types.ts';
 import type { LoadModelOptions } from '../workers/engine/engine.ts';
 import { fitRequest } from '../workers/engine/memory/budget.ts';
@@ -42,22 +41,7 @@ const MODELS = {
   step: ['--preset', 'sd3-medium', '--weights', 'fp32', '--layers', '2', '--encoder-layers', '1', '--vae-layers', '1', '--vae-channels', '32,32,32,32', '--no-t5', '--no-vae-encoder'],
 } as const;
 
-async function ensureModel(name: keyof typeof MODELS): Promise<{ dir: string; buildSeconds: number | null; bytes: number }> {
-  const dir = join(ROOT, name);
-  const args = [...MODELS[name], '--out', dir];
-  const stamp = join(dir, 'build-args.json');
-  let buildSeconds: number | null = null;
-  if (!existsSync(stamp) || readFileSync(stamp, 'utf8') !== JSON.stringify(args)) {
-    const { spec, out } = specFromArgs(args);
-    const t = performance.now();
-    buildModel(spec, new FolderOutput(out));
-    buildSeconds = (performance.now() - t) / 1000;
-    writeFileSync(stamp, JSON.stringify(args));
-  }
-  let bytes = 0;
-  for (const e of readdirSync(dir, { withFileTypes: true, recursive: true })) if (e.isFile() && /model\.onnx/.test(e.name)) bytes += (await stat(join(e.parentPath, e.name))).size;
-  return { dir, buildSeconds, bytes };
-}
+const ensureModel = (name: keyof typeof MODELS) => ensureBuilt(join(ROOT, name), MODELS[name]);
 
 /** Resident memory of Chromium's processes by type, from /proc: RSS, its private and shared parts, and the peak (VmHWM). */
 function chromiumMemory(): Record<string, { rss: number; anon: number; shmem: number; hwm: number }> {

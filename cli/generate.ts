@@ -123,7 +123,8 @@ export async function main(argv: string[]): Promise<number> {
     ),
   );
   const s = engine.status();
-  console.error(`done: ${s.requestsServed} images, ${failures} failed`);
+  // peak resident memory of the whole process (weights, activations, runtime): what a person sizes a machine by
+  console.error(`done: ${s.requestsServed} images, ${failures} failed; peak RSS ${(process.resourceUsage().maxRSS / 1024 ** 2).toFixed(2)} GB`);
   await engine.unload();
   return failures ? 1 : 0;
 }

@@ -21,6 +21,7 @@ import { nodeFileCache } from '../../workers/engine/model/node-file-cache.ts';
 import { relocateExternalData } from '../../workers/engine/model/external-data.ts';
 import { createNodeEngine, wasmNodeRuntime } from '../../workers/engine/node.ts';
 import { cpuRuntime } from '../../workers/engine/runtime/node-runtime.ts';
+import { buildTemp, tinySpec } from '../helpers/built-models.ts';
 import { startModelServer } from '../helpers/model-server.ts';
 import { REAL_EXPORTS_DIR, diffToRgb, reference, referenceRgb } from '../helpers/real-exports.ts';
 import { maxPixelDiff, TINY_MODEL_DIR, TINY_MODEL_EXTERNAL_DIR } from '../helpers/tiny-engine.ts';
@@ -213,6 +214,23 @@ describe('a full-width SD3 block (the builder\'s sd3-medium preset at 1 block)',
     expect(Object.values(cpu.weights.components).every((c) => c.attentionChunks === 1 && !c.attentionFused && !Object.keys(c.lowered).length)).toBe(true);
     const limited = await plan(dir, 'cpu', ['--max-buffer-mb', '1024']);
     expect(limited.attention.chunks).toBe(webgpu.attention.chunks);
+  });
+});
+
+describe('fp16 weights on native CPU', () => {
+  it('are computed in fp32 (the CPU provider has no fp16 matrix kernels): the memory budget counts them twice, the images stay within 1 level of wasm', async () => {
+    const built = await buildTemp(tinySpec({ weights: 'float16', io: 'float32', dataFile: () => 'model.onnx_data' }));
+    try {
+      const source = { kind: 'path', path: built.dir } as const;
+      const nat = await loadOn(cpuRuntime(), source);
+      const wasm = await loadOn(wasmNodeRuntime(), source);
+      expect(nat.status().weightBytes).toBe(2 * wasm.status().weightBytes);
+      expect(nat.status().memory!.residentWeightBytes).toBe(nat.status().weightBytes);
+      for (const r of REQUESTS) expect(maxPixelDiff((await nat.generate(r)).rgba, (await wasm.generate(r)).rgba), r.prompt).toBeLessThanOrEqual(1);
+      await Promise.all([nat.unload(), wasm.unload()]);
+    } finally {
+      await built.remove();
+    }
   });
 });
 

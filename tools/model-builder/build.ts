@@ -208,8 +208,9 @@ export function writeTinyModels(outRoot: string): string[] {
 
 const USAGE = `usage: npm run build:model -- --preset ${Object.keys(PRESETS).join('|')} --out DIR
   [--weights fp32|fp16] [--io fp32|fp16] [--layers N] [--encoder-layers N] [--vae-layers N] [--vae-channels a,b,c,d]
-  [--attention decomposed|fused] [--external single|shards|none] [--shard-mb N] [--sparse] [--no-t5] [--no-vae-encoder]
-  --sparse writes the external data as holes of the right size: for memory plans and load tests, not images.`;
+  [--attention decomposed|fused] [--external single|shards|none] [--shard-mb N] [--sparse] [--no-t5] [--no-vae-encoder] [--fast-weights]
+  --sparse writes the external data as holes of the right size: for memory plans and load tests, not images.
+  --fast-weights writes random weights at disk speed (not seeded normals): for speed and memory runs of full-size models.`;
 
 const floatType = (v: string, flag: string): FloatType => {
   if (v === 'fp32') return 'float32';
@@ -241,6 +242,7 @@ export function specFromArgs(argv: string[]): { spec: BuildSpec; out: string } {
       sparse: { type: 'boolean', default: false },
       'no-t5': { type: 'boolean', default: false },
       'no-vae-encoder': { type: 'boolean', default: false },
+      'fast-weights': { type: 'boolean', default: false },
     },
     strict: true,
   });
@@ -276,6 +278,7 @@ export function specFromArgs(argv: string[]): { spec: BuildSpec; out: string } {
       sparse: a.sparse,
       withT5: !a['no-t5'],
       withVaeEncoder: !a['no-vae-encoder'],
+      fastWeights: a['fast-weights'],
     },
   };
 }

@@ -39,7 +39,7 @@ export class ComponentSession {
     readonly name: string,
     private readonly session: ortTypes.InferenceSession,
     private readonly ort: { Tensor: typeof ortTypes.Tensor },
-    /** Bytes of the graph and its external data. */
+    /** Bytes its weights hold: the graph and its external data (twice that for fp16 weights on native CPU, computed in fp32). */
     readonly weightBytes: number,
     /** Shared by every session of the same onnxruntime module. */
     readonly queue: RunQueue,
