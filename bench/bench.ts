@@ -1,5 +1,6 @@
 // npm run bench: the interleaver against sequential and naive serving, on Node
-// with the wasm backend and the tiny model. Every figure is also given as a
+// with native onnxruntime's CPU provider (`--wasm`: onnxruntime-web's wasm on
+// one thread, as before) and the tiny model. Every figure is also given as a
 // ratio to mode (a) from the same run, since this machine is noisy.
 //   (a) sequential: one request at a time through one engine
 //   (b) interleaved, batch size 1
@@ -11,7 +12,8 @@ import { writeFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import type { GenerateRequest } from '../workers/engine/api/types.ts';
 import type { Engine } from '../workers/engine/engine.ts';
-import { createNodeEngine, ort } from '../workers/engine/node.ts';
+import { createNodeEngine, wasmNodeRuntime } from '../workers/engine/node.ts';
+import { cpuRuntime } from '../workers/engine/runtime/node-runtime.ts';
 import { decodeLatents, rgbaToPng } from '../workers/engine/sd3/decode.ts';
 import { combineGuidance, predictRows } from '../workers/engine/sd3/denoise-step.ts';
 import { encodePrompts } from '../workers/engine/sd3/encode-prompt.ts';
@@ -26,6 +28,8 @@ const quick = process.argv.includes('--quick');
 const soakOnly = process.argv.includes('--soak');
 const SIZES = quick ? [64] : [64, 256];
 const NS = quick ? [1, 4] : [1, 4, 8, 16];
+/** The runtime every engine of the run is made on. */
+const runtime = () => (process.argv.includes('--wasm') ? wasmNodeRuntime() : cpuRuntime());
 
 interface Row extends ModeRow {
   peakRssMb: number;
@@ -45,7 +49,7 @@ const req = (i: number, size: number, steps = STEPS): GenerateRequest => modeReq
 const shortBehindLong = (mode: Mode, engines: Engine[], n: number, size: number) => shortBehind(mode, engines, n, size, LONG_STEPS);
 
 async function engineFor(mode: Mode): Promise<Engine> {
-  const e = createNodeEngine(modeOptions(mode));
+  const e = createNodeEngine({ ...modeOptions(mode), runtime: runtime() });
   await e.load({ kind: 'path', path: MODEL });
   return e;
 }
@@ -53,6 +57,7 @@ async function engineFor(mode: Mode): Promise<Engine> {
 /** The same sessions called back to back by hand, no interleaver: the overhead baseline. */
 async function byHand(engine: Engine, r: GenerateRequest, size: number): Promise<number> {
   const m = engine.model!;
+  const ort = engine.options.ort;
   const t0 = performance.now();
   const [cond, uncond] = await encodePrompts(m, ort, [r.prompt, '']);
   const lat = size / m.vaeConfig.scaleFactor;
@@ -76,7 +81,7 @@ async function byHand(engine: Engine, r: GenerateRequest, size: number): Promise
  * its baseline, RSS after them stays within a few percent of it.
  */
 async function soak() {
-  const engine = createNodeEngine({ maxActive: 32, maxBatch: MAX_BATCH });
+  const engine = createNodeEngine({ maxActive: 32, maxBatch: MAX_BATCH, runtime: runtime() });
   await engine.load({ kind: 'path', path: MODEL });
   const settle = async () => {
     for (let i = 0; i < 3; i++) {
@@ -254,9 +259,9 @@ async function main() {
   const soakFigures = await soak();
   console.table([soakFigures]);
   // figures of the other runs (--scale, --client, --webgpu) stay
-  const { scale, client, webgpu, gallery, server } = readResults(OUT);
-  const kept = { ...(scale ? { scale } : {}), ...(client ? { client } : {}), ...(webgpu ? { webgpu } : {}), ...(gallery ? { gallery } : {}), ...(server ? { server } : {}) };
-  writeFileSync(OUT, `${JSON.stringify({ date: new Date().toISOString(), machine: { cpus: (await import('node:os')).cpus().length, node: process.version }, backend: 'wasm', model: 'tiny-sd3', steps: STEPS, longSteps: LONG_STEPS, maxBatch: MAX_BATCH, overhead, rows, targets, soak: soakFigures, ...kept }, null, 2)}\n`);
+  const { scale, client, webgpu, gallery, server, native, attention, gpu } = readResults(OUT);
+  const kept = { ...(scale ? { scale } : {}), ...(client ? { client } : {}), ...(webgpu ? { webgpu } : {}), ...(gallery ? { gallery } : {}), ...(server ? { server } : {}), ...(native ? { native } : {}), ...(attention ? { attention } : {}), ...(gpu ? { gpu } : {}) };
+  writeFileSync(OUT, `${JSON.stringify({ date: new Date().toISOString(), machine: { cpus: (await import('node:os')).cpus().length, node: process.version }, backend: runtime().backend, threads: runtime().status.threads, model: 'tiny-sd3', steps: STEPS, longSteps: LONG_STEPS, maxBatch: MAX_BATCH, overhead, rows, targets, soak: soakFigures, ...kept }, null, 2)}\n`);
   console.log(`wrote ${OUT}`);
 }
 

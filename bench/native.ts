@@ -16,10 +16,13 @@
 //   - 32 requests at once through the seed's HTTP API (`npm run serve`'s
 //     server) at 256² on native: distinct images, p50 latency, images/s.
 // `--native-quick`: 64² only, fewer rows (a check that it runs).
-// `--native-large DIR`: also `npm run generate` on a model over 4 GB (the
-// full-depth sd3-medium preset in fp16: `npm run build:model -- --preset
-// sd3-medium --weights fp16 --io fp32 --no-t5 --no-vae-encoder --fast-weights
-// --out DIR`), 64², 2 steps: wall time, peak RSS, bytes.
+// `--native-pytorch PYTHON`: also diffusers' own PyTorch modules at the same
+// shapes (tools/fixtures/bench_pytorch.py, run with that interpreter and the
+// caller's PYTHONPATH holding diffusers' src), as a stage row beside the others.
+// `--native-large DIR`: also `npm run generate` on two models over 4 GB, built
+// under DIR (fast weights): the full-depth sd3-medium preset in fp16 (5.5 GiB)
+// and its full-depth transformer in fp32 with 1-layer encoders (7.8 GiB); 64²,
+// 2 steps: wall time, peak RSS against the model's bytes.
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
@@ -47,7 +50,7 @@ const GB = 1024 ** 3;
 const round = (x: number, d = 3) => Number(x.toFixed(d));
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
-type RuntimeName = 'native' | 'wasm-1' | 'wasm-n';
+type RuntimeName = 'native' | 'wasm-1' | 'wasm-n' | 'pytorch';
 
 interface StageRow {
   runtime: RuntimeName;
@@ -107,11 +110,11 @@ async function stagesChild(name: RuntimeName, dir: string, sizes: number[]): Pro
   return { runtime: name, threads: runtime.status.threads, loadSeconds: round(loadSeconds, 2), loadPeakRssGb: round(loadPeakRssGb), stages };
 }
 
-/** Runs a command; its wall time, exit code and output. */
-function run(args: string[]): Promise<{ code: number; wallSeconds: number; stdout: string; stderr: string }> {
+/** Runs a command (Node unless told); its wall time, exit code and output. */
+function run(args: string[], command = process.execPath): Promise<{ code: number; wallSeconds: number; stdout: string; stderr: string }> {
   return new Promise((resolve, reject) => {
     const t = performance.now();
-    const child = spawn(process.execPath, args, { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(command, args, { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
     let stdout = '';
     let stderr = '';
     child.stdout.on('data', (c: Buffer) => (stdout += c));
@@ -210,12 +213,20 @@ export async function nativeBench(out: string, argv: string[]): Promise<void> {
     children.push(JSON.parse(r.stdout.trim().split('\n').at(-1)!) as ChildReport);
     log(`${name}: ${JSON.stringify(children.at(-1)!.stages)}`);
   }
+  const pythonAt = argv.indexOf('--native-pytorch');
+  if (pythonAt > 0) {
+    const r = await run(['tools/fixtures/bench_pytorch.py', '--threads', String(availableParallelism()), '--sizes', sizes.join(',')], argv[pythonAt + 1]);
+    if (r.code !== 0) throw new Error(`bench_pytorch.py failed: ${r.stderr}`);
+    const py = JSON.parse(r.stdout.trim().split('\n').at(-1)!) as { torch: string; threads: number; stages: Omit<StageRow, 'runtime' | 'threads'>[] };
+    children.push({ runtime: 'pytorch', threads: py.threads, loadSeconds: NaN, loadPeakRssGb: NaN, stages: py.stages.map((x) => ({ runtime: 'pytorch', threads: py.threads, ...x })) });
+    log(`pytorch ${py.torch}: ${JSON.stringify(py.stages)}`);
+  }
   const stages = children.flatMap((c) => c.stages);
   const nat = (size: number) => stages.find((s) => s.runtime === 'native' && s.size === size)!;
   const speedups = stages
     .filter((s) => s.runtime !== 'native')
     .map((s) => ({ size: s.size, against: s.runtime, threads: s.threads, textEncoders: round(s.textEncodersMs / nat(s.size).textEncodersMs, 2), transformerRun: round(s.transformerRunMs / nat(s.size).transformerRunMs, 2), vaeDecode: round(s.vaeDecodeMs / nat(s.size).vaeDecodeMs, 2) }));
-  const load = children.map((c) => ({ runtime: c.runtime, threads: c.threads, loadSeconds: c.loadSeconds, peakRssGb: c.loadPeakRssGb, peakRssOverModel: round((c.loadPeakRssGb * GB) / wide.bytes) }));
+  const load = children.filter((c) => c.runtime !== 'pytorch').map((c) => ({ runtime: c.runtime, threads: c.threads, loadSeconds: c.loadSeconds, peakRssGb: c.loadPeakRssGb, peakRssOverModel: round((c.loadPeakRssGb * GB) / wide.bytes) }));
 
   // 2. npm run generate, native against wasm (the Must-show figure)
   const e2eSize = quick ? 64 : 256;
@@ -265,15 +276,21 @@ export async function nativeBench(out: string, argv: string[]): Promise<void> {
   log(`server: ${JSON.stringify(server)}`);
   await engine.unload();
 
-  // 4. a model over 4 GB
+  // 4. models over 4 GB: the full-depth sd3-medium transformer in fp16 (real encoders) and in fp32 (1-layer encoders)
   const largeAt = argv.indexOf('--native-large');
-  let large = null;
+  const large = [];
   if (largeAt > 0) {
-    const dir = argv[largeAt + 1];
-    const bytes = (await ensureBuilt(dir, ['--preset', 'sd3-medium', '--weights', 'fp16', '--io', 'fp32', '--no-t5', '--no-vae-encoder', '--fast-weights'])).bytes;
-    const g = await generate(dir, 'cpu', 64, 2, join(tmp, 'large.png'));
-    large = { model: 'sd3-medium preset, full depth, fp16 weights, fp32 I/O, no T5', gb: round(bytes / GB), size: 64, steps: 2, ...g, peakRssOverModel: g.peakRssGb ? round((g.peakRssGb * GB) / bytes) : null };
-    log(`large: ${JSON.stringify(large)}`);
+    const root = argv[largeAt + 1];
+    const models = [
+      { name: 'fp16', what: 'sd3-medium preset, full depth, fp16 weights, fp32 I/O, no T5', args: ['--preset', 'sd3-medium', '--weights', 'fp16', '--io', 'fp32', '--no-t5', '--no-vae-encoder', '--fast-weights'] },
+      { name: 'fp32', what: 'sd3-medium preset, full-depth transformer, 1-layer text encoders and VAE, fp32, no T5', args: ['--preset', 'sd3-medium', '--weights', 'fp32', '--encoder-layers', '1', '--vae-layers', '1', '--no-t5', '--no-vae-encoder', '--fast-weights'] },
+    ];
+    for (const m of models) {
+      const { dir, bytes } = await ensureBuilt(join(root, m.name), m.args);
+      const g = await generate(dir, 'cpu', 64, 2, join(tmp, `large-${m.name}.png`));
+      large.push({ model: m.what, gib: round(bytes / GB), size: 64, steps: 2, ...g, peakRssOverModel: g.peakRssGb ? round((g.peakRssGb * GB) / bytes) : null });
+      log(`large: ${JSON.stringify(large.at(-1))}`);
+    }
   }
   await rm(tmp, { recursive: true, force: true });
 

@@ -7,7 +7,7 @@ import { expect } from 'vitest';
 import { summarize, type SoakOutcome, type SoakReport, type SoakRequest } from '../../bench/soak.ts';
 import type { GenerateRequest, GenerateResult, ImageMetadata } from '../../workers/engine/api/types.ts';
 import { diffGpuMemory, parseKind, type GpuMemory, type GpuMemoryDiff } from '../../workers/gpu-memory.ts';
-import { loadTinyEngine, maxPixelDiff } from '../helpers/tiny-engine.ts';
+import { loadTinyWasmEngine, maxPixelDiff } from '../helpers/tiny-engine.ts';
 
 export type PageImage = ImageMetadata & { png: number[] };
 
@@ -30,7 +30,7 @@ export function storedImages(page: Page, ids?: string[]): Promise<PageImage[]> {
 export async function diffFromNode(png: number[], s: Pick<GenerateRequest, 'prompt' | 'negativePrompt' | 'seed' | 'steps' | 'guidance' | 'width' | 'height'>): Promise<{ diff: number; channels: number }> {
   const img = decode(Uint8Array.from(png));
   const { prompt, negativePrompt, seed, steps, guidance, width, height } = s;
-  const ref = await (await loadTinyEngine()).generate({ prompt, negativePrompt, seed, steps, guidance, width, height });
+  const ref = await (await loadTinyWasmEngine()).generate({ prompt, negativePrompt, seed, steps, guidance, width, height });
   return { diff: maxPixelDiff(new Uint8ClampedArray(img.data.buffer, img.data.byteOffset, img.data.byteLength), ref.rgba), channels: img.channels };
 }
 

@@ -13,7 +13,7 @@ import type { LoadModelOptions } from '../../workers/engine/engine.ts';
 import { createNodeEngine } from '../../workers/engine/node.ts';
 import { buildTemp, tinySpec, type BuiltModel } from '../helpers/built-models.ts';
 import { servedCommit, startModelServer, type ModelServer } from '../helpers/model-server.ts';
-import { loadTinyEngine, maxPixelDiff, TINY_MODEL_EXTERNAL_DIR } from '../helpers/tiny-engine.ts';
+import { loadTinyWasmEngine, maxPixelDiff, TINY_MODEL_EXTERNAL_DIR } from '../helpers/tiny-engine.ts';
 import { openApp, type BrowserSession } from './chromium.ts';
 
 interface Api {
@@ -84,7 +84,7 @@ describe('real-size paths in the page', () => {
     const ref = await node.generate(request);
     expect(maxPixelDiff(pixels(page.png), ref.rgba)).toBeLessThanOrEqual(1);
     // and within a few levels of the fp32-I/O twin: the casts are the only difference
-    const full = await (await loadTinyEngine()).generate(request);
+    const full = await (await loadTinyWasmEngine()).generate(request);
     expect(maxPixelDiff(pixels(page.png), full.rgba)).toBeLessThanOrEqual(8);
     await node.unload();
 
@@ -99,7 +99,7 @@ describe('real-size paths in the page', () => {
     if ('error' in page) throw new Error(JSON.stringify(page.error));
     expect(page.info.attentionChunks.transformer).toBe(4);
     expect(page.metadata.backend).toBe('webgpu');
-    const ref = await (await loadTinyEngine()).generate(request);
+    const ref = await (await loadTinyWasmEngine()).generate(request);
     expect(maxPixelDiff(pixels(page.png), ref.rgba)).toBeLessThanOrEqual(3);
   });
 

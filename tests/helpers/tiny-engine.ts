@@ -1,7 +1,9 @@
-// The built-in tiny model loaded once per test file on the wasm backend.
+// The built-in tiny model loaded once per test file: on native onnxruntime's
+// CPU provider (what Node entries run), or on onnxruntime-web's wasm (the
+// reference the page's images are held to: the same wasm code as the page).
 import { fileURLToPath } from 'node:url';
-import type { Engine, EngineOptions } from '../../workers/engine/engine.ts';
-import { createNodeEngine } from '../../workers/engine/node.ts';
+import type { Engine } from '../../workers/engine/engine.ts';
+import { createNodeEngine, wasmNodeRuntime, type NodeEngineOptions } from '../../workers/engine/node.ts';
 
 export const TINY_MODEL_DIR = fileURLToPath(new URL('../../public/models/tiny-sd3/', import.meta.url));
 export const TINY_MODEL_EXTERNAL_DIR = fileURLToPath(new URL('../../public/models/tiny-sd3-external/', import.meta.url));
@@ -9,7 +11,7 @@ export const TINY_MODEL_EXTERNAL_DIR = fileURLToPath(new URL('../../public/model
 const shared = new Map<string, Promise<Engine>>();
 
 /** A fresh engine with the tiny model (options change budgets, batching…). */
-export async function newTinyEngine(options: Partial<EngineOptions> = {}, dir = TINY_MODEL_DIR): Promise<Engine> {
+export async function newTinyEngine(options: NodeEngineOptions = {}, dir = TINY_MODEL_DIR): Promise<Engine> {
   const engine = createNodeEngine(options);
   await engine.load({ kind: 'path', path: dir });
   return engine;
@@ -19,6 +21,14 @@ export async function newTinyEngine(options: Partial<EngineOptions> = {}, dir = 
 export function loadTinyEngine(): Promise<Engine> {
   let e = shared.get(TINY_MODEL_DIR);
   if (!e) shared.set(TINY_MODEL_DIR, (e = newTinyEngine()));
+  return e;
+}
+
+/** One wasm engine (one thread, as the page's) shared by a file's tests: what the page's images are compared with. */
+export function loadTinyWasmEngine(): Promise<Engine> {
+  const key = `wasm:${TINY_MODEL_DIR}`;
+  let e = shared.get(key);
+  if (!e) shared.set(key, (e = newTinyEngine({ runtime: wasmNodeRuntime() })));
   return e;
 }
 
