@@ -25,6 +25,8 @@ export interface OnnxRuntime {
   /** External data streams from Blobs (the JSPI build). */
   streaming: boolean;
   build: 'jspi' | 'asyncify';
+  /** Threads of the wasm backend: min(cores, 8) where the page is cross-origin isolated (threads need SharedArrayBuffer), else 1. */
+  threads: number;
 }
 
 let runtime: Promise<OnnxRuntime> | null = null;
@@ -35,10 +37,12 @@ export function onnxRuntime(): Promise<OnnxRuntime> {
     const jspi = typeof (WebAssembly as { Suspending?: unknown }).Suspending === 'function';
     const ort = (jspi ? await import('onnxruntime-web/jspi') : await import('onnxruntime-web/webgpu')) as unknown as Ort;
     ort.env.wasm.wasmPaths = { wasm: new URL(jspi ? jspiWasmUrl : asyncifyWasmUrl, self.location.href).href };
-    // threads need cross-origin isolation; one thread works everywhere
-    ort.env.wasm.numThreads = 1;
+    // threads need cross-origin isolation (SharedArrayBuffer); capped at 8.
+    // The pthreads load this same bundle (import.meta.url) as workers: the glue is embedded, so no `mjs` path is given
+    const threads = self.crossOriginIsolated ? Math.min(navigator.hardwareConcurrency || 1, 8) : 1;
+    ort.env.wasm.numThreads = threads;
     ort.env.logLevel = 'error';
-    return { ort, streaming: jspi, build: jspi ? 'jspi' : 'asyncify' };
+    return { ort, streaming: jspi, build: jspi ? 'jspi' : 'asyncify', threads };
   })();
   return runtime;
 }
@@ -69,6 +73,8 @@ export interface GpuInfo {
   fallbackReason?: string;
   /** The onnxruntime-web build in use: 'jspi' streams weights from Blobs. */
   runtime: OnnxRuntime['build'];
+  /** Threads the wasm backend runs on (also its CPU ops under WebGPU). */
+  threads?: number;
 }
 
 /**
@@ -140,8 +146,8 @@ export function loseGpuDevice(): boolean {
 /** Picks WebGPU when an adapter exists (device made at its real limits), else wasm. */
 export function detectGpu(): Promise<GpuInfo> {
   gpu ??= (async (): Promise<GpuInfo> => {
-    const { build: runtime } = await onnxRuntime();
-    const fallback = (reason: string): GpuInfo => ({ backend: 'wasm', adapter: `none (${reason}); running on wasm`, features: [], limits: {}, fallbackReason: reason, runtime });
+    const { build: runtime, threads } = await onnxRuntime();
+    const fallback = (reason: string): GpuInfo => ({ backend: 'wasm', adapter: `none (${reason}); running on wasm`, features: [], limits: {}, fallbackReason: reason, runtime, threads });
     if (!('gpu' in navigator) || !navigator.gpu) return fallback('navigator.gpu is missing');
     const adapter = await navigator.gpu.requestAdapter({ powerPreference: 'high-performance' }).catch(() => null);
     if (!adapter) return fallback('no WebGPU adapter');
@@ -195,6 +201,7 @@ export function detectGpu(): Promise<GpuInfo> {
       ...(typeof i.subgroupMinSize === 'number' && typeof i.subgroupMaxSize === 'number' ? { subgroupSizes: { min: i.subgroupMinSize, max: i.subgroupMaxSize } } : {}),
       ...(reducedRequest ? { reducedRequest } : {}),
       runtime,
+      threads,
     };
   })();
   return gpu;
