@@ -16,6 +16,8 @@
 //   - 32 requests at once through the seed's HTTP API (`npm run serve`'s
 //     server) at 256² on native: distinct images, p50 latency, images/s.
 // `--native-quick`: 64² only, fewer rows (a check that it runs).
+// `--native-stages-only`: only the per-stage rows (and PyTorch's, if asked),
+// merged into the figures already recorded.
 // `--native-pytorch PYTHON`: also diffusers' own PyTorch modules at the same
 // shapes (tools/fixtures/bench_pytorch.py, run with that interpreter and the
 // caller's PYTHONPATH holding diffusers' src), as a stage row beside the others.
@@ -40,7 +42,7 @@ import { createNodeEngine, wasmNodeRuntime } from '../workers/engine/node.ts';
 import { cpuRuntime } from '../workers/engine/runtime/node-runtime.ts';
 import { ensureBuilt } from './built-model.ts';
 import { LONG_STEPS, pct, req, runBatch, shortBehindLong } from './modes.ts';
-import { writeResults } from './results-file.ts';
+import { readResults, writeResults } from './results-file.ts';
 
 const ROOT = fileURLToPath(new URL('../', import.meta.url));
 const WIDE_DIR = join(ROOT, 'models', 'bench-native', 'wide');
@@ -223,10 +225,19 @@ export async function nativeBench(out: string, argv: string[]): Promise<void> {
   }
   const stages = children.flatMap((c) => c.stages);
   const nat = (size: number) => stages.find((s) => s.runtime === 'native' && s.size === size)!;
-  const speedups = stages
+  const speedupsOf = () => stages
     .filter((s) => s.runtime !== 'native')
     .map((s) => ({ size: s.size, against: s.runtime, threads: s.threads, textEncoders: round(s.textEncodersMs / nat(s.size).textEncodersMs, 2), transformerRun: round(s.transformerRunMs / nat(s.size).transformerRunMs, 2), vaeDecode: round(s.vaeDecodeMs / nat(s.size).vaeDecodeMs, 2) }));
+  const speedups = speedupsOf();
   const load = children.filter((c) => c.runtime !== 'pytorch').map((c) => ({ runtime: c.runtime, threads: c.threads, loadSeconds: c.loadSeconds, peakRssGb: c.loadPeakRssGb, peakRssOverModel: round((c.loadPeakRssGb * GB) / wide.bytes) }));
+
+  if (argv.includes('--native-stages-only')) {
+    const previous = (readResults(out).native ?? {}) as Record<string, unknown>;
+    console.table(stages);
+    console.table(speedups);
+    writeResults(out, 'native', { ...previous, stagesDate: new Date().toISOString(), stages, speedups, load });
+    return;
+  }
 
   // 2. npm run generate, native against wasm (the Must-show figure)
   const e2eSize = quick ? 64 : 256;

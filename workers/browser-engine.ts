@@ -17,6 +17,7 @@ import { Engine, type EngineOptions } from './engine/engine.ts';
 import { openModelFiles, UrlModelFiles, type ModelFiles } from './engine/model/model-files.ts';
 import { meterGpuMemory, type GpuMemory } from './gpu-memory.ts';
 import { browserModelCache } from './store/model-cache.ts';
+import { wasmThreads } from './wasm-threads.ts';
 
 export type Ort = typeof OrtModule;
 
@@ -25,7 +26,7 @@ export interface OnnxRuntime {
   /** External data streams from Blobs (the JSPI build). */
   streaming: boolean;
   build: 'jspi' | 'asyncify';
-  /** Threads of the wasm backend: min(cores, 8) where the page is cross-origin isolated (threads need SharedArrayBuffer), else 1. */
+  /** Threads of the wasm backend (wasm-threads.ts): min(cores, 8) where the page is cross-origin isolated and has 4 cores or more, else 1. */
   threads: number;
 }
 
@@ -37,9 +38,9 @@ export function onnxRuntime(): Promise<OnnxRuntime> {
     const jspi = typeof (WebAssembly as { Suspending?: unknown }).Suspending === 'function';
     const ort = (jspi ? await import('onnxruntime-web/jspi') : await import('onnxruntime-web/webgpu')) as unknown as Ort;
     ort.env.wasm.wasmPaths = { wasm: new URL(jspi ? jspiWasmUrl : asyncifyWasmUrl, self.location.href).href };
-    // threads need cross-origin isolation (SharedArrayBuffer); capped at 8.
+    // threads need cross-origin isolation (SharedArrayBuffer); capped at 8, none under 4 cores (wasm-threads.ts).
     // The pthreads load this same bundle (import.meta.url) as workers: the glue is embedded, so no `mjs` path is given
-    const threads = self.crossOriginIsolated ? Math.min(navigator.hardwareConcurrency || 1, 8) : 1;
+    const threads = wasmThreads(self.crossOriginIsolated, navigator.hardwareConcurrency || 1);
     ort.env.wasm.numThreads = threads;
     ort.env.logLevel = 'error';
     return { ort, streaming: jspi, build: jspi ? 'jspi' : 'asyncify', threads };

@@ -1,6 +1,6 @@
 // Cross-origin isolation: the page and its worker are isolated (COOP same-origin,
 // COEP credentialless, on every response and in the build's _headers), so the
-// wasm backend runs on min(cores, 8) threads; one image generates on them, and
+// wasm backend runs on min(cores, 8) threads (1 under 4 cores: wasm-threads.ts); one image generates, and
 // downloads by Hub repo id and by URL from a cross-origin server (the local Hub
 // test server, which sends CORS headers) still load and generate.
 // MEASURE_THREADS=<rounds> also times a transformer step at 256² with 1 thread (the
@@ -13,6 +13,7 @@ import type { WorkerStatus } from '../../workers/worker-api.ts';
 import { startModelServer, type ModelServer } from '../helpers/model-server.ts';
 import { TINY_MODEL_EXTERNAL_DIR } from '../helpers/tiny-engine.ts';
 import { openApp, openBrowser, waitForAttribute, waitForCount, waitForText, type BrowserSession } from './chromium.ts';
+import { wasmThreads } from '../../workers/wasm-threads.ts';
 
 const REPO = 'acme/isolated-sd3';
 const ISOLATION = { 'cross-origin-opener-policy': 'same-origin', 'cross-origin-embedder-policy': 'credentialless' };
@@ -49,7 +50,7 @@ describe('cross-origin isolation and wasm threads in the page', () => {
     // Hub layout for the repo id, and the models folder as is for URLs: another origin than the page's
     server = await startModelServer({ root: dirname(TINY_MODEL_EXTERNAL_DIR), repos: [{ repo: REPO, folder: TINY_MODEL_EXTERNAL_DIR }] });
     b = await openApp(inject('baseUrl'));
-    expectedThreads = Math.min((await engineWorker(b)!.evaluate(() => navigator.hardwareConcurrency)) || 1, 8);
+    expectedThreads = wasmThreads(true, (await engineWorker(b)!.evaluate(() => navigator.hardwareConcurrency)) || 1);
   });
   afterAll(async () => {
     await b?.close();
@@ -70,7 +71,7 @@ describe('cross-origin isolation and wasm threads in the page', () => {
     expect(headers).toContain('Cross-Origin-Embedder-Policy: credentialless');
   });
 
-  it('page and worker are cross-origin isolated; wasm runs on min(cores, 8) threads and generates', async () => {
+  it('page and worker are cross-origin isolated; wasm runs on min(cores, 8) threads (1 under 4 cores) and generates', async () => {
     expect(await b.page.evaluate(() => crossOriginIsolated)).toBe(true);
     expect(await engineWorker(b)!.evaluate(() => self.crossOriginIsolated)).toBe(true);
     const s = await status(b);
