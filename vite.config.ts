@@ -5,26 +5,15 @@ import { defineConfig } from 'vitest/config';
 import { CONTENT_SECURITY_POLICY } from './content-security-policy.ts';
 
 /**
- * Cross-origin isolation, so onnxruntime's wasm may use threads (SharedArrayBuffer).
- * COEP `credentialless` rather than `require-corp`: the Hub's files come with CORS
- * but no Cross-Origin-Resource-Policy, and CORS fetches need nothing more under it.
- */
-const ISOLATION_HEADERS = {
-  'Cross-Origin-Opener-Policy': 'same-origin',
-  'Cross-Origin-Embedder-Policy': 'credentialless',
-} as const;
-
-/**
- * The Content-Security-Policy and the isolation headers on everything the dev and
+ * The Content-Security-Policy as a response header on everything the dev and
  * preview servers send: a worker's policy comes from its own script's response,
- * and a <meta> policy governs only the page (COOP/COEP have no <meta> form). The
- * CSP meta is still injected into the HTML for static hosts that send no headers,
- * and the build writes a `_headers` file (Netlify, Cloudflare Pages) carrying all three.
+ * and a <meta> policy governs only the page. The meta is still injected into
+ * the HTML for static hosts that send no headers, and the build writes a
+ * `_headers` file (Netlify, Cloudflare Pages) carrying the header.
  */
 function contentSecurityPolicy(): Plugin {
-  const headers: Record<string, string> = { 'Content-Security-Policy': CONTENT_SECURITY_POLICY, ...ISOLATION_HEADERS };
   const setHeader = (_req: IncomingMessage, res: ServerResponse, next: () => void) => {
-    for (const [name, value] of Object.entries(headers)) res.setHeader(name, value);
+    res.setHeader('Content-Security-Policy', CONTENT_SECURITY_POLICY);
     next();
   };
   return {
@@ -33,8 +22,7 @@ function contentSecurityPolicy(): Plugin {
     configurePreviewServer: (server) => void server.middlewares.use(setHeader),
     transformIndexHtml: () => [{ tag: 'meta', attrs: { 'http-equiv': 'Content-Security-Policy', content: CONTENT_SECURITY_POLICY }, injectTo: 'head-prepend' }],
     generateBundle() {
-      const lines = Object.entries(headers).map(([name, value]) => `  ${name}: ${value}\n`);
-      this.emitFile({ type: 'asset', fileName: '_headers', source: `/*\n${lines.join('')}` });
+      this.emitFile({ type: 'asset', fileName: '_headers', source: `/*\n  Content-Security-Policy: ${CONTENT_SECURITY_POLICY}\n` });
     },
   };
 }

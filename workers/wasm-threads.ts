@@ -1,5 +1,6 @@
 // How many threads the page's wasm backend runs on. Threads need cross-origin
-// isolation (SharedArrayBuffer). With fewer than 4 cores they stay at 1: on
+// isolation (SharedArrayBuffer), which the app's servers do not send for now
+// (README: "Threads in the page"), so the page runs on 1. With fewer than 4 cores they stay at 1: on
 // this project's 2-core machine two threads gained only 1.24x per step, and
 // under CPU load the page's threaded wasm stalled for good (a load or a
 // generation never ended: 2 of 5 loaded runs of models.test.ts, none of 3 on
