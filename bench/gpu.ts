@@ -51,7 +51,7 @@ import type { Engine } from '../workers/engine/engine.ts';
 import { adapterPeakFlops, imageTokens, transformerFlopsPerRow } from '../workers/engine/flops.ts';
 import type { BackendName } from '../workers/engine/api/types.ts';
 import { createNodeEngine, wasmNodeRuntime } from '../workers/engine/node.ts';
-import { nodeRuntime } from '../workers/engine/runtime/node-runtime.ts';
+import { nodeRuntime, unavailableReasons } from '../workers/engine/runtime/node-runtime.ts';
 
 /** An engine on a backend, or why the GPU one is not there. */
 export interface NodeBackend {
@@ -307,7 +307,7 @@ export async function gpuBench(opts: GpuBenchOptions): Promise<GpuReport> {
       opts.openBackend ??
       (async (o) => {
         const runtime = await nodeRuntime('auto');
-        const reason = runtime.status.unavailable.map((u) => `${u.backend}: ${u.reason}`).join('; ') || null;
+        const reason = unavailableReasons(runtime.status) || null;
         return { engine: createNodeEngine({ ...o, runtime }), backend: runtime.backend, fallbackReason: reason };
       });
     const b = await open({ ...engineOptions, deviceFit: { memoryBytes: memoryGb * GiB } });

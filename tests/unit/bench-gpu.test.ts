@@ -10,7 +10,7 @@ import { buildKey, ensureGpuModel, gpuBench, gpuModelConfig, noAdapterMessage, N
 import { fastWeightBytes } from '../../tools/model-builder/fast-weights.ts';
 import { fromHalf } from '../../workers/engine/model/float16.ts';
 import { createNodeEngine } from '../../workers/engine/node.ts';
-import { nodeRuntime } from '../../workers/engine/runtime/node-runtime.ts';
+import { nodeRuntime, unavailableReasons } from '../../workers/engine/runtime/node-runtime.ts';
 
 const dirs: string[] = [];
 const tempDir = async () => {
@@ -98,7 +98,7 @@ describe('GPU benchmark without a GPU provider', () => {
         asked++;
         const runtime = await nodeRuntime('auto');
         backend = runtime.backend;
-        return { engine: createNodeEngine({ ...o, runtime }), backend: runtime.backend, fallbackReason: runtime.status.unavailable.map((u) => `${u.backend}: ${u.reason}`).join('; ') };
+        return { engine: createNodeEngine({ ...o, runtime }), backend: runtime.backend, fallbackReason: unavailableReasons(runtime.status) };
       },
     });
     await expect(run).rejects.toBeInstanceOf(NoAdapterError);

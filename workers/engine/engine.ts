@@ -103,7 +103,7 @@ const messageOf = (e: unknown) => (e instanceof Error ? e.message : String(e));
  * them for the next model's buffers of the same size) before the next model
  * allocates its own.
  */
-const FLUSH_GRAPH = Uint8Array.from(
+export const FLUSH_GRAPH = Uint8Array.from(
   atob('CAgSGHNkMy13ZWJncHUgbW9kZWwgYnVpbGRlcjpnChgKAXgSBW5lZ18wGgVOZWdfMCIDTmVnOgAKIgoFbmVnXzASAXkaCklkZW50aXR5XzEiCElkZW50aXR5OgASBWZsdXNoWg8KAXgSCgoICAESBAoCCARiDwoBeRIKCggIARIECgIIBEIECgAQEQ=='),
   (c) => c.charCodeAt(0),
 );

@@ -12,6 +12,8 @@ import { dirname, join } from 'node:path';
 import type { BackendName, RuntimeStatus } from '../api/types.ts';
 import type { Ort } from '../model/component-session.ts';
 import type { DeviceFit } from '../model/device-fit.ts';
+// y = -x over 4 floats: the graph a provider must run with every node on it
+import { FLUSH_GRAPH as PROBE_GRAPH } from '../engine.ts';
 
 export const BACKEND_CHOICES = ['auto', 'cpu', 'webgpu', 'cuda', 'dml', 'coreml', 'wasm'] as const;
 export type BackendChoice = (typeof BACKEND_CHOICES)[number];
@@ -32,12 +34,6 @@ export function gpuProviders(os = platform()): BackendName[] {
   if (os === 'darwin') return ['coreml', 'webgpu'];
   return ['cuda', 'webgpu'];
 }
-
-/** y = -x over 4 floats: the probe a provider must run, every node on it. */
-const PROBE_GRAPH = Uint8Array.from(
-  atob('CAgSGHNkMy13ZWJncHUgbW9kZWwgYnVpbGRlcjpnChgKAXgSBW5lZ18wGgVOZWdfMCIDTmVnOgAKIgoFbmVnXzASAXkaCklkZW50aXR5XzEiCElkZW50aXR5OgASBWZsdXNoWg8KAXgSCgoICAESBAoCCARiDwoBeRIKCggIARIECgIIBEIECgAQEQ=='),
-  (c) => c.charCodeAt(0),
-);
 
 const require = createRequire(import.meta.url);
 let nativeModule: Ort | null | undefined;
@@ -147,6 +143,9 @@ export async function nodeRuntime(choice: BackendChoice = 'auto', opts: { thread
 
 /** The status line CLI and server print first: the backend and why each faster one was not used. */
 export function describeRuntime(s: RuntimeStatus): string {
-  const why = s.unavailable.map((u) => `${u.backend}: ${u.reason}`).join('; ');
+  const why = unavailableReasons(s);
   return `backend ${s.backend} (${s.runtime}, ${s.threads} thread${s.threads === 1 ? '' : 's'}; ${s.device})${why ? `; not used: ${why}` : ''}`;
 }
+
+/** Each faster backend not used and why, in one line ('' when none was passed over). */
+export const unavailableReasons = (s: RuntimeStatus): string => s.unavailable.map((u) => `${u.backend}: ${u.reason}`).join('; ');
