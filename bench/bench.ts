@@ -120,7 +120,7 @@ async function soak() {
     requestBytesAfter: s.requestBytes,
     admittedBytesAfter: s.admittedBytes,
     peakAdmittedMb: mb(s.peakAdmittedBytes),
-    budgetMb: mb(s.budgetBytes),
+    budgetMb: mb(s.requestBudgetBytes),
   };
   await engine.unload();
   return figures;

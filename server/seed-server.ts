@@ -152,19 +152,25 @@ export class SeedServer extends EventEmitter<{
   status() {
     const s = this.opts.engine.status();
     const gb = (b: number) => Math.round((b / 1024 ** 3) * 100) / 100;
+    const resident = s.memory?.residentWeightBytes ?? s.weightBytes;
+    const allocated = resident + s.requestBytes;
     return {
       // the seed's fields
       current_model: this.opts.modelName,
       type_models: 't2im',
       memory: {
-        // what the engine holds: every resident model's weights (a draining one too) and the requests admitted on them
-        memory_allocated_gb: gb(s.memory ? s.memory.residentWeightBytes + s.memory.admittedBytes : s.weightBytes + s.requestBytes),
-        memory_reserved_gb: gb(s.memory?.budgetBytes ?? s.budgetBytes),
+        // as PyTorch means them: allocated = what tensors hold now (every resident model's weights, a draining one's
+        // too, and the requests' own tensors); reserved = what the runtime may hold for them (the requests admitted
+        // with their runs' activations), never below allocated
+        memory_allocated_gb: gb(allocated),
+        memory_reserved_gb: gb(Math.max(allocated, resident + s.admittedBytes)),
         device: s.runtime?.device ?? s.adapter ?? s.backend,
         weights_bytes: s.weightBytes,
         requests_bytes: s.requestBytes,
         admitted_bytes: s.admittedBytes,
-        budget_bytes: s.budgetBytes,
+        // the whole memory budget, and the part the loaded model's requests may take beside its weights
+        budget_bytes: s.memory?.budgetBytes ?? 0,
+        request_budget_bytes: s.requestBudgetBytes,
       },
       // ours: images (each an engine request) and HTTP requests
       backend: s.backend ?? s.runtime?.backend ?? null,

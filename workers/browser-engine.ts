@@ -238,6 +238,8 @@ export async function createBrowserEngine(options: Partial<EngineOptions> & { ba
     streaming,
     // every session runs on our device (an EP option: onnxruntime 1.30 ignores env.webgpu.device and makes its own)
     webgpuDevice: backend === 'webgpu' ? device : undefined,
+    // a failed call on it may be a loss reported a little later: its requests wait for the verdict (nothing else does)
+    gpuLoss: backend === 'webgpu' && device ? deviceLoss(device) : null,
     adapter: info.adapter,
     openFiles: openBrowserModelFiles,
     fileCache: browserModelCache(),

@@ -276,8 +276,8 @@ export class WorkerApi {
       });
     } catch (e) {
       this.registry.delete(entry.id);
-      // a cancelled or failed request leaves the queue; only unfinished work is replayed
-      // kept for replay when the device is gone, whatever error the loss surfaced as
+      // a cancelled or failed request leaves the queue; only unfinished work is replayed. A loss the browser
+      // reports after the failed call still comes back as device_lost: the engine waits for the device's word first
       if ((e as { code?: string }).code !== 'device_lost' && gpuDeviceLost() === null) await store.dequeue(req.id);
       throw e;
     }
@@ -409,7 +409,7 @@ function emptyStatus(): EngineStatus {
     weightBytes: 0,
     requestBytes: 0,
     admittedBytes: 0,
-    budgetBytes: 0,
+    requestBudgetBytes: 0,
     peakAdmittedBytes: 0,
     cycles: 0,
     maxRowsPerRun: 0,

@@ -165,7 +165,8 @@ export class EngineClient {
     this.worker.addEventListener('error', () => void this.restart('the engine worker crashed'));
   }
 
-  private async boot(): Promise<void> {
+  /** Starts the engine in the worker and loads its model; false when the worker could not start the engine (the banner says why). */
+  private async boot(): Promise<boolean> {
     try {
       this.gpu = await this.api.init(
         { backend: this.options.backend },
@@ -176,7 +177,7 @@ export class EngineClient {
       );
     } catch (e) {
       this.banner = describeError(e).message;
-      return;
+      return false;
     }
     this.booting = true;
     // pending work decides what to load: the model it was accepted for, when none of it is for ours
@@ -191,6 +192,7 @@ export class EngineClient {
       this.booting = false;
     }
     await this.resumePending(true);
+    return true;
   }
 
   /** A Hub source loads with the token this browser keeps (the model picker's), which is never stored with requests. */
@@ -233,13 +235,14 @@ export class EngineClient {
     this.restarting = true;
     this.restarts++;
     this.banner = `${reason}; restarting the engine and resuming queued work…`;
-    this.worker.terminate();
+    this.worker?.terminate();
     this.statusInFlight = false; // the old worker's pending call will never answer
     for (const j of this.jobs) if (j.active) j.state = 'queued';
     try {
       this.connect();
-      await this.boot();
-      this.banner = `${reason}; the engine restarted and resumed queued work.`;
+      // a failed start keeps its own reason in the banner: that is what the person can act on
+      if (await this.boot()) this.banner = `${reason}; the engine restarted and resumed queued work.`;
+      else this.banner = `${reason}; the engine could not start again: ${this.banner}`;
     } finally {
       this.restarting = false;
     }

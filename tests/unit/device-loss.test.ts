@@ -7,8 +7,6 @@ import * as ort from 'onnxruntime-web';
 import { describe, expect, it } from 'vitest';
 import { WebGpuDenoiser } from '../../workers/engine/denoise/webgpu-denoiser.ts';
 import { deviceLoss, type LosableDevice } from '../../workers/engine/device-loss.ts';
-import { DeviceLostError } from '../../workers/engine/errors.ts';
-import type { RequestScope } from '../../workers/engine/interleaver/request-scope.ts';
 import type { Ort } from '../../workers/engine/model/component-session.ts';
 import { loadTinyEngine } from '../helpers/tiny-engine.ts';
 
@@ -63,7 +61,7 @@ describe('device loss: one subscription per device', () => {
     expect(loss.listenerCount).toBe(0);
   });
 
-  it('denoisers made for one model after another register nothing that lasts; a call failing as the device goes is a DeviceLostError', async () => {
+  it('denoisers made for one model after another register nothing that lasts', async () => {
     const model = (await loadTinyEngine()).model!;
     const d = device();
     const gpu = d as unknown as GPUDevice;
@@ -71,20 +69,15 @@ describe('device loss: one subscription per device', () => {
     // the engine's own listener, as createBrowserEngine registers it
     const engineHeard: string[] = [];
     loss.listen((r) => engineHeard.push(r));
-    const denoisers = [1, 2, 3].map(() => new WebGpuDenoiser(gpu, model, ort as unknown as Ort));
+    [1, 2, 3].map(() => new WebGpuDenoiser(gpu, model, ort as unknown as Ort));
     expect(loss.listenerCount).toBe(1);
     // the device's lost promise has one subscriber: the watcher
     expect(d.subscriptions).toBe(1);
-    // a request with no tensors fails inside the GPU call; the loss comes after the failure, as browsers report it
-    const failed = denoisers[2].readLatents({ id: 'r1', tensors: null } as unknown as RequestScope).catch((e: unknown) => e);
     d.lose({ reason: 'unknown', message: 'device hung' });
-    const err = await failed;
-    expect(err).toBeInstanceOf(DeviceLostError);
-    expect((err as Error).message).toContain('device hung');
+    await loss.within(60_000);
     expect(engineHeard).toEqual(['device hung']);
     expect(loss.listenerCount).toBe(0);
     expect(d.subscriptions).toBe(1);
-    // after the loss, a failing call says so at once
-    await expect(denoisers[0].readLatents({ id: 'r2', tensors: null } as unknown as RequestScope)).rejects.toBeInstanceOf(DeviceLostError);
+    // which failure was a loss is the interleaver's verdict, for every stage alike: engine-defects.test.ts
   });
 });

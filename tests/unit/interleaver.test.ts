@@ -151,7 +151,7 @@ describe('admission by memory', () => {
     const il = engine.status();
     expect(il.requestsServed).toBe(10);
     expect(il.peakAdmittedBytes).toBe(transient + 3 * f.stateBytes);
-    expect(il.peakAdmittedBytes).toBeLessThanOrEqual(il.budgetBytes);
+    expect(il.peakAdmittedBytes).toBeLessThanOrEqual(il.requestBudgetBytes);
     await engine.unload();
   });
 

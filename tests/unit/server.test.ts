@@ -148,7 +148,7 @@ describe('npm run serve: the seed’s API', () => {
     expect(status).toMatchObject({
       current_model: TINY_MODEL_DIR,
       type_models: 't2im',
-      memory: { weights_bytes: s.weightBytes, requests_bytes: 0, budget_bytes: s.budgetBytes, device: s.runtime!.device },
+      memory: { weights_bytes: s.weightBytes, requests_bytes: 0, budget_bytes: s.memory!.budgetBytes, request_budget_bytes: s.requestBudgetBytes, device: s.runtime!.device },
       // native CPU on every core, said with why no GPU provider was used
       backend: 'cpu',
       runtime: { name: 'onnxruntime-node', backend: 'cpu', threads: availableParallelism(), device: expect.stringMatching(/^CPU: /), unavailable: s.runtime!.unavailable },
@@ -160,6 +160,8 @@ describe('npm run serve: the seed’s API', () => {
       active_inferences: 0,
     });
     expect(status.memory.memory_allocated_gb).toBe(Math.round((s.weightBytes / 1024 ** 3) * 100) / 100);
+    // idle: nothing admitted, so the runtime reserves what the weights take (reserved >= allocated, as in PyTorch)
+    expect(status.memory.memory_reserved_gb).toBe(status.memory.memory_allocated_gb);
     expect(status.total_requests).toBe(server.totalRequests);
   });
 

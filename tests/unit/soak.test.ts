@@ -17,7 +17,7 @@ describe('soak', () => {
     expect(report.cancelled).toBeGreaterThanOrEqual(15);
     const s = engine.status();
     expect([s.requestsActive, s.requestsQueued, s.requestBytes, s.admittedBytes]).toEqual([0, 0, 0, 0]);
-    expect(s.peakAdmittedBytes).toBeLessThanOrEqual(s.budgetBytes);
+    expect(s.peakAdmittedBytes).toBeLessThanOrEqual(s.requestBudgetBytes);
 
     const alone = await newTinyEngine();
     const picked = sample(report, 8);

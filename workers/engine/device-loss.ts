@@ -11,6 +11,27 @@ export interface LosableDevice {
 
 export type LossListener = (reason: string) => void;
 
+/**
+ * How long a failed GPU call waits for the browser to report a device loss.
+ * The report comes from the GPU process after the call that met the loss,
+ * later still on a loaded machine; the wait holds up only the requests of
+ * that call (the interleaver's fail()).
+ */
+export const LOSS_REPORT_MS = 10_000;
+
+/**
+ * Could this error be a device loss not reported yet? Not an error of ours
+ * (the engine's typed errors) nor a bug in JavaScript (TypeError and its
+ * kin): those are the request's own at once. Anything else from a GPU call,
+ * onnxruntime's failures included, may be a loss.
+ */
+export function lossPossible(e: unknown): boolean {
+  if (!(e instanceof Error)) return true;
+  if (e instanceof TypeError || e instanceof RangeError || e instanceof ReferenceError || e instanceof SyntaxError) return false;
+  const code = (e as { code?: unknown }).code;
+  return typeof code !== 'string' || code === 'device_lost';
+}
+
 export class DeviceLoss {
   /** Why the device was lost; null while it lives. */
   reason: string | null = null;

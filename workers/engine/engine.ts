@@ -2,7 +2,7 @@
 // nothing of workers or messaging (workers/engine.worker.ts adapts it) and
 // nothing of the DOM, so the CLI and the benchmark run it in Node unchanged.
 import type { BackendName, EngineStatus, RuntimeStatus, GenerateResult, ModelInfo, ModelSourceSpec, ProgressCallback } from './api/types.ts';
-import { normalizeRequest, type NormalizedRequest } from './api/validate.ts';
+import { normalizeRequest, renormalizeRequest, type NormalizedRequest } from './api/validate.ts';
 import { CancelledError, DeviceLostError, formatBytes, InvalidRequestError, LoadAbortedError, ModelLoadError, ModelNotLoadedError, ModelTooLargeError } from './errors.ts';
 import { DEFAULT_MAX_ACTIVE, DEFAULT_MAX_BATCH, Interleaver, newCounters, type PngEncoder, type PreviewRenderer } from './interleaver/interleaver.ts';
 import { RequestScope } from './interleaver/request-scope.ts';
@@ -16,6 +16,7 @@ import { openModelFiles, type HubAccess, type ModelFiles } from './model/model-f
 import { deviceQueue } from './model/run-queue.ts';
 import { HostDenoiser } from './denoise/denoiser.ts';
 import { WebGpuDenoiser } from './denoise/webgpu-denoiser.ts';
+import type { DeviceLoss } from './device-loss.ts';
 
 export interface EngineOptions {
   /** The onnxruntime module (onnxruntime-web's wasm or webgpu build, or onnxruntime-node), chosen by the entry point. */
@@ -45,6 +46,11 @@ export interface EngineOptions {
   fileCache?: FileCache;
   /** What the device can hold (memory, largest buffer, features): the one memory budget for loads and requests. */
   deviceFit?: Partial<DeviceFit>;
+  /** The device requests run on, where it can be lost (the browser's WebGPU device): a failed call on it waits for the
+   * browser's word of a loss before it counts as the request's own, without holding up the other requests. */
+  gpuLoss?: DeviceLoss | null;
+  /** How long that wait lasts (device-loss.ts LOSS_REPORT_MS). */
+  lossReportMs?: number;
   /** On WebGPU, keep latents, embeddings and the update on the GPU between steps (default true; false: the host path, for comparison). Takes effect at the next load. */
   denoiseOnDevice?: boolean;
 }
@@ -71,6 +77,14 @@ export interface LoadModelOptions {
   onSwitch?: 'finish' | 'rerun';
 }
 
+/** Where a source's files come from: two folders both named `model` (or `onnx`) are two models, though their ids agree. */
+function sourceKey(source: ModelSourceSpec | ModelFiles, id: string): string {
+  if ('read' in source || source.kind === 'directory') return `id:${id}`;
+  if (source.kind === 'path') return `path:${source.path}`;
+  if (source.kind === 'url') return `url:${source.url}`;
+  return `hub:${source.host ?? ''}/${source.repo}@${source.revision ?? ''}/${source.subfolder ?? ''}`;
+}
+
 /** What makes two loads the same: the source and every option that changes the sessions (not the token, not onSwitch). */
 function loadKey(id: string, opts: LoadModelOptions, backend: BackendName, engineFit: Partial<DeviceFit> = {}): string {
   const { skipT5, t5MaxLength, fit, streamExternalData, denoiseOnDevice } = opts;
@@ -85,7 +99,8 @@ export interface GenerateOptions {
   signal?: AbortSignal;
   /** Attach a cheap latent-to-RGB preview to each step event. */
   preview?: boolean;
-  /** The request is already normalize()d (the worker normalizes once, to store it before it runs). */
+  /** The request is already normalize()d (the worker normalizes once, to store it before it runs): the fields it
+   * defaulted are filled in again from the model that runs it, and every field is checked against that model. */
   normalized?: boolean;
 }
 
@@ -131,6 +146,8 @@ export class Engine {
   private evicted: { source: ModelSourceSpec | ModelFiles; opts: LoadModelOptions; info: ModelInfo } | null = null;
   /** Why no model is loaded, when a load failed and left none. */
   private noModelReason: string | null = null;
+  /** The load under way brings back a model released for a load that failed (noModelReason says so). */
+  private reloadingEvicted = false;
   /** How the last load made room: beside the resident models, or after releasing them. */
   private lastSwitch: NonNullable<EngineStatus['memory']>['lastLoad'] = null;
 
@@ -164,7 +181,7 @@ export class Engine {
    */
   async load(source: ModelSourceSpec | ModelFiles, onProgress?: ProgressCallback, opts: LoadModelOptions = {}, signal?: AbortSignal): Promise<ModelInfo> {
     const name = 'read' in source ? source.id : source.kind === 'hub' ? source.repo : source.kind === 'url' ? source.url : source.kind === 'path' ? source.path : (source.name ?? 'a local folder');
-    const key = loadKey(this.sourceId(source), opts, this.options.backend, this.options.deviceFit);
+    const key = loadKey(sourceKey(source, this.sourceId(source)), opts, this.options.backend, this.options.deviceFit);
     const isLoaded = () => this.loaded !== null && this.lostReason === null && this.loadedKey === key;
     if (isLoaded()) {
       // the loaded model asked for again while another loads (downloading before a switch, or beside it): that load is given up, the loaded one stays
@@ -210,10 +227,12 @@ export class Engine {
       this.evicted = null;
       this.loading = null;
       this.noModelReason = `${evicted.info.id} was released to make room for ${name}, whose load failed (${messageOf(e)}); ${evicted.info.id} is being loaded again`;
+      this.reloadingEvicted = true;
       void this.load(evicted.source, undefined, { ...evicted.opts, onSwitch: 'finish' }).catch(() => undefined);
       return;
     }
-    this.noModelReason = this.noModelReason?.endsWith('is being loaded again') ? `${this.noModelReason}, and that failed too (${messageOf(e)})` : `the load of ${name} failed (${messageOf(e)})`;
+    this.noModelReason = this.reloadingEvicted ? `${this.noModelReason}, and that failed too (${messageOf(e)})` : `the load of ${name} failed (${messageOf(e)})`;
+    this.reloadingEvicted = false;
   }
 
   /** Once no load is under way: requests held for a model run on the one installed, or fail saying why there is none. */
@@ -290,10 +309,8 @@ export class Engine {
     } catch (e) {
       // a failed load has released what it made
       this.ledger.remove(token);
-      if (e instanceof ModelTooLargeError && e.message.startsWith('this model')) {
-        // refused before anything was made or released: say which model, and that the loaded one keeps serving
-        e.message = `${opened.id}: ${e.message}${this.loaded ? ` The loaded model, ${this.loaded.info.id}, keeps serving.` : ''}`;
-      }
+      // refused before anything was made or released: say which model, and that the loaded one keeps serving
+      if (e instanceof ModelTooLargeError) e.nameModel(opened.id, this.loaded ? ` The loaded model, ${this.loaded.info.id}, keeps serving.` : '');
       throw e;
     }
     const previous = this.loaded;
@@ -304,10 +321,11 @@ export class Engine {
     this.loadedSource = { source, opts };
     this.evicted = null;
     this.noModelReason = null;
-    this.loadedKey = loadKey(next.info.id, opts, this.options.backend, this.options.deviceFit);
-    const { maxActive, maxBatch, encodePng, encodeInline, renderPreview } = this.options;
+    this.reloadingEvicted = false;
+    this.loadedKey = loadKey(sourceKey(source, opened.id), opts, this.options.backend, this.options.deviceFit);
+    const { maxActive, maxBatch, encodePng, encodeInline, renderPreview, gpuLoss, lossReportMs } = this.options;
     const denoiser = next.deviceResident ? new WebGpuDenoiser(this.options.webgpuDevice as GPUDevice, next, this.options.ort) : new HostDenoiser(next, this.options.ort);
-    this.interleaver = new Interleaver(next, this.options.ort, { maxActive: maxActive ?? DEFAULT_MAX_ACTIVE, maxBatch: maxBatch ?? DEFAULT_MAX_BATCH, encodePng, encodeInline, renderPreview }, this.counters, denoiser);
+    this.interleaver = new Interleaver(next, this.options.ort, { maxActive: maxActive ?? DEFAULT_MAX_ACTIVE, maxBatch: maxBatch ?? DEFAULT_MAX_BATCH, encodePng, encodeInline, renderPreview, gpuLoss, lossReportMs }, this.counters, denoiser);
     if (old && previous) {
       // nothing accepted is lost to a switch: queued requests (and running ones, when asked) start again from
       // their seed on the new model, the rest finish on the old one, which is released only after them
@@ -315,10 +333,6 @@ export class Engine {
       for (const scope of moved) this.resubmit(scope);
       // the new model serves at once; the old one is released when its last request ends
       this.retire(previous, old);
-    } else if (previous) {
-      await previous.release();
-      await this.flushDevice();
-      this.ledger.remove(previous);
     }
     // requests held while the old model made room run here, in the order they came
     for (const scope of this.held.splice(0)) this.resubmit(scope);
@@ -469,7 +483,8 @@ export class Engine {
       const { loaded: model, interleaver } = this;
       if (this.lostReason !== null) throw new DeviceLostError(this.lostReason);
       if (!model || !interleaver) throw this.notLoaded();
-      const req = opts.normalized ? (request as NormalizedRequest) : this.normalize(request);
+      // a request normalized earlier (stored by the worker, or moved by a switch) is checked again against the model that runs it
+      const req = opts.normalized ? renormalizeRequest(request as NormalizedRequest, model.info) : this.normalize(request);
       if (interleaver.has(req.id)) throw new InvalidRequestError('id', 'an id not used by a queued or running request', req.id);
       const { transformerConfig: t, vaeConfig: vae } = model;
       const lh = req.height / vae.scaleFactor;
@@ -540,9 +555,9 @@ export class Engine {
       requestsActive: [il, ...this.draining].reduce((n, x) => n + (x?.activeCount ?? 0), 0),
       requestsQueued: (il?.queuedCount ?? 0) + this.held.length,
       weightBytes: this.loaded?.info.weightBytes ?? 0,
-      requestBytes: il?.requestBytes ?? 0,
-      admittedBytes: il?.admittedBytes ?? 0,
-      budgetBytes: il?.budgetBytes ?? 0,
+      requestBytes: [il, ...this.draining].reduce((n, x) => n + (x?.requestBytes ?? 0), 0),
+      admittedBytes: [il, ...this.draining].reduce((n, x) => n + (x?.admittedBytes ?? 0), 0),
+      requestBudgetBytes: il?.budgetBytes ?? 0,
       peakAdmittedBytes: this.counters.peakAdmittedBytes,
       cycles: this.counters.cycles,
       maxRowsPerRun: this.counters.maxRowsPerRun,

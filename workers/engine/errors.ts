@@ -1,7 +1,9 @@
 // Typed, actionable errors. Each says what happened and what to do next;
-// `code` survives structured cloning across the worker boundary. Messages
-// are read by people: they name models by name and never carry request ids.
-import { modelName } from './model-name.ts';
+// `code` survives structured cloning across the worker boundary, and code
+// branches on `code` (or the class), never on the message. Messages are read
+// by people beside the request they concern: they carry no request ids (an
+// error that concerns one request names it in `requestId`). `cause` keeps the
+// error underneath (onnxruntime's own, with its stack).
 
 export type ErrorCode =
   | 'invalid_request'
@@ -12,10 +14,8 @@ export type ErrorCode =
   | 'too_large'
   | 'model_too_large'
   | 'inference'
-  | 'busy'
   | 'storage'
   | 'device_lost'
-  | 'model_switch'
   | 'load_aborted'
   | 'attempts_exhausted';
 
@@ -23,14 +23,16 @@ export class EngineError extends Error {
   constructor(
     readonly code: ErrorCode,
     message: string,
+    options?: { cause?: unknown },
   ) {
-    super(message);
+    super(message, options);
     this.name = new.target.name;
   }
 
-  /** Plain-object form that crosses postMessage intact. */
+  /** Plain-object form that crosses postMessage intact (the cause as its message: a stack is no use to a page). */
   toJSON() {
-    return { name: this.name, code: this.code, message: this.message, ...this.details() };
+    const cause = this.cause === undefined ? {} : { cause: this.cause instanceof Error ? this.cause.message : String(this.cause) };
+    return { name: this.name, code: this.code, message: this.message, ...cause, ...this.details() };
   }
 
   protected details(): Record<string, unknown> {
@@ -118,15 +120,33 @@ export class ModelTooLargeError extends EngineError {
     super('model_too_large', `this model needs ~${formatBytes(neededBytes)} of GPU memory (${detail}); this adapter offers ${formatBytes(availableBytes)}. ${hint}`);
   }
 
+  /** The model refused, once a caller that knows it has named it (the plan does not). */
+  modelId?: string;
+
+  /** Names the model in the message, once: `id: this model needs …`, and what else the person should know. */
+  nameModel(id: string, after = ''): void {
+    if (this.modelId !== undefined) return;
+    this.modelId = id;
+    this.message = `${id}: ${this.message}${after}`;
+  }
+
   protected override details() {
-    return { neededBytes: this.neededBytes, availableBytes: this.availableBytes };
+    return { neededBytes: this.neededBytes, availableBytes: this.availableBytes, ...(this.modelId === undefined ? {} : { modelId: this.modelId }) };
   }
 }
 
 /** A model run failed for one request (for example non-finite latents); others carry on. */
 export class InferenceError extends EngineError {
-  constructor(message: string) {
-    super('inference', message);
+  /** The request it concerns, where only one did (a run shared by several fails each of them alike). */
+  readonly requestId?: string;
+
+  constructor(message: string, options: { requestId?: string; cause?: unknown } = {}) {
+    super('inference', message, { cause: options.cause });
+    if (options.requestId !== undefined) this.requestId = options.requestId;
+  }
+
+  protected override details() {
+    return this.requestId === undefined ? {} : { requestId: this.requestId };
   }
 }
 
@@ -138,32 +158,10 @@ export class DeviceLostError extends EngineError {
   }
 }
 
-/** A request was running on a model that a new load replaced: it ends here, with this reason, and may be run again. */
-export class ModelSwitchError extends EngineError {
-  constructor(
-    readonly requestId: string,
-    readonly from: string,
-    readonly to: string,
-  ) {
-    super('model_switch', `this request was stopped: the engine switched from model ${modelName(from)} to ${modelName(to)} while it ran; run it again to get its image from ${modelName(to)}`);
-  }
-
-  protected override details() {
-    return { from: this.from, to: this.to };
-  }
-}
-
 /** A model load was aborted (by its caller, or replaced by a newer load); the loaded model keeps serving. */
 export class LoadAbortedError extends EngineError {
   constructor(reason: string) {
     super('load_aborted', `the model load was aborted: ${reason}; the loaded model keeps serving`);
-  }
-}
-
-/** The engine cannot do this now. */
-export class BusyError extends EngineError {
-  constructor(message: string) {
-    super('busy', message);
   }
 }
 

@@ -106,10 +106,12 @@ export interface NormalizedRequest {
   guidance: number;
   width: number;
   height: number;
+  /** The fields the model filled in (absent: none): a switch to another model fills them in again from it. */
+  defaulted?: ('steps' | 'guidance' | 'width' | 'height')[];
 }
 
 /** An image's settings (the request it ran) and how it was made. */
-export interface ImageMetadata extends NormalizedRequest {
+export interface ImageMetadata extends Omit<NormalizedRequest, 'defaulted'> {
   modelId: string;
   backend: BackendName;
   /** Wall-clock ms of its phases; `stages`: the transformer runs that carried its rows, its guidance/Euler updates and read-backs (see StageTimings). */
@@ -184,12 +186,13 @@ export interface EngineStatus {
   requestsQueued: number;
   /** Bytes of model weights held once for all requests. */
   weightBytes: number;
-  /** Bytes of per-request state (latents, embeddings) held now. */
+  /** Bytes of per-request state (latents, embeddings) held now, on every resident model (a draining one too). */
   requestBytes: number;
-  /** Estimated bytes (state + activations) admitted against the budget now. */
+  /** Estimated bytes (state + activations) admitted now, on every resident model (= memory.admittedBytes). */
   admittedBytes: number;
-  budgetBytes: number;
-  /** Highest admittedBytes ever seen: never above budgetBytes. */
+  /** Bytes the loaded model's requests may take beside its weights (the whole budget is memory.budgetBytes). */
+  requestBudgetBytes: number;
+  /** Highest bytes ever admitted on one model: never above its requestBudgetBytes. */
   peakAdmittedBytes: number;
   /** Interleaver cycles run so far. */
   cycles: number;

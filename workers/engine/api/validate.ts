@@ -30,6 +30,10 @@ function text(field: string, v: unknown, allowEmpty: boolean): string {
   return v;
 }
 
+/** Fields a model fills in when a request leaves them out: they follow the model that runs the request. */
+export const MODEL_DEFAULTED = ['steps', 'guidance', 'width', 'height'] as const;
+export type ModelDefaulted = (typeof MODEL_DEFAULTED)[number];
+
 /** Checks a request and fills defaults from the model; throws InvalidRequestError naming the first bad field. */
 export function normalizeRequest(raw: unknown, model: ModelInfo, newId: () => string, randomSeed: () => number): NormalizedRequest {
   if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) throw new InvalidRequestError('request', 'an object with at least a prompt', raw);
@@ -48,6 +52,7 @@ export function normalizeRequest(raw: unknown, model: ModelInfo, newId: () => st
   if (typeof guidance !== 'number' || !Number.isFinite(guidance) || guidance < LIMITS.guidance.min || guidance > LIMITS.guidance.max) {
     throw new InvalidRequestError('guidance', `a finite number in ${LIMITS.guidance.min}..${LIMITS.guidance.max}`, guidance);
   }
+  const defaulted = MODEL_DEFAULTED.filter((k) => req[k] === undefined);
   return {
     id,
     prompt: text('prompt', req.prompt, false),
@@ -57,5 +62,31 @@ export function normalizeRequest(raw: unknown, model: ModelInfo, newId: () => st
     guidance,
     width: size('width'),
     height: size('height'),
+    ...(defaulted.length ? { defaulted } : {}),
   };
+}
+
+/**
+ * A request normalized against one model, checked again against the model
+ * that will run it (after a switch): the fields the first model filled in are
+ * filled in by this one, every field is checked against this one's limits,
+ * and the id and seed stay (same seed, same image). A request stored before
+ * `defaulted` existed keeps every field as it is.
+ */
+export function renormalizeRequest(req: NormalizedRequest, model: ModelInfo): NormalizedRequest {
+  const { defaulted = [], ...fields } = req;
+  const raw: Record<string, unknown> = { ...fields };
+  for (const k of defaulted) delete raw[k];
+  try {
+    return normalizeRequest(raw, model, () => req.id, () => req.seed);
+  } catch (e) {
+    // accepted for another model: say which model refuses it now
+    if (e instanceof InvalidRequestError) e.message = `${e.message} (${model.id}, the model loaded since the request was accepted, does not take it; send it again with a value in range)`;
+    throw e;
+  }
+}
+
+/** The settings a request ran with, as an image records them (which fields were defaulted is the engine's business). */
+export function requestSettings({ defaulted: _, ...settings }: NormalizedRequest): Omit<NormalizedRequest, 'defaulted'> {
+  return settings;
 }

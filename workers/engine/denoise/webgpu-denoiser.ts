@@ -18,9 +18,6 @@
 // the end of every run, and ours is submitted before or after a run, never
 // during one.
 import { APP_BUFFER_LABEL } from '../app-buffers.ts';
-import { deviceLoss, type DeviceLoss } from '../device-loss.ts';
-import { DeviceLostError } from '../errors.ts';
-import { yieldToEventLoop } from '../event-loop.ts';
 import type { Ort, Tensor } from '../model/component-session.ts';
 import type { LoadedModel } from '../model/load-model.ts';
 import { chwToRgba } from '../sd3/decode.ts';
@@ -37,8 +34,6 @@ const UNIFORM = 0x0040;
 const STORAGE = 0x0080;
 const MODE_READ = 0x0001;
 const WORKGROUP = 64;
-/** How long a failed GPU call waits for the browser to report a device loss. */
-const LOSS_REPORT_MS = 10_000;
 
 /** v = u + g (c - u) (guided) or v = c; flag[slot] when v is not finite; else x += dt v. */
 const UPDATE_WGSL = /* wgsl */ `
@@ -125,38 +120,13 @@ export class WebGpuDenoiser implements Denoiser {
   private live = 0;
   private update: GPUComputePipeline | null = null;
   private unscale: GPUComputePipeline | null = null;
-  /** The device's one loss watcher: asked after a failure, never subscribed for the denoiser's life (a subscription would keep this model reachable after a switch). */
-  private readonly loss: DeviceLoss;
 
+  // A call that fails here may be a device loss the browser reports later: the interleaver's fail() tells the two apart, for every stage alike.
   constructor(
     private readonly device: GPUDevice,
     private readonly model: LoadedModel,
     private readonly ort: Ort,
-  ) {
-    this.loss = deviceLoss(device);
-  }
-
-  /**
-   * A GPU call that fails because the device went away is a device loss, so
-   * the request is replayed on a new device rather than dropped. The browser
-   * may report the loss after the failed call (it comes from the GPU
-   * process, later still on a loaded machine), so a failure waits up to ten
-   * seconds for it before counting as the request's own: on a live device a
-   * failing call is a bug, rare enough to wait for.
-   */
-  private async onDevice<T>(op: () => Promise<T>): Promise<T> {
-    try {
-      return await op();
-    } catch (e) {
-      await yieldToEventLoop();
-      // a listener only while waiting: removed when the loss comes or the wait ends
-      const lost = await this.loss.within(LOSS_REPORT_MS);
-      // the engine hears of the loss first (its listener is older), and ends its requests before this one's error lands
-      await yieldToEventLoop();
-      if (lost !== null) throw new DeviceLostError(lost);
-      throw e;
-    }
-  }
+  ) {}
 
   get liveTensors(): number {
     return this.live;
@@ -197,7 +167,7 @@ export class WebGpuDenoiser implements Denoiser {
   }
 
   predict(rows: readonly DenoiseRow[], latentShape: readonly [number, number, number]): Promise<void> {
-    return this.onDevice(() => this.predictOnDevice(rows, latentShape));
+    return this.predictOnDevice(rows, latentShape);
   }
 
   private async predictOnDevice(rows: readonly DenoiseRow[], latentShape: readonly [number, number, number]): Promise<void> {
@@ -260,7 +230,7 @@ export class WebGpuDenoiser implements Denoiser {
   }
 
   advance(scopes: readonly RequestScope[]): Promise<Set<RequestScope>> {
-    return this.onDevice(() => this.advanceOnDevice(scopes));
+    return this.advanceOnDevice(scopes);
   }
 
   private async advanceOnDevice(scopes: readonly RequestScope[]): Promise<Set<RequestScope>> {
@@ -324,7 +294,7 @@ export class WebGpuDenoiser implements Denoiser {
   }
 
   readLatents(s: RequestScope): Promise<Float32Array> {
-    return this.onDevice(() => this.readLatentsOnDevice(s));
+    return this.readLatentsOnDevice(s);
   }
 
   private async readLatentsOnDevice(s: RequestScope): Promise<Float32Array> {
@@ -346,7 +316,7 @@ export class WebGpuDenoiser implements Denoiser {
   }
 
   decode(batch: readonly RequestScope[], latentH: number, latentW: number): Promise<Uint8ClampedArray[]> {
-    return this.onDevice(() => this.decodeOnDevice(batch, latentH, latentW));
+    return this.decodeOnDevice(batch, latentH, latentW);
   }
 
   private async decodeOnDevice(batch: readonly RequestScope[], latentH: number, latentW: number): Promise<Uint8ClampedArray[]> {

@@ -11,12 +11,17 @@
 //      image to the PNG encoder without waiting for it: encoding never holds
 //      up the next step (the encoder runs off the thread where it can).
 // Cancellation takes effect at once: the request's tensors are dropped and any
-// run already in flight simply has its rows for that request ignored. No throw
-// stops the loop: a failing progress callback, preview or PNG encode ends only
-// its own request, and an error nobody can pin on one request ends the
-// requests of that cycle while the loop goes on serving the rest.
+// run already in flight simply has its rows for that request ignored; every
+// run (transformer or VAE) is filtered for requests still live just before it
+// starts. No throw stops the loop: a failing progress callback, preview or PNG
+// encode ends only its own request, and an error nobody can pin on one
+// request ends the requests of that cycle while the loop goes on serving the
+// rest. On a device that can be lost, a failed GPU call may be a loss the
+// browser reports only later: its requests leave the loop at once and end
+// when the device's word comes (fail()), and nothing else waits for it.
 import { isFinal, type GenerateResult, type ImageMetadata, type ProgressEvent, type RequestStageTimings } from '../api/types.ts';
 import { CancelledError, DeviceLostError, InferenceError, TooLargeError, formatBytes } from '../errors.ts';
+import { lossPossible, LOSS_REPORT_MS, type DeviceLoss } from '../device-loss.ts';
 import { yieldToEventLoop } from '../event-loop.ts';
 import { availableBytes, largestFittingSize, refusal } from '../memory/budget.ts';
 import type { RunFootprint } from '../memory/footprint.ts';
@@ -26,6 +31,7 @@ import { decodeTiled, latentPreview, rgbaToPng } from '../sd3/decode.ts';
 import { encodePrompts } from '../sd3/encode-prompt.ts';
 import { HostDenoiser, type Denoiser } from '../denoise/denoiser.ts';
 import type { RequestScope } from './request-scope.ts';
+import { requestSettings } from '../api/validate.ts';
 import { a1111Parameters, pngBlobWithSettings } from '../png/settings-chunks.ts';
 import { StageTimer } from '../stage-timing.ts';
 import { dualAttentionLayersOf, transformerFlopsPerRow } from '../flops.ts';
@@ -47,6 +53,10 @@ export interface InterleaverOptions {
   /** Encode inside the cycle, as before the encoder moved off the step path (the benchmark's baseline). */
   encodeInline?: boolean;
   renderPreview?: PreviewRenderer;
+  /** The device requests run on, where it can be lost (WebGPU in the browser): a failure on it waits for its word. */
+  gpuLoss?: DeviceLoss | null;
+  /** How long a failure waits for the browser to report a loss (LOSS_REPORT_MS). */
+  lossReportMs?: number;
 }
 
 export const DEFAULT_MAX_ACTIVE = 16;
@@ -69,12 +79,16 @@ export interface InterleaverCounters {
 export const newCounters = (): InterleaverCounters => ({ served: 0, failed: 0, cancelled: 0, cycles: 0, transformerRuns: 0, peakAdmittedBytes: 0, maxRowsPerRun: 0, stages: new StageTimer() });
 
 const now = () => performance.now();
+const messageOf = (e: unknown) => (e instanceof Error ? e.message : String(e));
 
 export class Interleaver {
   private readonly queue: RequestScope[] = [];
   private readonly active: RequestScope[] = [];
   /** PNG encodes under way: their requests have left the loop and resolve when the file is ready. */
   private readonly encoding = new Set<Promise<void>>();
+  /** Requests whose failure waits for the device's word (was it lost?): out of the loop, their tensors freed. */
+  private readonly awaitingVerdict: RequestScope[] = [];
+  private readonly verdicts = new Set<Promise<void>>();
   private loop: Promise<void> | null = null;
   constructor(
     private readonly model: LoadedModel,
@@ -141,7 +155,7 @@ export class Interleaver {
 
   /** Ids of every queued and running request. */
   ids(): string[] {
-    return [...this.active, ...this.queue].map((s) => s.id);
+    return [...this.active, ...this.queue, ...this.awaitingVerdict].map((s) => s.id);
   }
 
   has(id: string): boolean {
@@ -165,10 +179,9 @@ export class Interleaver {
     }
     this.queue.push(scope);
     this.emit(scope, { status: 'queued', requestId: scope.id, loaded: 0, total: scope.scheduler.totalSteps, progress: 0 });
-    // start on a microtask, so requests submitted together are admitted together
-    this.loop ??= Promise.resolve()
-      .then(() => this.run())
-      .finally(() => (this.loop = null));
+    // start on a microtask, so requests submitted together are admitted together; run() clears `loop` in the
+    // same tick it finds nothing left, so a request submitted after that starts a new loop
+    this.loop ??= Promise.resolve().then(() => this.run());
     return scope.result;
   }
 
@@ -198,14 +211,14 @@ export class Interleaver {
 
   /** Ends every queued and running request with an error (device lost); their tensors are freed now. */
   failAll(error: (id: string) => Error): number {
-    const all = [...this.active, ...this.queue];
+    const all = [...this.active, ...this.queue, ...this.awaitingVerdict];
     for (const s of all) this.finish(s, error(s.id));
     return all.length;
   }
 
   /** Resolves when no request is queued, active or being encoded. */
   async idle(): Promise<void> {
-    while (this.loop || this.encoding.size) await Promise.all([this.loop, ...this.encoding]);
+    while (this.loop || this.encoding.size || this.verdicts.size) await Promise.all([this.loop, ...this.encoding, ...this.verdicts]);
   }
 
   /** Tells a request's caller of its progress; a callback that throws ends that request alone. */
@@ -214,17 +227,17 @@ export class Interleaver {
     try {
       s.onProgress({ ...event, state: s.phase });
     } catch (e) {
-      this.finish(s, new InferenceError(`request ${s.id}: its progress callback threw (${(e as Error).message ?? e}); the request was stopped, others carry on`));
+      this.finish(s, new InferenceError(`its progress callback threw (${messageOf(e)}); the request was stopped, others carry on`, { requestId: s.id, cause: e }));
     }
   }
 
   private find(id: string): RequestScope | undefined {
-    return this.active.find((s) => s.id === id) ?? this.queue.find((s) => s.id === id);
+    return [...this.active, ...this.queue, ...this.awaitingVerdict].find((s) => s.id === id);
   }
 
   private finish(scope: RequestScope, outcome: GenerateResult | Error): void {
     if (isFinal(scope.phase)) return;
-    for (const list of [this.active, this.queue]) {
+    for (const list of [this.active, this.queue, this.awaitingVerdict]) {
       const i = list.indexOf(scope);
       if (i >= 0) list.splice(i, 1);
     }
@@ -240,20 +253,67 @@ export class Interleaver {
     }
   }
 
+  /**
+   * Ends requests that met an error in a stage they shared. Where it may be a
+   * device loss not reported yet (a GPU call failing on a device that can be
+   * lost, for no reason of ours), the requests leave the loop at once, their
+   * tensors freed, and end when the device's word comes: a loss within the
+   * report window ends them as device_lost (the worker replays them), else
+   * they end with their own error. The loop and every other request go on
+   * meanwhile; a cancel still reaches them.
+   */
+  private fail(scopes: readonly RequestScope[], e: unknown, own: (cause: unknown) => Error): void {
+    const loss = this.options.gpuLoss ?? null;
+    const known = e instanceof DeviceLostError ? e : loss?.reason != null ? new DeviceLostError(loss.reason) : null;
+    if (known || !loss || !lossPossible(e)) {
+      for (const s of scopes) this.finish(s, known ?? own(e));
+      return;
+    }
+    const waiting = scopes.filter((s) => !isFinal(s.phase));
+    for (const s of waiting) {
+      this.withdraw(s);
+      s.release();
+      this.awaitingVerdict.push(s);
+    }
+    const verdict = loss.within(this.options.lossReportMs ?? LOSS_REPORT_MS).then((reason) => {
+      for (const s of waiting) this.finish(s, reason !== null ? new DeviceLostError(reason) : own(e));
+    });
+    this.verdicts.add(verdict);
+    void verdict.finally(() => this.verdicts.delete(verdict));
+  }
+
+  /** Still in the loop and in this phase: not ended, not waiting for a verdict. */
+  private isLive(s: RequestScope, phase: 'denoising' | 'decoding'): boolean {
+    return s.phase === phase && this.active.includes(s);
+  }
+
+  /** Takes a request out of the loop's lists, unsettled. */
+  private withdraw(s: RequestScope): void {
+    for (const list of [this.active, this.queue]) {
+      const i = list.indexOf(s);
+      if (i >= 0) list.splice(i, 1);
+    }
+  }
+
   private async run(): Promise<void> {
-    while (this.queue.length || this.active.length) {
-      this.counters.cycles++;
-      try {
-        this.admit();
-        await this.encodeArrivals();
-        await this.stepAll();
-        await this.decodeFinished();
-      } catch (e) {
-        // nothing inside pinned it on one request: end this cycle's requests, keep serving the queue
-        for (const s of [...this.active]) this.finish(s, new InferenceError(`request ${s.id}: the engine's step loop failed (${(e as Error).message ?? e}); the request was stopped, the engine carries on`));
+    try {
+      while (this.queue.length || this.active.length) {
+        this.counters.cycles++;
+        try {
+          this.admit();
+          await this.encodeArrivals();
+          await this.stepAll();
+          await this.decodeFinished();
+        } catch (e) {
+          // nothing inside pinned it on one request: end this cycle's requests, keep serving the queue
+          for (const s of [...this.active]) this.finish(s, new InferenceError(`the engine's step loop failed (${messageOf(e)}); the request was stopped, the engine carries on`, { requestId: s.id, cause: e }));
+        }
+        // let cancel() and new submissions in between cycles
+        await yieldToEventLoop();
       }
-      // let cancel() and new submissions in between cycles
-      await yieldToEventLoop();
+    } finally {
+      // in the tick the queue was found empty: a submit after this starts a new loop
+      this.loop = null;
     }
   }
 
@@ -292,7 +352,7 @@ export class Interleaver {
     try {
       embeddings = await encodePrompts(this.model, this.ort, texts);
     } catch (e) {
-      for (const s of arrivals) this.finish(s, new InferenceError(`prompt encoding failed: ${(e as Error).message}`));
+      this.fail(arrivals, e, (cause) => new InferenceError(`prompt encoding failed: ${messageOf(cause)}`, { cause }));
       return;
     }
     const encodeMs = now() - started;
@@ -308,7 +368,7 @@ export class Interleaver {
       try {
         s.tensors = this.denoiser.begin(s, s.rng.normal(C * h * w), cond, uncond);
       } catch (e) {
-        this.finish(s, new InferenceError(`request ${s.id}: its tensors could not be placed on the device (${(e as Error).message ?? e})`));
+        this.fail([s], e, (cause) => new InferenceError(`its tensors could not be placed on the device (${messageOf(cause)})`, { requestId: s.id, cause }));
         continue;
       }
       s.times.encodeMs = encodeMs;
@@ -352,7 +412,7 @@ export class Interleaver {
     for (const group of this.bySize('denoising')) {
       const rows = group.flatMap((scope) => (scope.guided ? [{ scope, branch: 'uncond' as const }, { scope, branch: 'cond' as const }] : [{ scope, branch: 'cond' as const }]));
       for (const run of this.pack(rows, this.runCapacity(group[0].footprint.row, 'row'))) {
-        const live = run.filter((r) => r.scope.phase === 'denoising');
+        const live = run.filter((r) => this.isLive(r.scope, 'denoising'));
         if (!live.length) continue;
         try {
           const started = now();
@@ -367,10 +427,10 @@ export class Interleaver {
           this.counters.transformerRuns++;
           this.counters.maxRowsPerRun = Math.max(this.counters.maxRowsPerRun, live.length);
         } catch (e) {
-          for (const { scope } of live) this.finish(scope, e instanceof DeviceLostError ? e : new InferenceError(`transformer run failed: ${(e as Error).message}`));
+          this.fail([...new Set(live.map((r) => r.scope))], e, (cause) => new InferenceError(`transformer run failed: ${messageOf(cause)}`, { cause }));
           continue;
         }
-        await this.advance([...new Set(live.map((r) => r.scope))].filter((s) => s.phase === 'denoising' && s.tensors?.ready));
+        await this.advance([...new Set(live.map((r) => r.scope))].filter((s) => this.isLive(s, 'denoising') && s.tensors?.ready));
       }
     }
   }
@@ -386,13 +446,13 @@ export class Interleaver {
       this.counters.stages.recordWall('guidance', ms);
       for (const s of scopes) this.stagesOf(s).guidanceMs += ms;
     } catch (e) {
-      for (const s of scopes) this.finish(s, e instanceof DeviceLostError ? e : new InferenceError(`request ${s.id}: its guidance and Euler step failed (${(e as Error).message ?? e})`));
+      this.fail(scopes, e, (cause) => new InferenceError(`its guidance and Euler step failed (${messageOf(cause)})`, { cause }));
       return;
     }
     for (const s of scopes) {
       if (isFinal(s.phase)) continue; // cancelled while the update ran
       if (bad.has(s)) {
-        this.finish(s, new InferenceError(`request ${s.id}: non-finite values at step ${s.scheduler.stepIndex + 1}; the request was stopped, others carry on`));
+        this.finish(s, new InferenceError(`non-finite values at step ${s.scheduler.stepIndex + 1}; the request was stopped, others carry on`, { requestId: s.id }));
         continue;
       }
       s.steps++;
@@ -406,7 +466,7 @@ export class Interleaver {
           if (isFinal(s.phase)) continue;
           preview = { width: w, height: h, rgba: (this.options.renderPreview ?? latentPreview)(latents, C, h, w, s.id) };
         } catch (e) {
-          this.finish(s, e instanceof DeviceLostError ? e : new InferenceError(`request ${s.id}: its step preview failed (${(e as Error).message ?? e}); the request was stopped, others carry on`));
+          this.fail([s], e, (cause) => new InferenceError(`its step preview failed (${messageOf(cause)}); the request was stopped, others carry on`, { requestId: s.id, cause }));
           continue;
         }
       }
@@ -421,9 +481,12 @@ export class Interleaver {
       const whole = group.filter((s) => !s.footprint.decodeTile);
       return [...tiled.map((s) => [s]), ...(whole.length ? this.pack(whole.map((scope) => ({ scope })), this.runCapacity(whole[0].footprint.decode, 'decode')).map((run) => run.map((r) => r.scope)) : [])];
     });
-    for (const batch of runs) {
+    for (const planned of runs) {
       const started = now();
-      for (const s of batch) this.emit(s, { status: 'decoding', requestId: s.id, loaded: s.scheduler.totalSteps, total: s.scheduler.totalSteps, progress: 100 });
+      for (const s of planned) this.emit(s, { status: 'decoding', requestId: s.id, loaded: s.scheduler.totalSteps, total: s.scheduler.totalSteps, progress: 100 });
+      // planned before the first run: requests that ended since (a cancel during an earlier run, a callback that threw just now) are left out
+      const batch = planned.filter((s) => this.isLive(s, 'decoding'));
+      if (!batch.length) continue;
       const [, h, w] = batch[0].latentShape;
       let images: Uint8ClampedArray[];
       try {
@@ -435,15 +498,15 @@ export class Interleaver {
         } else images = await this.counters.stages.wallTime('vaeDecode', () => this.denoiser.decode(batch, h, w));
         if (tile) batch[0].warnings.push(`decoded in VAE tiles of ${tile * this.model.vaeConfig.scaleFactor} px to fit memory (seams blended; a whole decode differs slightly near them)`);
       } catch (e) {
-        for (const s of batch) this.finish(s, e instanceof DeviceLostError ? e : new InferenceError(`VAE decode failed: ${(e as Error).message}`));
+        this.fail(batch, e, (cause) => new InferenceError(`VAE decode failed: ${messageOf(cause)}`, { cause }));
         continue;
       }
       for (const [i, s] of batch.entries()) {
-        if (s.phase !== 'decoding') continue;
+        if (!this.isLive(s, 'decoding')) continue;
         const t = s.times;
         const decoded = now();
         const metadata: ImageMetadata = {
-          ...s.request,
+          ...requestSettings(s.request),
           modelId: this.model.info.id,
           backend: this.model.info.backend,
           timings: { queuedMs: t.admitted - t.submitted, encodeMs: t.encodeMs, denoiseMs: started - t.denoiseStart, decodeMs: decoded - started, totalMs: decoded - t.submitted, stages: { ...this.stagesOf(s) } },
@@ -474,7 +537,7 @@ export class Interleaver {
       // the image's settings go inside its PNG: A1111's `parameters` and our metadata as JSON
       png = await pngBlobWithSettings(await (this.options.encodePng ?? inlinePngEncoder)(rgba, width, height), a1111Parameters(metadata), metadata);
     } catch (e) {
-      this.finish(s, new InferenceError(`request ${s.id}: encoding its PNG failed (${(e as Error).message ?? e}); the request was stopped, others carry on`));
+      this.finish(s, new InferenceError(`encoding its PNG failed (${messageOf(e)}); the request was stopped, others carry on`, { requestId: s.id, cause: e }));
       return;
     }
     this.emit(s, { status: 'complete', requestId: s.id, loaded: s.scheduler.totalSteps, total: s.scheduler.totalSteps, progress: 100, elapsedMs: now() - s.times.submitted });

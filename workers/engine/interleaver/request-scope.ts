@@ -19,7 +19,7 @@ export class RequestScope {
   /** Denoising steps taken (transfers per step are counted over these). */
   steps = 0;
   readonly warnings: string[] = [];
-  readonly times = { submitted: 0, admitted: 0, denoiseStart: 0, decodeStart: 0, finished: 0, encodeMs: 0 };
+  readonly times = { submitted: 0, admitted: 0, denoiseStart: 0, finished: 0, encodeMs: 0 };
   /** Interleaver cycle at which the request was admitted and finished (fairness tests read these). */
   admittedCycle = -1;
   finishedCycle = -1;
@@ -50,10 +50,6 @@ export class RequestScope {
   /** Classifier-free guidance runs two rows (unconditional first); guidance <= 1 runs one. */
   get guided(): boolean {
     return this.request.guidance > 1;
-  }
-
-  get rows(): number {
-    return this.guided ? 2 : 1;
   }
 
   /** Requests of different sizes never share a transformer run. */
