@@ -175,14 +175,50 @@ describe('the studio in the page', () => {
     expect(parseA1111(text.get('parameters')!).unused).toEqual(['Script: X/Y plot', 'X Type: CFG scale', 'X Values: 2, 5.5', 'Y Type: Seed', 'Y Values: 50, 60, 70']);
     const json = JSON.parse(text.get('sd3-webgpu')!) as { cells: ImageMetadata[] };
     expect(json.cells.map((c) => `${c.guidance}/${c.seed}`)).toEqual(['2/50', '5.5/50', '2/60', '5.5/60', '2/70', '5.5/70']);
-    // the labels are drawn: the title band and the label column are not blank
-    const dark = (x0: number, y0: number, x1: number, y1: number) => {
-      let n = 0;
-      for (let y = y0; y < y1; y++) for (let x = x0; x < x1; x++) if (img.data[(y * img.width + x) * img.channels] < 128) n++;
-      return n;
+    // the sheet exactly: its labels where the layout puts them, drawn as this browser draws that text
+    // (titles bold 16 px in the 32-px band, values 14 px in the 40-px band and the 160-px column), and
+    // in each 128-px cell the stored image of that cell's CFG scale and seed, each pixel drawn 2×2
+    const labels = decodePng(
+      Uint8Array.from(
+        await b.page.evaluate(async () => {
+          const c = new OffscreenCanvas(416, 456);
+          const ctx = c.getContext('2d')!;
+          ctx.fillStyle = '#ffffff';
+          ctx.fillRect(0, 0, 416, 456);
+          ctx.fillStyle = '#111111';
+          ctx.textBaseline = 'middle';
+          const text = (font: string, align: CanvasTextAlign, t: string, x: number, y: number, max: number) => {
+            ctx.font = font;
+            ctx.textAlign = align;
+            ctx.fillText(t, x, y, max);
+          };
+          text('bold 16px sans-serif', 'center', 'CFG scale', 160 + 128, 16, 256);
+          text('bold 16px sans-serif', 'left', '↓ Seed', 8, 16, 144);
+          for (const [col, v] of ['2', '5.5'].entries()) text('14px sans-serif', 'center', v, 160 + col * 128 + 64, 52, 120);
+          for (const [row, v] of ['50', '60', '70'].entries()) text('14px sans-serif', 'right', v, 152, 72 + row * 128 + 64, 144);
+          return Array.from(new Uint8Array(await (await c.convertToBlob({ type: 'image/png' })).arrayBuffer()));
+        }),
+      ),
+    );
+    const cellImages = new Map(newest.map((m) => [`${m.guidance}/${m.seed}`, decodePng(Uint8Array.from(m.png))]));
+    const region = (x: number, y: number) => (y < 32 ? 'titles' : y < 72 ? (x < 160 ? 'value band, left' : 'column values') : x < 160 ? `row label ${[50, 60, 70][Math.floor((y - 72) / 128)]}` : `cell ${[2, 5.5][Math.floor((x - 160) / 128)]}/${[50, 60, 70][Math.floor((y - 72) / 128)]}`);
+    const expected = (x: number, y: number, ch: number): number => {
+      if (x < 160 || y < 72) return ch < 3 ? labels.data[(y * labels.width + x) * labels.channels + ch] : 255;
+      const cell = cellImages.get(region(x, y).slice('cell '.length))!;
+      const [cx, cy] = [((x - 160) % 128) >> 1, ((y - 72) % 128) >> 1];
+      return ch < 3 || cell.channels === 4 ? cell.data[(cy * cell.width + cx) * cell.channels + ch] : 255;
     };
-    expect(dark(160, 0, 416, 72)).toBeGreaterThan(40);
-    expect(dark(0, 72, 160, 456)).toBeGreaterThan(40);
+    const wrong: Record<string, number> = {};
+    for (let y = 0; y < img.height; y++)
+      for (let x = 0; x < img.width; x++)
+        for (let ch = 0; ch < 4; ch++) {
+          const got = ch < img.channels ? img.data[(y * img.width + x) * img.channels + ch] : 255;
+          if (got !== expected(x, y, ch)) {
+            wrong[region(x, y)] = (wrong[region(x, y)] ?? 0) + 1;
+            break;
+          }
+        }
+    expect(wrong, 'pixels that differ, by region of the sheet').toEqual({});
     // a bad axis is named, nothing is sent
     await b.page.getByTestId('xy-x-values').fill('2, lots');
     await b.page.getByTestId('xy-run').click();
