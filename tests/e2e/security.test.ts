@@ -16,7 +16,9 @@ import { servedCommit, startModelServer, type ModelServer } from '../helpers/mod
 import { pngWithCompressedITXt, zeroBomb } from '../helpers/png-bomb.ts';
 import { TINY_MODEL_EXTERNAL_DIR } from '../helpers/tiny-engine.ts';
 import { CONTENT_SECURITY_POLICY } from '../../content-security-policy.ts';
-import { openBrowser, waitForCount, waitForGallery, waitForText, type BrowserSession } from './chromium.ts';
+import encodeChunks from 'png-chunks-encode';
+import extractChunks from 'png-chunks-extract';
+import { STATE_WAIT_MS, holdTransformerAfter, openBrowser, waitForCount, waitForGallery, waitForText, type BrowserSession } from './chromium.ts';
 
 const HOSTILE = `<img src=x onerror="window.__pwned=1"><b>bold</b><script>window.__pwned=2</script>`;
 
@@ -134,58 +136,156 @@ describe('privacy and security in the page', () => {
     }
   });
 
-  it('a hostile PNG (1.5 GB of text in 1.5 MB) is answered within a second, naming the cap, while the page keeps drawing', async () => {
+  /** Drops a PNG on the page: the time from the drop to the form's notice naming it, the frames drawn meanwhile (ms after the drop, up to the one after the notice), and the notice. */
+  const drop = (name: string, png: Uint8Array) =>
+    b.page.evaluate(
+      async ({ name, base64 }) => {
+        const file = new File([Uint8Array.from(atob(base64), (c) => c.charCodeAt(0))], name, { type: 'image/png' });
+        const dt = new DataTransfer();
+        dt.items.add(file);
+        let answeredAt = 0;
+        const answered = new Promise<void>((resolve) => {
+          const observer = new MutationObserver(() => {
+            if (!document.querySelector('[data-testid="form-notice"]')?.textContent?.includes(name)) return;
+            answeredAt = performance.now();
+            observer.disconnect();
+            resolve();
+          });
+          observer.observe(document.body, { subtree: true, childList: true, characterData: true });
+        });
+        const dropped = performance.now();
+        document.querySelector('main')!.dispatchEvent(new DragEvent('drop', { dataTransfer: dt, bubbles: true, cancelable: true }));
+        // every frame the page draws from the drop until the one after the answer: a busy main thread draws none
+        const frames: number[] = [];
+        await new Promise<void>((done) => {
+          const frame = () => {
+            frames.push(performance.now() - dropped);
+            if (answeredAt) done();
+            else requestAnimationFrame(frame);
+          };
+          requestAnimationFrame(frame);
+        });
+        await answered;
+        return { answerMs: answeredAt - dropped, frames, notice: document.querySelector('[data-testid="form-notice"]')!.textContent! };
+      },
+      { name, base64: Buffer.from(png).toString('base64') },
+    );
+
+  /** Frames the page draws in `ms` from now, when nothing else is asked of it. */
+  const idleFrames = (ms: number) =>
+    b.page.evaluate(
+      (ms) =>
+        new Promise<number>((done) => {
+          const start = performance.now();
+          let n = 0;
+          const frame = () => {
+            if (performance.now() - start > ms) return done(n);
+            n++;
+            requestAnimationFrame(frame);
+          };
+          requestAnimationFrame(frame);
+        }),
+      ms,
+    );
+
+  it('a hostile PNG (1.5 GB of text in 1.5 MB) is answered as fast as one whose text is just over the cap, naming the cap', async () => {
     const hostile = pngWithCompressedITXt('parameters', zeroBomb(1536));
     expect(hostile.length).toBeLessThan(1.7 * 2 ** 20);
+    // the control: its text inflates to 2 MiB, over the 1 MiB cap too, and a chunk no reader looks into pads it to the
+    // hostile file's length. Capped, both cost the reader the first MiB and a step; uncapped, the hostile one costs 768× more
+    const small = extractChunks(pngWithCompressedITXt('parameters', zeroBomb(2)));
+    const control = encodeChunks([small[0], small[1], { name: 'prVt', data: new Uint8Array(hostile.length - encodeChunks(small).length - 12) }, ...small.slice(2)]);
+    expect(control.length).toBe(hostile.length);
     const prompts = await b.page.getByTestId('prompts').inputValue();
-    const seen = await b.page.evaluate(async (base64) => {
-      const file = new File([Uint8Array.from(atob(base64), (c) => c.charCodeAt(0))], 'hostile.png', { type: 'image/png' });
-      const dt = new DataTransfer();
-      dt.items.add(file);
-      let answeredAt = 0;
-      const answered = new Promise<void>((resolve) => {
-        const observer = new MutationObserver(() => {
-          if (!document.querySelector('[data-testid="form-notice"]')?.textContent?.includes('hostile.png')) return;
-          answeredAt = performance.now();
-          observer.disconnect();
-          resolve();
-        });
-        observer.observe(document.body, { subtree: true, childList: true, characterData: true });
-      });
-      const dropped = performance.now();
-      document.querySelector('main')!.dispatchEvent(new DragEvent('drop', { dataTransfer: dt, bubbles: true, cancelable: true }));
-      // every frame the page draws from the drop until the one after the answer: a busy main thread draws none
-      const frames: number[] = [];
-      await new Promise<void>((done) => {
-        const frame = () => {
-          frames.push(performance.now() - dropped);
-          if (answeredAt) done();
-          else requestAnimationFrame(frame);
-        };
-        requestAnimationFrame(frame);
-      });
-      await answered;
-      return { answerMs: answeredAt - dropped, frames, notice: document.querySelector('[data-testid="form-notice"]')!.textContent };
-    }, Buffer.from(hostile).toString('base64'));
-    console.log(`hostile PNG answered in ${seen.answerMs.toFixed(0)} ms; ${seen.frames.length} frames meanwhile`);
-    expect(seen.answerMs).toBeLessThan(1000);
-    expect(seen.notice).toContain('hostile.png: its "parameters" settings text is over 1 MB');
-    expect(seen.notice).toContain('the form is unchanged');
-    // the longest the page went without drawing, from the drop to the frame after the answer
-    const longestGap = Math.max(...seen.frames.map((t, i) => t - (i ? seen.frames[i - 1] : 0)));
-    expect(longestGap).toBeLessThan(250);
+    const first = await drop('hostile.png', hostile);
+    expect(first.notice).toContain('hostile.png: its "parameters" settings text is over 1 MB');
+    expect(first.notice).toContain('the form is unchanged');
+    // then in turns, so that load on this machine falls on both alike
+    const times: { hostile: number[]; control: number[] } = { hostile: [], control: [] };
+    for (let i = 1; i <= 3; i++) {
+      const c = await drop(`control-${i}.png`, control);
+      expect(c.notice).toContain(`control-${i}.png: its "parameters" settings text is over 1 MB`);
+      times.control.push(c.answerMs);
+      const h = await drop(`hostile-${i}.png`, hostile);
+      expect(h.notice).toContain(`hostile-${i}.png: its "parameters" settings text is over 1 MB`);
+      times.hostile.push(h.answerMs);
+    }
+    console.log(`answers from drop to notice (ms): first hostile ${first.answerMs.toFixed(0)}; ${JSON.stringify(Object.fromEntries(Object.entries(times).map(([k, v]) => [k, v.map(Math.round)])))}`);
+    // the fastest of each: what load adds drops out. Measured here, idle and with another browser test beside it: RATIO_MEASURED.
+    // Reading all 1.5 GiB instead (no cap, tried) gives BROKEN_MEASURED: 4× is far from both.
+    expect(Math.min(...times.hostile)).toBeLessThan(4 * Math.min(...times.control));
     expect(await b.page.getByTestId('prompts').inputValue()).toBe(prompts);
+  });
+
+  it('a PNG that takes the reader long (100 text chunks over the cap) is read while the page keeps drawing', async () => {
+    // each chunk is capped, so each costs a MiB of inflating: a second or so of reading in all, off the page's thread
+    const one = extractChunks(pngWithCompressedITXt('Comment', zeroBomb(2)));
+    const slow = encodeChunks([one[0], ...Array<typeof one[number]>(100).fill(one[1]), ...one.slice(2)]);
+    const read = await drop('slow.png', slow);
+    expect(read.notice).toContain('slow.png carries no generation settings');
+    // the frames drawn while it was read, against those drawn in as long a span right after with nothing to do
+    const during = read.frames.filter((t) => t <= read.answerMs).length;
+    const idle = await idleFrames(read.answerMs);
+    console.log(`slow PNG read in ${read.answerMs.toFixed(0)} ms: ${during} frames meanwhile, ${idle} in as long an idle span`);
+    // the span is long enough to tell: a read on the page's thread draws 1 or 2 frames in it, whatever its length
+    expect(idle).toBeGreaterThanOrEqual(10);
+    // measured here: FRAMES_MEASURED; read on the page's thread (tried): FRAMES_BROKEN
+    expect(during).toBeGreaterThanOrEqual(idle / 2);
   });
 
   it('"Delete all data" wipes images, queue and downloaded models, for good', async () => {
     await waitForCount(b.page.getByTestId('cached-model'), 1);
+    // the durable queue holds work of both kinds when the data is deleted: a request that waits for
+    // another model (not running, so only clearing the queue removes it) and one running in the worker
+    const label = b.page.getByTestId('model-label');
+    await waitForText(label, /\/tiny-sd3\/ · /);
+    // each model's runs held after 100 of the 150 steps: nothing finishes before the reload
+    await holdTransformerAfter(b.page, 100);
+    await generate(['for the built-in model'], 150, 70);
+    await b.page.locator('[data-testid="cell"][data-state="denoising"]', { hasText: 'for the built-in model' }).waitFor({ timeout: STATE_WAIT_MS });
+    await b.page.getByTestId('model-kind').selectOption('hub');
+    await b.page.getByTestId('hub-repo').fill('acme/tiny');
+    await b.page.getByTestId('hub-host').fill(server.url);
+    await b.page.getByTestId('load-model').click();
+    await waitForText(label, 'acme/tiny');
+    await holdTransformerAfter(b.page, 100);
+    await generate(['waits for acme/tiny a', 'waits for acme/tiny b'], 150, 80);
+    await b.page.locator('[data-testid="cell"][data-state="denoising"]', { hasText: 'waits for acme/tiny' }).nth(1).waitFor({ timeout: STATE_WAIT_MS });
+    // after a reload the built-in model loads (its request is queued too) and finishes its request; acme/tiny's wait
+    await b.page.reload();
+    await waitForText(label, /\/tiny-sd3\/ · .* · wasm/);
+    await waitForText(b.page.getByTestId('waiting-model'), /2 requests wait for model .*acme\/tiny/);
+    await waitForGallery(b.page, 2);
+    await holdTransformerAfter(b.page, 100);
+    await generate(['running at the delete'], 150, 90);
+    await b.page.locator('[data-testid="cell"][data-state="denoising"]', { hasText: 'running at the delete' }).waitFor({ timeout: STATE_WAIT_MS });
+    const before = await stored();
+    expect({ ...before, cached: before.cached > 0 }).toEqual({ images: 2, queue: 3, cached: true });
+
     b.page.once('dialog', (d) => void d.accept());
     await b.page.getByTestId('delete-all').click();
     await waitForGallery(b.page, 0);
     await waitForCount(b.page.getByTestId('cached-model'), 0);
+    expect(await stored()).toEqual({ images: 0, queue: 0, cached: 0 });
     await b.page.reload();
     await b.page.getByTestId('model-label').filter({ hasText: /tiny-sd3/ }).waitFor({ timeout: 60_000 });
-    const left = await b.page.evaluate(async () => {
+    expect(await stored()).toEqual({ images: 0, queue: 0, cached: 0 });
+    expect(await b.page.getByTestId('gallery-item').count()).toBe(0);
+    // nothing was resumed, nothing waits
+    expect(await b.page.getByTestId('cell').count()).toBe(0);
+    expect(await b.page.getByTestId('waiting-model').count()).toBe(0);
+  });
+
+  async function generate(prompts: string[], steps: number, seed: number) {
+    await b.page.getByTestId('prompts').fill(prompts.join('\n'));
+    await b.page.getByTestId('steps').fill(String(steps));
+    await b.page.getByTestId('seed').fill(String(seed));
+    await b.page.getByTestId('generate').click();
+  }
+
+  /** What this browser keeps: stored images, queued requests and downloaded files (and their records, in every cache). */
+  function stored(): Promise<{ images: number; queue: number; cached: number }> {
+    return b.page.evaluate(async () => {
       const db = await new Promise<IDBDatabase>((res, rej) => {
         const r = indexedDB.open('sd3-webgpu');
         r.onsuccess = () => res(r.result);
@@ -198,12 +298,9 @@ describe('privacy and security in the page', () => {
         });
       const counts = { images: await count('images'), queue: await count('queue') };
       db.close();
-      // downloaded files and their records, and no cache of an older layout
       let cached = 0;
       for (const name of await caches.keys()) cached += (await (await caches.open(name)).keys()).length;
       return { ...counts, cached };
     });
-    expect(left).toEqual({ images: 0, queue: 0, cached: 0 });
-    expect(await b.page.getByTestId('gallery-item').count()).toBe(0);
-  });
+  }
 });
