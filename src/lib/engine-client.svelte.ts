@@ -518,6 +518,8 @@ export class EngineClient {
   async deleteAll(): Promise<void> {
     await this.api.deleteAllData();
     this.jobs = [];
+    // the requests that waited for another model went with the queue
+    this.waiting = [];
     await this.refreshCache();
     for (const url of this.urls.values()) URL.revokeObjectURL(url);
     this.urls.clear();

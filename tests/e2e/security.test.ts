@@ -271,6 +271,8 @@ describe('privacy and security in the page', () => {
     await waitForGallery(b.page, 0);
     await waitForCount(b.page.getByTestId('cached-model'), 0);
     expect(await stored()).toEqual({ images: 0, queue: 0, cached: 0 });
+    // the requests that waited for another model went with the queue: the page stops saying they wait (before any reload)
+    expect(await b.page.getByTestId('waiting-model').count()).toBe(0);
     await b.page.reload();
     await b.page.getByTestId('model-label').filter({ hasText: /tiny-sd3/ }).waitFor({ timeout: 60_000 });
     expect(await stored()).toEqual({ images: 0, queue: 0, cached: 0 });
