@@ -3,7 +3,7 @@
 // nothing of the DOM, so the CLI and the benchmark run it in Node unchanged.
 import type { BackendName, EngineStatus, RuntimeStatus, GenerateResult, ModelInfo, ModelSourceSpec, ProgressCallback } from './api/types.ts';
 import { normalizeRequest, renormalizeRequest, type NormalizedRequest } from './api/validate.ts';
-import { CancelledError, DeviceLostError, formatBytes, InvalidRequestError, LoadAbortedError, ModelLoadError, ModelNotLoadedError, ModelTooLargeError } from './errors.ts';
+import { CancelledError, DeviceLostError, formatBytes, InvalidRequestError, LoadAbortedError, ModelLoadError, ModelNotLoadedError, ModelTooLargeError, messageOf } from './errors.ts';
 import { DEFAULT_MAX_ACTIVE, DEFAULT_MAX_BATCH, Interleaver, newCounters, type PngEncoder, type PreviewRenderer } from './interleaver/interleaver.ts';
 import { RequestScope } from './interleaver/request-scope.ts';
 import { fitRequest, MemoryLedger, modelNeedBytes } from './memory/budget.ts';
@@ -109,7 +109,6 @@ const randomSeed = () => crypto.getRandomValues(new Uint32Array(1))[0];
 /** Resolves when the signal aborts (never without one). */
 const aborted = (signal?: AbortSignal) => new Promise<void>((resolve) => signal?.addEventListener('abort', () => resolve(), { once: true }));
 const newId = () => crypto.randomUUID();
-const messageOf = (e: unknown) => (e instanceof Error ? e.message : String(e));
 
 /**
  * y = -x over 4 floats. onnxruntime-web's WebGPU backend frees a released

@@ -165,6 +165,9 @@ export class LoadAbortedError extends EngineError {
   }
 }
 
+/** An error's message, or the thrown value as text. */
+export const messageOf = (e: unknown): string => (e instanceof Error ? e.message : String(e));
+
 /** Binary units, as memory settings and adapters count them: GB with two decimals (8.00 GB), smaller units with one. */
 export function formatBytes(n: number): string {
   if (n >= 1024 ** 3) return `${(n / 1024 ** 3).toFixed(2)} GB`;

@@ -32,7 +32,6 @@ function text(field: string, v: unknown, allowEmpty: boolean): string {
 
 /** Fields a model fills in when a request leaves them out: they follow the model that runs the request. */
 export const MODEL_DEFAULTED = ['steps', 'guidance', 'width', 'height'] as const;
-export type ModelDefaulted = (typeof MODEL_DEFAULTED)[number];
 
 /** Checks a request and fills defaults from the model; throws InvalidRequestError naming the first bad field. */
 export function normalizeRequest(raw: unknown, model: ModelInfo, newId: () => string, randomSeed: () => number): NormalizedRequest {

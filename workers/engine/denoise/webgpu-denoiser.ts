@@ -166,11 +166,7 @@ export class WebGpuDenoiser implements Denoiser {
     return t;
   }
 
-  predict(rows: readonly DenoiseRow[], latentShape: readonly [number, number, number]): Promise<void> {
-    return this.predictOnDevice(rows, latentShape);
-  }
-
-  private async predictOnDevice(rows: readonly DenoiseRow[], latentShape: readonly [number, number, number]): Promise<void> {
+  async predict(rows: readonly DenoiseRow[], latentShape: readonly [number, number, number]): Promise<void> {
     const [C, h, w] = latentShape;
     const n = rows.length;
     const first = tensorsOf(rows[0].scope);
@@ -229,11 +225,7 @@ export class WebGpuDenoiser implements Denoiser {
     return { update: this.update, unscale: this.unscale };
   }
 
-  advance(scopes: readonly RequestScope[]): Promise<Set<RequestScope>> {
-    return this.advanceOnDevice(scopes);
-  }
-
-  private async advanceOnDevice(scopes: readonly RequestScope[]): Promise<Set<RequestScope>> {
+  async advance(scopes: readonly RequestScope[]): Promise<Set<RequestScope>> {
     const { update } = this.pipelines();
     // GPU time of the pass where the device has timestamp-query: two timestamps ahead of the flags in the one read-back
     const timer = this.stages ? GpuPassTimer.forDevice(this.device) : null;
@@ -293,11 +285,7 @@ export class WebGpuDenoiser implements Denoiser {
     }
   }
 
-  readLatents(s: RequestScope): Promise<Float32Array> {
-    return this.readLatentsOnDevice(s);
-  }
-
-  private async readLatentsOnDevice(s: RequestScope): Promise<Float32Array> {
+  async readLatents(s: RequestScope): Promise<Float32Array> {
     const t = tensorsOf(s);
     const read = this.buffer(t.latents.size, MAP_READ | COPY_DST);
     try {
@@ -315,11 +303,7 @@ export class WebGpuDenoiser implements Denoiser {
     }
   }
 
-  decode(batch: readonly RequestScope[], latentH: number, latentW: number): Promise<Uint8ClampedArray[]> {
-    return this.decodeOnDevice(batch, latentH, latentW);
-  }
-
-  private async decodeOnDevice(batch: readonly RequestScope[], latentH: number, latentW: number): Promise<Uint8ClampedArray[]> {
+  async decode(batch: readonly RequestScope[], latentH: number, latentW: number): Promise<Uint8ClampedArray[]> {
     const { unscale } = this.pipelines();
     const { latentChannels, scalingFactor, shiftFactor, scaleFactor } = this.model.vaeConfig;
     const count = latentChannels * latentH * latentW;

@@ -20,7 +20,7 @@
 // browser reports only later: its requests leave the loop at once and end
 // when the device's word comes (fail()), and nothing else waits for it.
 import { isFinal, type GenerateResult, type ImageMetadata, type ProgressEvent, type RequestStageTimings } from '../api/types.ts';
-import { CancelledError, DeviceLostError, InferenceError, TooLargeError, formatBytes } from '../errors.ts';
+import { CancelledError, DeviceLostError, InferenceError, TooLargeError, formatBytes, messageOf } from '../errors.ts';
 import { lossPossible, LOSS_REPORT_MS, type DeviceLoss } from '../device-loss.ts';
 import { yieldToEventLoop } from '../event-loop.ts';
 import { availableBytes, largestFittingSize, refusal } from '../memory/budget.ts';
@@ -79,7 +79,6 @@ export interface InterleaverCounters {
 export const newCounters = (): InterleaverCounters => ({ served: 0, failed: 0, cancelled: 0, cycles: 0, transformerRuns: 0, peakAdmittedBytes: 0, maxRowsPerRun: 0, stages: new StageTimer() });
 
 const now = () => performance.now();
-const messageOf = (e: unknown) => (e instanceof Error ? e.message : String(e));
 
 export class Interleaver {
   private readonly queue: RequestScope[] = [];
@@ -237,10 +236,7 @@ export class Interleaver {
 
   private finish(scope: RequestScope, outcome: GenerateResult | Error): void {
     if (isFinal(scope.phase)) return;
-    for (const list of [this.active, this.queue, this.awaitingVerdict]) {
-      const i = list.indexOf(scope);
-      if (i >= 0) list.splice(i, 1);
-    }
+    this.withdraw(scope);
     scope.times.finished = now();
     scope.finishedCycle = this.counters.cycles;
     if (outcome instanceof Error) {
@@ -287,9 +283,9 @@ export class Interleaver {
     return s.phase === phase && this.active.includes(s);
   }
 
-  /** Takes a request out of the loop's lists, unsettled. */
+  /** Takes a request out of the loop's lists (and the verdict's), unsettled. */
   private withdraw(s: RequestScope): void {
-    for (const list of [this.active, this.queue]) {
+    for (const list of [this.active, this.queue, this.awaitingVerdict]) {
       const i = list.indexOf(s);
       if (i >= 0) list.splice(i, 1);
     }
