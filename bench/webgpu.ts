@@ -40,7 +40,7 @@ interface Row extends ModeRow {
   stages: StageTimings | null;
 }
 
-const STAGES: StageName[] = ['textEncoders', 'transformer', 'guidance', 'vaeDecode', 'readback'];
+const STAGES: StageName[] = ['textEncoders', 'vaeEncode', 'transformer', 'guidance', 'vaeDecode', 'readback'];
 
 /** One row's stages as flat figures: mean wall ms (and GPU ms where measured) per stage, transformer FLOPs and FLOP/s. */
 function stageFigures(t: StageTimings | null): Record<string, number> {

@@ -21,7 +21,7 @@ const FP16_IO32 = 'stabilityai/tiny-sd3.5-fp16-io32';
 /** Bytes of a model folder's graphs and weights (what the load bar counts). */
 async function graphBytes(dir: string): Promise<number> {
   let n = 0;
-  for (const e of await readdir(dir, { withFileTypes: true, recursive: true })) if (e.isFile() && /\.onnx/.test(e.name) && !e.parentPath.includes('vae_encoder')) n += (await stat(join(e.parentPath, e.name))).size;
+  for (const e of await readdir(dir, { withFileTypes: true, recursive: true })) if (e.isFile() && /\.onnx/.test(e.name)) n += (await stat(join(e.parentPath, e.name))).size;
   return n;
 }
 /** The model label once `name` is loaded on `backend` ("<id> · <family> · <backend>[ · no T5]"). */

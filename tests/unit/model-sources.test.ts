@@ -49,7 +49,7 @@ describe('Hub layout, cache and device fit', () => {
     server = await startModelServer({ repos: [{ repo: REPO, folder: join(root, 'repo') }] });
     weightBytes = 0;
     for (const f of await filesUnder(join(root, 'repo', SUB))) {
-      if (weightPath(`/${f}`) && !f.startsWith('vae_encoder')) weightBytes += (await stat(join(root, 'repo', SUB, f))).size;
+      if (weightPath(`/${f}`)) weightBytes += (await stat(join(root, 'repo', SUB, f))).size;
     }
   });
   afterAll(async () => {
@@ -300,7 +300,7 @@ describe('Hub layout, cache and device fit', () => {
     server.requests.length = 0;
     const err = await createNodeEngine().load(hub(server), undefined, { fit: { memoryBytes: 1_000_000 } }).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(ModelTooLargeError);
-    expect((err as Error).message).toMatch(/needs ~\d+(\.\d)? MB of GPU memory \(1\.4 MB of weights \+ .* for the smallest image, 16×16; its default is 64×64\); this adapter offers 976\.6 KB\. Try: load it without T5/);
+    expect((err as Error).message).toMatch(/needs ~\d+(\.\d)? MB of GPU memory \(1\.6 MB of weights \+ .* for the smallest image, 16×16; its default is 64×64\); this adapter offers 976\.6 KB\. Try: load it without T5/);
     // only configs, graphs (to find their data files) and HEADs: no external weights were fetched
     expect(modelGets().some((r) => /onnx(_data|\.data)$/.test(r.path))).toBe(false);
     const sameEngineErr = await engine.load(hub(server), undefined, { fit: { memoryBytes: 1_000_000 } }).catch((e: unknown) => e);
@@ -440,7 +440,7 @@ describe('weights from a server that leaves lengths out of HEAD', () => {
     const engine = createNodeEngine();
     await engine.load(files);
     let onDisk = 0;
-    for (const c of ['text_encoder', 'text_encoder_2', 'text_encoder_3', 'transformer', 'vae_decoder']) {
+    for (const c of ['text_encoder', 'text_encoder_2', 'text_encoder_3', 'transformer', 'vae_decoder', 'vae_encoder']) {
       for (const f of await readdir(join(TINY_MODEL_EXTERNAL_DIR, c))) if (f.startsWith('model.onnx')) onDisk += (await stat(join(TINY_MODEL_EXTERNAL_DIR, c, f))).size;
     }
     expect(engine.status().weightBytes).toBe(onDisk);

@@ -74,10 +74,10 @@ describe('optimizer-fused exports (NhwcConv, GroupNorm, SkipGroupNorm, SkipLayer
     };
     const ops = JSON.parse(readFileSync(join(ROOT, 'ops.json'), 'utf8'))['sd3-fused'];
     // neither backend has NhwcConv or the optimizer's GroupNorm / SkipGroupNorm; everything else runs as fused (unpacked attention, FastGelu…)
-    const vae = { NhwcConv: ops.vae_decoder.NhwcConv, GroupNorm: ops.vae_decoder.GroupNorm, SkipGroupNorm: ops.vae_decoder.SkipGroupNorm };
+    const vae = (c: string) => ({ NhwcConv: ops[c].NhwcConv, GroupNorm: ops[c].GroupNorm, SkipGroupNorm: ops[c].SkipGroupNorm });
     const none = { text_encoder: {}, text_encoder_2: {}, text_encoder_3: {}, transformer: {} };
-    expect(await plan('wasm')).toEqual({ ...none, vae_decoder: vae });
-    expect(await plan('webgpu')).toEqual({ ...none, vae_decoder: vae });
+    expect(await plan('wasm')).toEqual({ ...none, vae_decoder: vae('vae_decoder'), vae_encoder: vae('vae_encoder') });
+    expect(await plan('webgpu')).toEqual({ ...none, vae_decoder: vae('vae_decoder'), vae_encoder: vae('vae_encoder') });
     // the unfused export has nothing to lower
     const engine = createNodeEngine();
     const info = await engine.load({ kind: 'path', path: join(ROOT, 'sd3') });

@@ -6,6 +6,8 @@ import { normalizeRequest, renormalizeRequest, type NormalizedRequest } from './
 import { CancelledError, DeviceLostError, formatBytes, InvalidRequestError, LoadAbortedError, ModelLoadError, ModelNotLoadedError, ModelTooLargeError, messageOf } from './errors.ts';
 import { DEFAULT_MAX_ACTIVE, DEFAULT_MAX_BATCH, Interleaver, newCounters, type PngEncoder, type PreviewRenderer } from './interleaver/interleaver.ts';
 import { RequestScope } from './interleaver/request-scope.ts';
+import { RequestSchedulerState } from './scheduler/flow-match-euler.ts';
+import { prepareImageInput, strengthStart } from './sd3/image-to-image.ts';
 import { fitRequest, MemoryLedger, modelNeedBytes } from './memory/budget.ts';
 import { smallestRequestBytes } from './memory/footprint.ts';
 import type { Ort } from './model/component-session.ts';
@@ -488,10 +490,15 @@ export class Engine {
       const { transformerConfig: t, vaeConfig: vae } = model;
       const lh = req.height / vae.scaleFactor;
       const lw = req.width / vae.scaleFactor;
-      const scheduler = model.scheduler.cloneForRequest({ steps: req.steps, imageSeqLen: (lh / t.patchSize) * (lw / t.patchSize) });
+      const schedule = model.scheduler.retrieveTimesteps({ steps: req.steps, imageSeqLen: (lh / t.patchSize) * (lw / t.patchSize) });
+      // image to image starts part-way down the schedule (get_timesteps); text to image at its top
+      const scheduler = RequestSchedulerState.startingAt(schedule, req.image ? strengthStart(req.steps, req.strength!) : 0);
+      // the image and mask decoded and preprocessed now: a bad file is refused before anything is queued
+      const input = prepareImageInput(req, lw, lh);
       // the whole-image decode when it fits, else VAE tiles that do
-      const footprint = fitRequest(model.budget, model.dims, req.width, req.height, req.guidance);
-      const scope = new RequestScope(req, scheduler, footprint, [vae.latentChannels, lh, lw], opts.onProgress, opts.preview ?? false, performance.now());
+      const kind = !input ? 'text' : input.latentMask ? 'inpaint' : 'image';
+      const footprint = fitRequest(model.budget, model.dims, req.width, req.height, req.guidance, kind);
+      const scope = new RequestScope(req, scheduler, footprint, [vae.latentChannels, lh, lw], opts.onProgress, opts.preview ?? false, performance.now(), input);
       if (opts.signal?.aborted) throw opts.signal.reason ?? new DOMException('aborted', 'AbortError');
       // through the engine, not this interleaver: after a switch the request may run on another one
       opts.signal?.addEventListener('abort', () => this.cancel(req.id), { once: true });
@@ -579,7 +586,7 @@ export class Engine {
     const m = this.loaded;
     const d = this.interleaver?.denoiser;
     if (!m || !d) return null;
-    const sessions = [m.clipL.session, m.clipG.session, m.t5?.session, m.transformer, m.vaeDecoder].filter((x) => x !== undefined);
+    const sessions = [m.clipL.session, m.clipG.session, m.t5?.session, m.transformer, m.vaeDecoder, m.vaeEncoder ?? undefined].filter((x) => x !== undefined);
     return {
       residency: d.residency,
       liveDeviceTensors: d.liveTensors,

@@ -44,6 +44,25 @@ export interface GenerateRequest {
   guidance?: number;
   width?: number;
   height?: number;
+  /**
+   * Image to image: the init image as a PNG file. It is resized to the request's size as diffusers'
+   * VaeImageProcessor does (Lanczos); without width and height the request takes the image's size
+   * (rounded down to the model's size multiple, scaled down to its largest size).
+   */
+  image?: Uint8Array;
+  /** Inpainting: a PNG the image's size; its white parts are repainted, its black parts kept (binarized at half grey). */
+  mask?: Uint8Array;
+  /** How much of the schedule an image request runs, in (0, 1]: 1 starts from noise (default 0.6, as diffusers). */
+  strength?: number;
+  /** Inpainting: work on the mask's bounding box grown by this many pixels (diffusers' padding_mask_crop), and paste the result back into the whole image. */
+  paddingMaskCrop?: number;
+}
+
+/** An input image's identity in a result's metadata: its file's SHA-256 (hex) and size, not its bytes. */
+export interface InputImageInfo {
+  sha256: string;
+  width: number;
+  height: number;
 }
 
 /** A request's state: the one word for it in the engine, the worker, the durable queue and the UI.
@@ -106,12 +125,20 @@ export interface NormalizedRequest {
   guidance: number;
   width: number;
   height: number;
+  /** Image to image and inpainting (absent: text to image): the PNG files as sent, and the strength. */
+  image?: Uint8Array;
+  mask?: Uint8Array;
+  strength?: number;
+  paddingMaskCrop?: number;
   /** The fields the model filled in (absent: none): a switch to another model fills them in again from it. */
   defaulted?: ('steps' | 'guidance' | 'width' | 'height')[];
 }
 
+/** What an image's metadata records of its request: every setting, the input images by their hashes. */
+export type RequestSettings = Omit<NormalizedRequest, 'defaulted' | 'image' | 'mask'> & { image?: InputImageInfo; mask?: InputImageInfo };
+
 /** An image's settings (the request it ran) and how it was made. */
-export interface ImageMetadata extends Omit<NormalizedRequest, 'defaulted'> {
+export interface ImageMetadata extends RequestSettings {
   modelId: string;
   backend: BackendName;
   /** Wall-clock ms of its phases; `stages`: the transformer runs that carried its rows, its guidance/Euler updates and read-backs (see StageTimings). */
@@ -152,6 +179,8 @@ export interface ModelInfo {
   /** Image sides must be multiples of `sizeMultiple` within [minSize, maxSize]. */
   limits: { minSize: number; maxSize: number; sizeMultiple: number };
   hasT5: boolean;
+  /** The model has a VAE encoder: it takes image-to-image and inpainting requests. */
+  imageInput: boolean;
   weightBytes: number;
   /** The device memory the weights and requests share (the GPU memory setting on WebGPU). */
   memoryBytes: number;
@@ -233,7 +262,7 @@ export interface ResidentModelStatus {
 }
 
 /** The engine's stages, each timed where it runs. */
-export type StageName = 'textEncoders' | 'transformer' | 'guidance' | 'vaeDecode' | 'readback';
+export type StageName = 'textEncoders' | 'vaeEncode' | 'transformer' | 'guidance' | 'vaeDecode' | 'readback';
 
 /**
  * One stage's times. `wall*`: CPU clock (performance.now) from the call until

@@ -1,7 +1,7 @@
 // Request validation: every field checked against the loaded model's limits,
 // with errors that name the field and the allowed range.
 import { InvalidRequestError } from '../errors.ts';
-import type { GenerateRequest, ModelInfo, NormalizedRequest } from './types.ts';
+import type { GenerateRequest, ModelInfo, NormalizedRequest, RequestSettings } from './types.ts';
 
 export const LIMITS = {
   steps: { min: 1, max: 500 },
@@ -9,9 +9,38 @@ export const LIMITS = {
   seed: { min: 0, max: 0xffffffff },
   promptChars: 20_000,
   idChars: 128,
+  /** Image requests: strength in (0, 1], diffusers' default; an input image's side; the crop's padding. */
+  strength: { min: 0, max: 1, default: 0.6 },
+  imageSide: { min: 1, max: 8192 },
+  paddingMaskCrop: { min: 0, max: 8192 },
 } as const;
 
-const KNOWN_FIELDS = new Set(['id', 'prompt', 'negativePrompt', 'seed', 'steps', 'guidance', 'width', 'height']);
+const KNOWN_FIELDS = new Set(['id', 'prompt', 'negativePrompt', 'seed', 'steps', 'guidance', 'width', 'height', 'image', 'mask', 'strength', 'paddingMaskCrop']);
+
+const PNG_SIGNATURE = [0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a];
+
+/** A PNG file's size from its header (IHDR), checked cheaply here; its pixels are decoded when the request runs. */
+export function pngSize(field: string, v: unknown): { width: number; height: number } {
+  const what = `a PNG file of at most ${LIMITS.imageSide.max}x${LIMITS.imageSide.max} pixels (bytes: a Uint8Array)`;
+  if (!(v instanceof Uint8Array)) throw new InvalidRequestError(field, what, v);
+  const ihdr = v.length >= 24 && PNG_SIGNATURE.every((b, i) => v[i] === b) && String.fromCharCode(...v.subarray(12, 16)) === 'IHDR';
+  if (!ihdr) throw new InvalidRequestError(field, what, `${v.length} bytes that are not a PNG file`);
+  const view = new DataView(v.buffer, v.byteOffset, v.byteLength);
+  const width = view.getUint32(16);
+  const height = view.getUint32(20);
+  if (width < LIMITS.imageSide.min || height < LIMITS.imageSide.min || width > LIMITS.imageSide.max || height > LIMITS.imageSide.max) {
+    throw new InvalidRequestError(field, what, `a ${width}x${height} PNG`);
+  }
+  return { width, height };
+}
+
+/** The request's size when it leaves it to an input image: the image's, scaled down to the model's largest side, rounded down to its multiple. */
+export function sizeFromImage(image: { width: number; height: number }, limits: ModelInfo['limits']): { width: number; height: number } {
+  const { minSize, maxSize, sizeMultiple } = limits;
+  const scale = Math.min(1, maxSize / Math.max(image.width, image.height));
+  const snap = (v: number) => Math.max(minSize, Math.floor((v * scale) / sizeMultiple) * sizeMultiple);
+  return { width: snap(image.width), height: snap(image.height) };
+}
 
 export type { NormalizedRequest } from './types.ts';
 
@@ -41,8 +70,11 @@ export function normalizeRequest(raw: unknown, model: ModelInfo, newId: () => st
     if (!KNOWN_FIELDS.has(key)) throw new InvalidRequestError(key, `no such field (known: ${[...KNOWN_FIELDS].join(', ')})`, req[key]);
   }
   const { minSize, maxSize, sizeMultiple } = model.limits;
+  const images = imageFields(req, model);
+  // an image request without a size takes its image's
+  const fallback = images.image ? sizeFromImage(pngSize('image', images.image), model.limits) : model.defaults;
   const size = (field: 'width' | 'height') =>
-    req[field] === undefined ? model.defaults[field] : integerIn(field, req[field], minSize, maxSize, (n) => n % sizeMultiple === 0, `, a multiple of ${sizeMultiple}`);
+    req[field] === undefined ? fallback[field] : integerIn(field, req[field], minSize, maxSize, (n) => n % sizeMultiple === 0, `, a multiple of ${sizeMultiple}`);
   let id: string;
   if (req.id === undefined) id = newId();
   else if (typeof req.id !== 'string' || !/^[\w.:-]{1,128}$/.test(req.id)) throw new InvalidRequestError('id', 'a string of 1..128 letters, digits, "_", "-", "." or ":"', req.id);
@@ -61,8 +93,39 @@ export function normalizeRequest(raw: unknown, model: ModelInfo, newId: () => st
     guidance,
     width: size('width'),
     height: size('height'),
+    ...images,
     ...(defaulted.length ? { defaulted } : {}),
   };
+}
+
+/** image, mask, strength and paddingMaskCrop: each only where it means something, on a model that can encode images. */
+function imageFields(req: Partial<GenerateRequest> & Record<string, unknown>, model: ModelInfo): Pick<NormalizedRequest, 'image' | 'mask' | 'strength' | 'paddingMaskCrop'> {
+  if (req.image === undefined) {
+    for (const field of ['mask', 'strength', 'paddingMaskCrop'] as const) {
+      if (req[field] !== undefined) throw new InvalidRequestError(field, 'only with an image (image to image or inpainting)', req[field]);
+    }
+    return {};
+  }
+  if (!model.imageInput) {
+    throw new InvalidRequestError('image', `a model with a VAE encoder (${model.id} has no vae_encoder/model.onnx: it does text to image only)`, '<an image>');
+  }
+  const size = pngSize('image', req.image);
+  const out: Pick<NormalizedRequest, 'image' | 'mask' | 'strength' | 'paddingMaskCrop'> = { image: req.image };
+  const strength = req.strength ?? LIMITS.strength.default;
+  if (typeof strength !== 'number' || !Number.isFinite(strength) || strength <= LIMITS.strength.min || strength > LIMITS.strength.max) {
+    throw new InvalidRequestError('strength', `a number in (${LIMITS.strength.min}, ${LIMITS.strength.max}] (1: start from noise)`, strength);
+  }
+  out.strength = strength;
+  if (req.mask !== undefined) {
+    const m = pngSize('mask', req.mask);
+    if (m.width !== size.width || m.height !== size.height) throw new InvalidRequestError('mask', `a PNG the image's size, ${size.width}x${size.height}`, `a ${m.width}x${m.height} PNG`);
+    out.mask = req.mask;
+  }
+  if (req.paddingMaskCrop !== undefined) {
+    if (out.mask === undefined) throw new InvalidRequestError('paddingMaskCrop', 'only with a mask (inpainting)', req.paddingMaskCrop);
+    out.paddingMaskCrop = integerIn('paddingMaskCrop', req.paddingMaskCrop, LIMITS.paddingMaskCrop.min, LIMITS.paddingMaskCrop.max);
+  }
+  return out;
 }
 
 /**
@@ -85,7 +148,14 @@ export function renormalizeRequest(req: NormalizedRequest, model: ModelInfo): No
   }
 }
 
-/** The settings a request ran with, as an image records them (which fields were defaulted is the engine's business). */
-export function requestSettings({ defaulted: _, ...settings }: NormalizedRequest): Omit<NormalizedRequest, 'defaulted'> {
-  return settings;
+/** SHA-256 of a file, in hex (Web Crypto: the page, the worker and Node alike). */
+export async function sha256Hex(bytes: Uint8Array): Promise<string> {
+  const digest = new Uint8Array(await crypto.subtle.digest('SHA-256', bytes as Uint8Array<ArrayBuffer>));
+  return [...digest].map((b) => b.toString(16).padStart(2, '0')).join('');
+}
+
+/** The settings a request ran with, as an image records them: input images by hash and size, not their bytes (which fields were defaulted is the engine's business). */
+export async function requestSettings({ defaulted: _, image, mask, ...settings }: NormalizedRequest): Promise<RequestSettings> {
+  const info = async (field: string, png: Uint8Array) => ({ sha256: await sha256Hex(png), ...pngSize(field, png) });
+  return { ...settings, ...(image ? { image: await info('image', image) } : {}), ...(mask ? { mask: await info('mask', mask) } : {}) };
 }

@@ -13,6 +13,7 @@ import type { Ort } from '../model/component-session.ts';
 import { decodeLatents } from '../sd3/decode.ts';
 import { combineGuidance, predictRows } from '../sd3/denoise-step.ts';
 import type { PromptEmbedding } from '../sd3/encode-prompt.ts';
+import { blendKnown, type KnownRegion } from '../sd3/image-to-image.ts';
 import type { RequestScope } from '../interleaver/request-scope.ts';
 import type { StageTimer } from '../stage-timing.ts';
 
@@ -47,11 +48,11 @@ export const newTransfers = (): RequestTransfers => ({ beginUploadBytes: 0, step
 export interface Denoiser {
   /** 'device': latents, embeddings and the update stay on the GPU between steps. */
   readonly residency: 'host' | 'device';
-  /** Takes a request's starting noise and prompt embeddings (on the device: uploaded, once). */
-  begin(s: RequestScope, latents: Float32Array, cond: PromptEmbedding, uncond: PromptEmbedding | null): RequestTensors;
+  /** Takes a request's starting latents and prompt embeddings, and to inpaint the region it keeps (on the device: uploaded, once). */
+  begin(s: RequestScope, latents: Float32Array, cond: PromptEmbedding, uncond: PromptEmbedding | null, known?: KnownRegion | null): RequestTensors;
   /** One transformer run over rows of one image size; each row's velocity stays with its request. */
   predict(rows: readonly DenoiseRow[], latentShape: readonly [number, number, number]): Promise<void>;
-  /** Guidance and one Euler step for each request (both branches back); returns those whose velocity was not finite. */
+  /** Guidance and one Euler step for each request (both branches back), then an inpainting request's kept region put back; returns those whose velocity was not finite. */
   advance(scopes: readonly RequestScope[]): Promise<Set<RequestScope>>;
   /** The request's latents on the host (previews, tiled decodes); counted as preview bytes when they cross. */
   readLatents(s: RequestScope): Promise<Float32Array>;
@@ -71,11 +72,13 @@ class HostTensors implements RequestTensors {
     public latents: Float32Array | null,
     public cond: PromptEmbedding | null,
     public uncond: PromptEmbedding | null,
+    public known: KnownRegion | null,
   ) {}
 
   get bytes(): number {
     const emb = (e: PromptEmbedding | null) => (e ? e.embeds.byteLength + e.pooled.byteLength : 0);
-    return (this.latents?.byteLength ?? 0) + emb(this.cond) + emb(this.uncond);
+    const known = this.known ? this.known.init.byteLength + this.known.noise.byteLength + this.known.mask.byteLength : 0;
+    return (this.latents?.byteLength ?? 0) + emb(this.cond) + emb(this.uncond) + known;
   }
 
   get ready(): boolean {
@@ -86,6 +89,7 @@ class HostTensors implements RequestTensors {
     this.latents = null;
     this.cond = null;
     this.uncond = null;
+    this.known = null;
     this.velocity = { uncond: null, cond: null };
   }
 }
@@ -108,8 +112,8 @@ export class HostDenoiser implements Denoiser {
     private readonly ort: Ort,
   ) {}
 
-  begin(_s: RequestScope, latents: Float32Array, cond: PromptEmbedding, uncond: PromptEmbedding | null): RequestTensors {
-    return new HostTensors(latents, cond, uncond);
+  begin(_s: RequestScope, latents: Float32Array, cond: PromptEmbedding, uncond: PromptEmbedding | null, known: KnownRegion | null = null): RequestTensors {
+    return new HostTensors(latents, cond, uncond, known);
   }
 
   async predict(rows: readonly DenoiseRow[], latentShape: readonly [number, number, number]): Promise<void> {
@@ -135,7 +139,11 @@ export class HostDenoiser implements Denoiser {
       t.velocity = { uncond: null, cond: null };
       const v = uncond ? combineGuidance(uncond, cond!, s.request.guidance, uncond) : cond!;
       if (!allFinite(v)) bad.add(s);
-      else s.scheduler.step(t.latents!, v);
+      else {
+        s.scheduler.step(t.latents!, v);
+        // inpainting: the region kept, noised to the sigma just reached (the clean latents after the last step)
+        if (t.known) blendKnown(t.latents!, t.known.init, t.known.noise, t.known.mask, s.scheduler.sigma);
+      }
     }
     return bad;
   }

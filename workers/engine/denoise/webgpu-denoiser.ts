@@ -22,6 +22,7 @@ import type { Ort, Tensor } from '../model/component-session.ts';
 import type { LoadedModel } from '../model/load-model.ts';
 import { chwToRgba } from '../sd3/decode.ts';
 import type { PromptEmbedding } from '../sd3/encode-prompt.ts';
+import type { KnownRegion } from '../sd3/image-to-image.ts';
 import type { RequestScope } from '../interleaver/request-scope.ts';
 import type { Branch, DenoiseRow, Denoiser, RequestTensors } from './denoiser.ts';
 import { GpuPassTimer, type StageTimer } from '../stage-timing.ts';
@@ -60,6 +61,23 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>) {
   latents[i] = latents[i] + p.dt * v;
 }`;
 
+/** Inpainting, after the update: x = (1 - m) (sigma n + (1 - sigma) init) + m x, the mask one plane for every channel. */
+const BLEND_WGSL = /* wgsl */ `
+struct Blend { count: u32, plane: u32, sigma: f32, pad: u32 }
+@group(0) @binding(0) var<storage, read_write> latents: array<f32>;
+@group(0) @binding(1) var<storage, read> init: array<f32>;
+@group(0) @binding(2) var<storage, read> noise: array<f32>;
+@group(0) @binding(3) var<storage, read> mask: array<f32>;
+@group(0) @binding(4) var<uniform> b: Blend;
+@compute @workgroup_size(${WORKGROUP})
+fn main(@builtin(global_invocation_id) id: vec3<u32>) {
+  let i = id.x;
+  if (i >= b.count) { return; }
+  let m = mask[i % b.plane];
+  let known = b.sigma * noise[i] + (1.0 - b.sigma) * init[i];
+  latents[i] = (1.0 - m) * known + m * latents[i];
+}`;
+
 /** z = x / scaling + shift, into row `offset` of the VAE's batch. */
 const UNSCALE_WGSL = /* wgsl */ `
 struct Unscale { count: u32, offset: u32, scaling: f32, shift: f32 }
@@ -85,12 +103,15 @@ class DeviceTensors implements RequestTensors {
     readonly embeds: Partial<Record<Branch, GPUBuffer>>,
     readonly pooled: Partial<Record<Branch, GPUBuffer>>,
     readonly guided: boolean,
+    /** Inpainting: the clean init latents, their noise and the latent mask. */
+    readonly known: { init: GPUBuffer; noise: GPUBuffer; mask: GPUBuffer; plane: number } | null,
   ) {
     this.velocity = { cond: owner.buffer(latents.size), uncond: guided ? owner.buffer(latents.size) : null };
   }
 
   get all(): GPUBuffer[] {
-    return [this.latents, ...Object.values(this.embeds), ...Object.values(this.pooled), ...Object.values(this.velocity)].filter((b): b is GPUBuffer => b !== null && b !== undefined);
+    const known = this.known ? [this.known.init, this.known.noise, this.known.mask] : [];
+    return [this.latents, ...Object.values(this.embeds), ...Object.values(this.pooled), ...Object.values(this.velocity), ...known].filter((b): b is GPUBuffer => b !== null && b !== undefined);
   }
 
   get bytes(): number {
@@ -120,6 +141,7 @@ export class WebGpuDenoiser implements Denoiser {
   private live = 0;
   private update: GPUComputePipeline | null = null;
   private unscale: GPUComputePipeline | null = null;
+  private blend: GPUComputePipeline | null = null;
 
   // A call that fails here may be a device loss the browser reports later: the interleaver's fail() tells the two apart, for every stage alike.
   constructor(
@@ -154,14 +176,15 @@ export class WebGpuDenoiser implements Denoiser {
     return this.ort.Tensor.fromGpuBuffer(b, { dataType: 'float32', dims });
   }
 
-  begin(s: RequestScope, latents: Float32Array, cond: PromptEmbedding, uncond: PromptEmbedding | null): RequestTensors {
+  begin(s: RequestScope, latents: Float32Array, cond: PromptEmbedding, uncond: PromptEmbedding | null, known: KnownRegion | null = null): RequestTensors {
     const embeds: Partial<Record<Branch, GPUBuffer>> = { cond: this.upload(cond.embeds) };
     const pooled: Partial<Record<Branch, GPUBuffer>> = { cond: this.upload(cond.pooled) };
     if (uncond) {
       embeds.uncond = this.upload(uncond.embeds);
       pooled.uncond = this.upload(uncond.pooled);
     }
-    const t = new DeviceTensors(this, this.upload(latents), embeds, pooled, uncond !== null);
+    const kept = known ? { init: this.upload(known.init), noise: this.upload(known.noise), mask: this.upload(known.mask), plane: known.mask.length } : null;
+    const t = new DeviceTensors(this, this.upload(latents), embeds, pooled, uncond !== null, kept);
     s.transfers.beginUploadBytes += t.bytes - t.latents.size * (t.guided ? 2 : 1); // all but the velocity buffers
     return t;
   }
@@ -218,15 +241,16 @@ export class WebGpuDenoiser implements Denoiser {
     }
   }
 
-  private pipelines(): { update: GPUComputePipeline; unscale: GPUComputePipeline } {
+  private pipelines(): { update: GPUComputePipeline; unscale: GPUComputePipeline; blend: GPUComputePipeline } {
     const make = (code: string) => this.device.createComputePipeline({ layout: 'auto', compute: { module: this.device.createShaderModule({ code }), entryPoint: 'main' } });
     this.update ??= make(UPDATE_WGSL);
     this.unscale ??= make(UNSCALE_WGSL);
-    return { update: this.update, unscale: this.unscale };
+    this.blend ??= make(BLEND_WGSL);
+    return { update: this.update, unscale: this.unscale, blend: this.blend };
   }
 
   async advance(scopes: readonly RequestScope[]): Promise<Set<RequestScope>> {
-    const { update } = this.pipelines();
+    const { update, blend } = this.pipelines();
     // GPU time of the pass where the device has timestamp-query: two timestamps ahead of the flags in the one read-back
     const timer = this.stages ? GpuPassTimer.forDevice(this.device) : null;
     const head = timer ? 16 : 0;
@@ -258,13 +282,27 @@ export class WebGpuDenoiser implements Denoiser {
         }),
       );
       pass.dispatchWorkgroups(Math.ceil(count / WORKGROUP));
+      if (t.known) {
+        // inpainting: the kept region back, noised to the sigma this step reaches (dispatches in a pass run in order)
+        const b = new ArrayBuffer(16);
+        new Uint32Array(b, 0, 2).set([count, t.known.plane]);
+        new Float32Array(b, 8, 1)[0] = s.scheduler.nextSigma;
+        const ub = this.buffer(16, UNIFORM | COPY_DST);
+        this.device.queue.writeBuffer(ub, 0, b);
+        params.push(ub);
+        s.transfers.stepUploadBytes += 16;
+        pass.setPipeline(blend);
+        pass.setBindGroup(0, this.device.createBindGroup({ layout: blend.getBindGroupLayout(0), entries: [t.latents, t.known.init, t.known.noise, t.known.mask, ub].map((buffer, binding) => ({ binding, resource: { buffer } })) }));
+        pass.dispatchWorkgroups(Math.ceil(count / WORKGROUP));
+        pass.setPipeline(update);
+      }
       t.has = { uncond: false, cond: false };
     });
     pass.end();
     enc.copyBufferToBuffer(flags, 0, read, head, 4 * scopes.length);
     timer?.resolve(enc, read, 0);
     this.device.queue.submit([enc.finish()]);
-    this.transfers.uploadBytes += 32 * scopes.length;
+    this.transfers.uploadBytes += 32 * scopes.length + 16 * scopes.filter((s) => tensorsOf(s).known).length;
     this.transfers.downloadBytes += head + 4 * scopes.length;
     try {
       await read.mapAsync(MODE_READ);

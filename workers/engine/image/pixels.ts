@@ -144,3 +144,29 @@ export function paste(dst: Pixels, src: Pixels, x: number, y: number): void {
     dst.data.set(from.data.subarray(srcStart, srcStart + (x1 - x0) * c), (row * dst.width + x0) * c);
   }
 }
+
+/** The decoder's RGBA (alpha 255) as RGB pixels. */
+export function rgbaToPixels(rgba: Uint8ClampedArray, width: number, height: number): Pixels {
+  const n = width * height;
+  const data = new Uint8Array(n * 3);
+  for (let i = 0; i < n; i++) {
+    data[i * 3] = rgba[i * 4];
+    data[i * 3 + 1] = rgba[i * 4 + 1];
+    data[i * 3 + 2] = rgba[i * 4 + 2];
+  }
+  return { width, height, channels: 3, data };
+}
+
+/** Pixels as opaque RGBA, for the PNG encoder and the page's canvas. */
+export function pixelsToRgba(p: Pixels): Uint8ClampedArray<ArrayBuffer> {
+  const rgb = toRgb(p);
+  const n = p.width * p.height;
+  const out = new Uint8ClampedArray(n * 4);
+  for (let i = 0; i < n; i++) {
+    out[i * 4] = rgb.data[i * 3];
+    out[i * 4 + 1] = rgb.data[i * 3 + 1];
+    out[i * 4 + 2] = rgb.data[i * 3 + 2];
+    out[i * 4 + 3] = 255;
+  }
+  return out;
+}

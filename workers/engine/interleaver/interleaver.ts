@@ -19,7 +19,7 @@
 // rest. On a device that can be lost, a failed GPU call may be a loss the
 // browser reports only later: its requests leave the loop at once and end
 // when the device's word comes (fail()), and nothing else waits for it.
-import { isFinal, type GenerateResult, type ImageMetadata, type ProgressEvent, type RequestStageTimings } from '../api/types.ts';
+import { isFinal, type GenerateResult, type ImageMetadata, type ProgressEvent, type RequestSettings, type RequestStageTimings } from '../api/types.ts';
 import { CancelledError, DeviceLostError, InferenceError, TooLargeError, formatBytes, messageOf } from '../errors.ts';
 import { lossPossible, LOSS_REPORT_MS, type DeviceLoss } from '../device-loss.ts';
 import { yieldToEventLoop } from '../event-loop.ts';
@@ -29,6 +29,9 @@ import type { Ort } from '../model/component-session.ts';
 import type { LoadedModel } from '../model/load-model.ts';
 import { decodeTiled, latentPreview, rgbaToPng } from '../sd3/decode.ts';
 import { encodePrompts } from '../sd3/encode-prompt.ts';
+import { encodeImages, startLatents } from '../sd3/image-to-image.ts';
+import { applyOverlay } from '../image/vae-image-processor.ts';
+import { pixelsToRgba, rgbaToPixels } from '../image/pixels.ts';
 import { HostDenoiser, type Denoiser } from '../denoise/denoiser.ts';
 import type { RequestScope } from './request-scope.ts';
 import { requestSettings } from '../api/validate.ts';
@@ -167,7 +170,7 @@ export class Interleaver {
     const no = refusal(budget, scope.footprint);
     if (no) {
       const { width, height, guidance } = scope.request;
-      const fits = largestFittingSize(budget, dims, info.limits, width, height, guidance);
+      const fits = largestFittingSize(budget, dims, info.limits, width, height, guidance, scope.inputKind);
       const largest = fits ? `the largest ${width === height ? 'square ' : ''}size that fits is ${fits.width}x${fits.height}` : 'no size of this shape fits';
       const why =
         no.kind === 'buffer'
@@ -328,10 +331,11 @@ export class Interleaver {
     this.counters.peakAdmittedBytes = Math.max(this.counters.peakAdmittedBytes, this.admittedBytes);
   }
 
-  /** How many rows (or images) of one footprint a run may carry now: memory left beside every active state and the other kind of run's cached buffers, and the largest buffer. */
-  private runCapacity(per: RunFootprint, kind: 'row' | 'decode'): number {
-    const other = kind === 'row' ? 'decode' : 'row';
-    const free = availableBytes(this.model.budget) - this.active.reduce((n, s) => n + s.footprint.stateBytes, 0) - Math.max(0, ...this.active.map((s) => s.footprint[other].activationBytes));
+  /** How many rows (or images) of one footprint a run may carry now: memory left beside every active state and the other kinds of run's cached buffers, and the largest buffer. */
+  private runCapacity(per: RunFootprint, kind: RunKind): number {
+    const others = RUN_KINDS.filter((k) => k !== kind);
+    const cached = others.reduce((n, k) => n + Math.max(0, ...this.active.map((s) => runOf(s, k)?.activationBytes ?? 0)), 0);
+    const free = availableBytes(this.model.budget) - this.active.reduce((n, s) => n + s.footprint.stateBytes, 0) - cached;
     return Math.max(1, Math.min(Math.floor(free / per.activationBytes), Math.floor(this.model.budget.maxBufferBytes / per.largestBufferBytes)));
   }
 
@@ -351,26 +355,58 @@ export class Interleaver {
       this.fail(arrivals, e, (cause) => new InferenceError(`prompt encoding failed: ${messageOf(cause)}`, { cause }));
       return;
     }
-    const encodeMs = now() - started;
-    this.counters.stages.recordWall('textEncoders', encodeMs);
+    const textMs = now() - started;
+    this.counters.stages.recordWall('textEncoders', textMs);
+    // image requests: their images through the VAE encoder, same sizes in shared runs
+    const encoded = await this.encodeImages(arrivals.filter((s) => s.input && !isFinal(s.phase)));
     let k = 0;
     for (const s of arrivals) {
       const cond = embeddings[k++];
       const uncond = s.guided ? embeddings[k++] : null;
-      if (isFinal(s.phase)) continue; // cancelled while encoding
+      if (isFinal(s.phase) || !this.active.includes(s)) continue; // cancelled while encoding, or its image encode failed
       if (cond.truncated) s.warnings.push('prompt: longer than the text encoders accept; the end was cut off');
       if (uncond?.truncated) s.warnings.push('negativePrompt: longer than the text encoders accept; the end was cut off');
       const [C, h, w] = s.latentShape;
       try {
-        s.tensors = this.denoiser.begin(s, s.rng.normal(C * h * w), cond, uncond);
+        const image = encoded.get(s);
+        if (s.input && !image) throw new Error('its image was not encoded');
+        // an image request's draws in the engine's order: the noise (as text to image), then the posterior's eps
+        const start = image ? startLatents(image.params, (n) => s.rng.normal(n), s.latentShape, s.scheduler.sigma, this.model.vaeConfig, s.input!.latentMask) : { latents: s.rng.normal(C * h * w), known: null };
+        s.tensors = this.denoiser.begin(s, start.latents, cond, uncond, start.known);
+        s.times.encodeMs = textMs + (image?.ms ?? 0);
       } catch (e) {
         this.fail([s], e, (cause) => new InferenceError(`its tensors could not be placed on the device (${messageOf(cause)})`, { requestId: s.id, cause }));
         continue;
       }
-      s.times.encodeMs = encodeMs;
       s.times.denoiseStart = now();
       s.phase = 'denoising';
     }
+  }
+
+  /** Image requests' init images through the VAE encoder, same-size ones in shared runs; a failed run ends its requests. */
+  private async encodeImages(scopes: RequestScope[]): Promise<Map<RequestScope, { params: Float32Array; ms: number }>> {
+    const out = new Map<RequestScope, { params: Float32Array; ms: number }>();
+    const groups = new Map<string, RequestScope[]>();
+    for (const s of scopes) groups.set(s.sizeKey, [...(groups.get(s.sizeKey) ?? []), s]);
+    for (const group of groups.values()) {
+      for (const planned of this.pack(group.map((scope) => ({ scope })), this.runCapacity(group[0].footprint.encode!, 'encode'))) {
+        const batch = planned.map((r) => r.scope).filter((s) => !isFinal(s.phase) && s.input?.pixels);
+        if (!batch.length) continue;
+        const { width, height } = batch[0].request;
+        const started = now();
+        try {
+          const params = await this.counters.stages.wallTime('vaeEncode', () => encodeImages(this.model, this.ort, batch.map((s) => s.input!.pixels!), height, width));
+          const ms = now() - started;
+          batch.forEach((s, i) => {
+            out.set(s, { params: params[i], ms });
+            s.input!.pixels = null; // encoded: the pixels are not needed again
+          });
+        } catch (e) {
+          this.fail(batch, e, (cause) => new InferenceError(`VAE encode of its image failed: ${messageOf(cause)}`, { cause }));
+        }
+      }
+    }
+    return out;
   }
 
   /** Active requests in one phase, grouped by image size, in arrival order. */
@@ -501,8 +537,7 @@ export class Interleaver {
         if (!this.isLive(s, 'decoding')) continue;
         const t = s.times;
         const decoded = now();
-        const metadata: ImageMetadata = {
-          ...requestSettings(s.request),
+        const metadata: Omit<ImageMetadata, keyof RequestSettings> = {
           modelId: this.model.info.id,
           backend: this.model.info.backend,
           timings: { queuedMs: t.admitted - t.submitted, encodeMs: t.encodeMs, denoiseMs: started - t.denoiseStart, decodeMs: decoded - started, totalMs: decoded - t.submitted, stages: { ...this.stagesOf(s) } },
@@ -521,15 +556,26 @@ export class Interleaver {
     }
   }
 
-  /** Leaves the loop (its tensors freed), encodes the PNG, then resolves; a failing encode fails this request alone. */
-  private async deliver(s: RequestScope, rgba: Uint8ClampedArray, metadata: ImageMetadata): Promise<void> {
+  /** Leaves the loop (its tensors freed), composites a cropped inpaint back into its image, encodes the PNG, then resolves; a failure here fails this request alone. */
+  private async deliver(s: RequestScope, decoded: Uint8ClampedArray, made: Omit<ImageMetadata, keyof RequestSettings>): Promise<void> {
     const i = this.active.indexOf(s);
     if (i >= 0) this.active.splice(i, 1);
     s.phase = 'saving';
     s.release();
-    const { width, height } = s.request;
+    let rgba = decoded;
+    let { width, height } = s.request;
     let png: Blob;
+    let metadata: ImageMetadata;
     try {
+      // padding_mask_crop: the generated crop goes back into the whole original, where the mask repaints
+      const overlay = s.input?.overlay;
+      if (overlay) {
+        const full = applyOverlay(overlay.mask, overlay.image, rgbaToPixels(decoded, width, height), overlay.region);
+        ({ width, height } = full);
+        rgba = pixelsToRgba(full);
+      }
+      // the settings recorded name the input images by their hashes
+      metadata = { ...(await requestSettings(s.request)), ...made };
       // the image's settings go inside its PNG: A1111's `parameters` and our metadata as JSON
       png = await pngBlobWithSettings(await (this.options.encodePng ?? inlinePngEncoder)(rgba, width, height), a1111Parameters(metadata), metadata);
     } catch (e) {
@@ -542,18 +588,21 @@ export class Interleaver {
 }
 
 /**
- * States of every request, plus the largest transformer row and the largest
- * decode any of them needs: runs never overlap, but onnxruntime keeps each
- * kind's buffers cached for its next run, so the two kinds add up.
+ * States of every request, plus the largest transformer row, decode and
+ * encode any of them needs: runs never overlap, but onnxruntime keeps each
+ * kind's buffers cached for its next run, so the kinds add up.
  */
 function admitted(scopes: readonly RequestScope[]): number {
   let state = 0;
-  let row = 0;
-  let decode = 0;
+  const largest = { row: 0, decode: 0, encode: 0 };
   for (const s of scopes) {
     state += s.footprint.stateBytes;
-    row = Math.max(row, s.footprint.row.activationBytes);
-    decode = Math.max(decode, s.footprint.decode.activationBytes);
+    for (const k of RUN_KINDS) largest[k] = Math.max(largest[k], runOf(s, k)?.activationBytes ?? 0);
   }
-  return state + row + decode;
+  return state + largest.row + largest.decode + largest.encode;
 }
+
+/** The three kinds of run: a transformer row, a VAE decode, and (image requests) a VAE encode. */
+type RunKind = 'row' | 'decode' | 'encode';
+const RUN_KINDS: readonly RunKind[] = ['row', 'decode', 'encode'];
+const runOf = (s: RequestScope, kind: RunKind): RunFootprint | null => s.footprint[kind];

@@ -5,8 +5,9 @@ import type { GenerateResult, JobState, ProgressCallback } from '../api/types.ts
 import type { NormalizedRequest } from '../api/validate.ts';
 import { RequestRng } from '../rng.ts';
 import type { RequestSchedulerState } from '../scheduler/flow-match-euler.ts';
-import type { RequestFootprint } from '../memory/footprint.ts';
+import type { RequestFootprint, RequestInput } from '../memory/footprint.ts';
 import { newTransfers, type RequestTensors, type RequestTransfers } from '../denoise/denoiser.ts';
+import type { ImageInput } from '../sd3/image-to-image.ts';
 
 export class RequestScope {
   readonly rng: RequestRng;
@@ -35,6 +36,8 @@ export class RequestScope {
     readonly onProgress: ProgressCallback | undefined,
     readonly wantsPreview: boolean,
     now: number,
+    /** Image to image and inpainting: the prepared image (and mask); null for text to image. */
+    readonly input: ImageInput | null = null,
   ) {
     this.rng = new RequestRng(request.seed);
     this.times.submitted = now;
@@ -57,6 +60,11 @@ export class RequestScope {
     return `${this.request.width}x${this.request.height}`;
   }
 
+  /** What it starts from, for the memory budget. */
+  get inputKind(): RequestInput {
+    return !this.input ? 'text' : this.input.latentMask ? 'inpaint' : 'image';
+  }
+
   /** Bytes of per-request tensors held right now. */
   get heldBytes(): number {
     return this.tensors?.bytes ?? 0;
@@ -65,6 +73,7 @@ export class RequestScope {
   release(): void {
     this.tensors?.release();
     this.tensors = null;
+    if (this.input) this.input.pixels = null;
   }
 
   resolve(result: GenerateResult): void {

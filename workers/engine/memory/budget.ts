@@ -5,7 +5,7 @@
 // fit), refuse a request that could never fit (naming the largest size that
 // does), and decide at run time how many requests run and how many rows share
 // one transformer run.
-import { largestBuffer, peakBytes, requestFootprint, type ModelDims, type RequestFootprint } from './footprint.ts';
+import { largestBuffer, peakBytes, requestFootprint, type ModelDims, type RequestFootprint, type RequestInput } from './footprint.ts';
 
 export interface MemoryBudget {
   /** Memory the weights and all requests may use. */
@@ -46,25 +46,25 @@ export const MIN_DECODE_TILE = 16;
  * and blends the seams, as diffusers' tiled decode does). When nothing fits,
  * the whole-image footprint, so the refusal names the real need.
  */
-export function fitRequest(b: MemoryBudget, dims: ModelDims, width: number, height: number, guidance: number): RequestFootprint {
-  const whole = requestFootprint(dims, width, height, guidance);
+export function fitRequest(b: MemoryBudget, dims: ModelDims, width: number, height: number, guidance: number, input: RequestInput = 'text'): RequestFootprint {
+  const whole = requestFootprint(dims, width, height, guidance, null, input);
   if (!refusal(b, whole)) return whole;
   const f = dims.vae.scaleFactor;
   for (let t = Math.floor((Math.max(width, height) / f - 1) / 8) * 8; t >= MIN_DECODE_TILE; t -= 8) {
-    const tiled = requestFootprint(dims, width, height, guidance, t);
+    const tiled = requestFootprint(dims, width, height, guidance, t, input);
     if (!refusal(b, tiled)) return tiled;
   }
   return whole;
 }
 
 /** The largest image of the requested aspect ratio (within the model's limits) that can run, or null. */
-export function largestFittingSize(b: MemoryBudget, dims: ModelDims, limits: SizeLimits, width: number, height: number, guidance: number): { width: number; height: number } | null {
+export function largestFittingSize(b: MemoryBudget, dims: ModelDims, limits: SizeLimits, width: number, height: number, guidance: number, input: RequestInput = 'text'): { width: number; height: number } | null {
   const aspect = width / height;
   const snap = (v: number) => Math.max(limits.minSize, Math.min(limits.maxSize, Math.floor(v / limits.sizeMultiple) * limits.sizeMultiple));
   for (let long = limits.maxSize; long >= limits.minSize; long -= limits.sizeMultiple) {
     const w = aspect >= 1 ? long : snap(long * aspect);
     const h = aspect >= 1 ? snap(long / aspect) : long;
-    if (!refusal(b, fitRequest(b, dims, w, h, guidance))) return { width: w, height: h };
+    if (!refusal(b, fitRequest(b, dims, w, h, guidance, input))) return { width: w, height: h };
   }
   return null;
 }

@@ -3,7 +3,9 @@
 //   - state: latents and prompt embeddings, held for the request's whole life;
 //   - a transformer run: activations for the rows in that run, freed when the
 //     run ends (one run at a time on the device, so runs never add up);
-//   - a VAE decode: activations for the images in that decode, likewise.
+//   - a VAE decode: activations for the images in that decode, likewise;
+//   - an image request's VAE encode, likewise, and its input's pixels and (to
+//     inpaint) its clean latents, noise and mask, held with its state.
 // The activation terms are calibrated against what onnxruntime-web really
 // allocates on WebGPU (GPU buffers counted at createBuffer/destroy on
 // SwiftShader, full-width SD3 blocks and VAE; `npm run bench -- --scale`
@@ -43,7 +45,12 @@ export interface RequestFootprint {
   decode: RunFootprint;
   /** Latent side of the VAE tiles, or null for one whole decode. */
   decodeTile: number | null;
+  /** One image through the VAE encoder (image to image and inpainting); null for text to image. */
+  encode: RunFootprint | null;
 }
+
+/** What a request starts from: noise (text to image), an image, or an image and a mask. */
+export type RequestInput = 'text' | 'image' | 'inpaint';
 
 /**
  * Score-sized buffers alive at the peak of an attention: the scores, the
@@ -99,25 +106,31 @@ export function decodeImage(d: ModelDims, width: number, height: number): RunFoo
   return { activationBytes: Math.max(DECODE_TENSORS_ALIVE * tensor, alive) + 3 * width * height * F32, largestBufferBytes: Math.max(tensor, attention) };
 }
 
+/** The VAE encoder mirrors the decoder: its widest tensor (the first block at full size) and its mid-block attention are the decoder's. */
+export const encodeImage = decodeImage;
+
 /** Everything one request needs, by kind; `decodeTile` (latent side) decodes in tiles of at most that size. */
-export function requestFootprint(d: ModelDims, width: number, height: number, guidance: number, decodeTile: number | null = null): RequestFootprint {
+export function requestFootprint(d: ModelDims, width: number, height: number, guidance: number, decodeTile: number | null = null, input: RequestInput = 'text'): RequestFootprint {
   const t = d.transformer;
   const rows = guidance > 1 ? 2 : 1;
   const f = d.vae.scaleFactor;
   const latent = t.inChannels * (height / f) * (width / f) * F32;
   const embeds = rows * (d.textTokens * t.jointAttentionDim + t.pooledProjectionDim) * F32;
   const decode = decodeTile ? decodeImage(d, Math.min(width, decodeTile * f), Math.min(height, decodeTile * f)) : decodeImage(d, width, height);
+  // an image's pixels wait for the encoder; to inpaint, its clean latents, the noise and the latent mask stay to the end
+  const image = input === 'text' ? 0 : 3 * width * height * F32 + (input === 'inpaint' ? 2 * latent + (height / f) * (width / f) * F32 : 0);
   // latents + velocity scratch, and each row's prompt embedding
-  return { stateBytes: 2 * latent + embeds, rows, row: transformerRow(d, width, height), decode, decodeTile };
+  return { stateBytes: 2 * latent + embeds + image, rows, row: transformerRow(d, width, height), decode, decodeTile, encode: input === 'text' ? null : encodeImage(d, width, height) };
 }
 
 /**
- * The most one request ever needs at once: its state, one row's run and its
- * decode. Both transients count: onnxruntime keeps a run's buffers cached for
- * the next one, so the decode's buffers come on top of the transformer's.
+ * The most one request ever needs at once: its state, one row's run, its
+ * decode and (an image request) its encode. Every transient counts:
+ * onnxruntime keeps each session's buffers cached for its next run, so they
+ * add up.
  */
-export const peakBytes = (f: RequestFootprint) => f.stateBytes + f.row.activationBytes + f.decode.activationBytes;
-export const largestBuffer = (f: RequestFootprint) => Math.max(f.row.largestBufferBytes, f.decode.largestBufferBytes);
+export const peakBytes = (f: RequestFootprint) => f.stateBytes + f.row.activationBytes + f.decode.activationBytes + (f.encode?.activationBytes ?? 0);
+export const largestBuffer = (f: RequestFootprint) => Math.max(f.row.largestBufferBytes, f.decode.largestBufferBytes, f.encode?.largestBufferBytes ?? 0);
 
 /** Query chunks so that one row's scores at the given size stay within `targetBytes` (a power of two, at most 64). */
 export function attentionChunks(scoreBytes: number, targetBytes: number): number {

@@ -44,6 +44,8 @@ export interface LoadedModel {
   t5MaxLength: number;
   transformer: ComponentSession;
   vaeDecoder: ComponentSession;
+  /** Image to image and inpainting: absent when the export has none (text to image only). */
+  vaeEncoder: ComponentSession | null;
   transformerConfig: TransformerConfig;
   vaeConfig: VaeConfig;
   scheduler: FlowMatchEulerScheduler;
@@ -230,6 +232,7 @@ const CONTRACT: Record<string, { inputs: Record<string, string[]>; outputs: Reco
     outputs: { out_hidden_states: FLOATS },
   },
   vae_decoder: { inputs: { latent_sample: FLOATS }, outputs: { sample: FLOATS } },
+  vae_encoder: { inputs: { sample: FLOATS }, outputs: { latent_parameters: FLOATS } },
   text_encoder: { inputs: { input_ids: ['int32', 'int64'] }, outputs: { text_embeds: FLOATS } },
   text_encoder_2: { inputs: { input_ids: ['int32', 'int64'] }, outputs: { text_embeds: FLOATS } },
   text_encoder_3: { inputs: { input_ids: ['int32', 'int64'] }, outputs: { last_hidden_state: FLOATS } },
@@ -349,17 +352,20 @@ export async function planModel(files: ModelFiles, opts: Omit<LoadOptions, 'ort'
       roles: matchRoles(role, graphPath, names('input'), names('output')),
       shapes: role === 'transformer' ? transformerShapes(skeleton) : null,
       encoder: null,
-      attentionSites: role === 'transformer' || role === 'vae_decoder' ? findAttention(skeleton).length : 0,
+      attentionSites: role === 'transformer' || role.startsWith('vae_') ? findAttention(skeleton).length : 0,
       chunks: 1,
       lowered: opsToLower(skeleton, backend),
     };
   };
 
-  const roles = ['text_encoder', 'text_encoder_2', ...(withT5 ? ['text_encoder_3'] : []), 'transformer', 'vae_decoder'];
+  // the VAE encoder is optional: without it the model does text to image only
+  const withEncoder = await fileIndex.exists(at('vae_encoder/model.onnx'));
+  const roles = ['text_encoder', 'text_encoder_2', ...(withT5 ? ['text_encoder_3'] : []), 'transformer', 'vae_decoder', ...(withEncoder ? ['vae_encoder'] : [])];
   const components = new Map<string, ComponentPlan>();
   for (const role of roles) components.set(role, await planComponent(role, at(role === 'transformer' ? found.transformerFolder : role)));
   const transformer = components.get('transformer')!;
   const vae = components.get('vae_decoder')!;
+  const vaeEncoder = components.get('vae_encoder') ?? null;
 
   // the transformer's config, or its family's published one, told apart and checked by the graph's own shapes
   const shapes = transformer.shapes!;
@@ -386,6 +392,14 @@ export async function planModel(files: ModelFiles, opts: Omit<LoadOptions, 'ort'
   const latentInput = vae.io.find((v) => v.kind === 'input' && v.name === vae.roles.inputs.latent_sample);
   if (typeof latentInput?.dims[1] === 'number' && latentInput.dims[1] !== vaeConfig.latentChannels) {
     throw new ModelLoadError(vae.graphPath, `takes ${latentInput.dims[1]} latent channels, but its config says ${vaeConfig.latentChannels}`);
+  }
+  if (vaeEncoder) {
+    // the posterior's mean and log-variance (Optimum's latent_parameters), or latents already drawn from it
+    const out = vaeEncoder.io.find((v) => v.kind === 'output' && v.name === vaeEncoder.roles.outputs.latent_parameters);
+    const channels = out?.dims[1];
+    if (typeof channels === 'number' && channels !== 2 * vaeConfig.latentChannels && channels !== vaeConfig.latentChannels) {
+      throw new ModelLoadError(vaeEncoder.graphPath, `gives ${channels} channels; the engine reads ${2 * vaeConfig.latentChannels} (mean and log-variance) or ${vaeConfig.latentChannels} (latents)`);
+    }
   }
   const schedulerJson = (await config('scheduler/scheduler_config.json', 'SD3 defaults (FlowMatchEulerDiscreteScheduler, shift 3.0: every SD3 and SD3.5 checkpoint)')) ?? { ...SD3_SCHEDULER };
   parseSchedulerConfig(schedulerJson);
@@ -446,12 +460,17 @@ export async function planModel(files: ModelFiles, opts: Omit<LoadOptions, 'ort'
     const latentPixels = (defaults.width / vaeConfig.scaleFactor) * (defaults.height / vaeConfig.scaleFactor);
     vae.chunks = dims.vaeChunks = attentionChunks(latentPixels * latentPixels * dims.vaeBytes, target);
   }
+  // the encoder's mid-block attention is the decoder's, over the same latent pixels
+  if (vaeEncoder?.attentionSites) vaeEncoder.chunks = dims.vaeChunks;
   // the form attention runs in: from the adapter's features and buffer limit, or forced by fit.attention
   // FlashAttention needs subgroups on the device the sessions run on: the engine's own device says what it has
   const deviceFeatures = (opts.webgpuDevice as { features?: Iterable<string> } | undefined)?.features;
   const attention = chooseAttentionForm({ backend, features: fit.features, deviceFeatures: deviceFeatures ? [...deviceFeatures] : undefined, subgroupMinSize: (opts.webgpuDevice as { adapterInfo?: { subgroupMinSize?: number } } | undefined)?.adapterInfo?.subgroupMinSize, maxBufferBytes: fit.maxBufferBytes, chunks: Math.max(dims.transformerChunks, dims.vaeChunks), headDim: transformerConfig.hiddenSize / transformerConfig.numHeads, force: fit.attention });
-  for (const c of [transformer, vae]) c.fuse = attention.form !== 'decomposed-chunked' && c.attentionSites > 0;
-  if (attention.chunks === 1) transformer.chunks = vae.chunks = dims.transformerChunks = dims.vaeChunks = 1;
+  for (const c of [transformer, vae, ...(vaeEncoder ? [vaeEncoder] : [])]) c.fuse = attention.form !== 'decomposed-chunked' && c.attentionSites > 0;
+  if (attention.chunks === 1) {
+    transformer.chunks = vae.chunks = dims.transformerChunks = dims.vaeChunks = 1;
+    if (vaeEncoder) vaeEncoder.chunks = 1;
+  }
 
   for (const t of ['tokenizer', 'tokenizer_2', ...(withT5 ? ['tokenizer_3'] : [])]) {
     configSources[`${t}/tokenizer_config.json`] = (await fileIndex.exists(at(`${t}/tokenizer_config.json`))) ? 'file' : t === 'tokenizer_3' ? 'T5 defaults' : 'CLIP defaults (bos/eos/pad, 77 tokens)';
@@ -682,6 +701,8 @@ export async function loadModel(files: ModelFiles, opts: LoadOptions): Promise<L
     const t5 = plan.withT5 ? await textEncoder('text_encoder_3', 'tokenizer_3') : null;
     const transformer = await createSession(components.get('transformer')!, plan.fit, opts.deviceResident ? ['out_hidden_states'] : []);
     const vaeDecoder = await createSession(components.get('vae_decoder')!, plan.fit);
+    const encoderPlan = components.get('vae_encoder');
+    const vaeEncoder = encoderPlan ? await createSession(encoderPlan, plan.fit) : null;
 
     const weightBytes = created.reduce((a, c) => a + c.weightBytes, 0);
     const budget = { ...plan.budget, weightBytes };
@@ -693,6 +714,7 @@ export async function loadModel(files: ModelFiles, opts: LoadOptions): Promise<L
       defaults,
       limits: plan.limits,
       hasT5: t5 !== null,
+      imageInput: vaeEncoder !== null,
       weightBytes,
       memoryBytes: budget.memoryBytes,
       largestSize: largest?.width ?? 0,
@@ -709,6 +731,7 @@ export async function loadModel(files: ModelFiles, opts: LoadOptions): Promise<L
       t5MaxLength: plan.t5MaxLength,
       transformer,
       vaeDecoder,
+      vaeEncoder,
       transformerConfig,
       vaeConfig,
       scheduler: new FlowMatchEulerScheduler(parseSchedulerConfig(plan.schedulerJson)),

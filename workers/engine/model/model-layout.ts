@@ -220,11 +220,13 @@ export const ROLE_ALIASES: Record<string, Record<string, string[]>> = {
     timestep: ['timestep', 'timesteps'],
   },
   vae_decoder: { latent_sample: ['latent_sample', 'latents'] },
+  vae_encoder: { sample: ['sample', 'images'] },
   text_encoder: { input_ids: ['input_ids'] },
 };
 const OUTPUT_ALIASES: Record<string, Record<string, string[]>> = {
   transformer: { out_hidden_states: ['out_hidden_states', 'out_sample'] },
   vae_decoder: { sample: ['sample'] },
+  vae_encoder: { latent_parameters: ['latent_parameters', 'latent_sample', 'latent_dist'] },
   text_encoder: { text_embeds: ['text_embeds', 'pooler_output'] },
   text_encoder_3: { last_hidden_state: ['last_hidden_state'] },
 };

@@ -34,7 +34,7 @@ export interface ReadSettings {
 }
 
 /** The settings of one image, as the engine records them. */
-export type SettingsSource = Pick<ImageMetadata, 'prompt' | 'negativePrompt' | 'seed' | 'steps' | 'guidance' | 'width' | 'height' | 'modelId'>;
+export type SettingsSource = Pick<ImageMetadata, 'prompt' | 'negativePrompt' | 'seed' | 'steps' | 'guidance' | 'width' | 'height' | 'modelId'> & Partial<Pick<ImageMetadata, 'strength'>>;
 
 /** A1111 quotes a value that holds a comma, a colon or a line break (as JSON). */
 const quote = (v: string) => (/[,:\n]/.test(v) ? JSON.stringify(v) : v);
@@ -48,6 +48,8 @@ export function a1111Parameters(s: SettingsSource, extra: Record<string, string>
     Seed: String(s.seed),
     Size: `${s.width}x${s.height}`,
     Model: s.modelId,
+    // image to image and inpainting, as A1111 writes it
+    ...(s.strength !== undefined ? { 'Denoising strength': String(s.strength) } : {}),
     ...extra,
   };
   const line = Object.entries(fields)
@@ -175,6 +177,11 @@ export function parseA1111(text: string): { settings: PngSettings; unused: strin
         break;
       case 'Model':
         settings.model = v;
+        break;
+      case 'Denoising strength':
+        // an img2img image: its strength (the init image itself is not in the file)
+        if (v !== '' && Number.isFinite(Number(v))) settings.strength = Number(v);
+        else unused.push(`${name}: ${v} (not a number)`);
         break;
       default:
         unused.push(`${name}: ${v}`);
@@ -343,7 +350,7 @@ export function readPngSettings(png: Uint8Array): ReadSettings {
       const m = JSON.parse(json) as Record<string, unknown>;
       const settings: PngSettings = {};
       for (const k of ['prompt', 'negativePrompt'] as const) if (typeof m[k] === 'string') settings[k] = m[k] as string;
-      for (const k of ['seed', 'steps', 'guidance', 'width', 'height'] as const) if (typeof m[k] === 'number') settings[k] = m[k] as number;
+      for (const k of ['seed', 'steps', 'guidance', 'width', 'height', 'strength'] as const) if (typeof m[k] === 'number') settings[k] = m[k] as number;
       if (typeof m.modelId === 'string') settings.model = m.modelId;
       return { source: 'sd3-webgpu', settings, unused: tooLarge, json: m };
     } catch {

@@ -121,6 +121,22 @@ export class RequestSchedulerState {
     return this.stepIndex >= this.totalSteps;
   }
 
+  /** The schedule from step `start` on (image to image: get_timesteps' t_start, with set_begin_index): a request that begins part-way down. */
+  static startingAt(schedule: Schedule, start: number): RequestSchedulerState {
+    if (!Number.isInteger(start) || start < 0 || start >= schedule.timesteps.length) throw new RangeError(`start must be a step in 0..${schedule.timesteps.length - 1}, got ${start}`);
+    return new RequestSchedulerState(Object.freeze({ timesteps: schedule.timesteps.slice(start), sigmas: schedule.sigmas.slice(start) }));
+  }
+
+  /** sigma at the current position: before the first step the start's (scale_noise's), after a step the next one's (inpainting's blend), 0 at the end. */
+  get sigma(): number {
+    return this.schedule.sigmas[this.stepIndex];
+  }
+
+  /** sigma after this step (inpainting's blend, when the step is made elsewhere): 0 after the last. */
+  get nextSigma(): number {
+    return this.schedule.sigmas[this.stepIndex + 1];
+  }
+
   /** The `timestep` model input for the current step (sigma * 1000). */
   get timestep(): number {
     return this.schedule.timesteps[this.stepIndex];
