@@ -129,6 +129,7 @@ async function soak() {
 async function main() {
   if (process.argv.includes('--attention') || process.argv.includes('--attention-quick')) return void (await import('./attention.ts')).attentionBench(OUT, process.argv);
   if (process.argv.includes('--native') || process.argv.includes('--native-quick')) return void (await import('./native.ts')).nativeBench(OUT, process.argv);
+  if (process.argv.includes('--img2img')) return void (await import('./img2img.ts')).img2imgBench(OUT, process.argv);
   if (process.argv.includes('--gpu') || process.argv.includes('--gpu-dry-run')) return (await import('./gpu.ts')).gpuBenchMain(OUT, process.argv);
   if (process.argv.includes('--client')) {
     const { clientBench } = await import('./client.ts');

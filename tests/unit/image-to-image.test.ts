@@ -13,7 +13,9 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { GenerateRequest, GenerateResult } from '../../workers/engine/api/types.ts';
 import { sha256Hex } from '../../workers/engine/api/validate.ts';
 import type { Engine } from '../../workers/engine/engine.ts';
-import { InvalidRequestError } from '../../workers/engine/errors.ts';
+import { InvalidRequestError, TooLargeError } from '../../workers/engine/errors.ts';
+import { RESERVE_BYTES } from '../../workers/engine/memory/budget.ts';
+import { peakBytes, requestFootprint } from '../../workers/engine/memory/footprint.ts';
 import type { LoadedModel } from '../../workers/engine/model/load-model.ts';
 import { createNodeEngine } from '../../workers/engine/node.ts';
 import { parseA1111, readPngSettings } from '../../workers/engine/png/settings-chunks.ts';
@@ -254,3 +256,32 @@ describe('refusals that name the field', () => {
 function blackMask(): Uint8Array {
   return encodePng({ width: 64, height: 64, data: new Uint8Array(64 * 64), channels: 1, depth: 8 });
 }
+
+describe('the memory budget counts the encoder and the image state', () => {
+  it('an image request needs its pixels, its encode and (to inpaint) the kept latents beside text to image; at a budget between the two, text to image runs and the image request is refused naming the size that fits', async () => {
+    const r = load('sd3');
+    const probe = await engineFor('sd3');
+    const { dims, info } = (probe as unknown as { loaded: LoadedModel }).loaded;
+    const text = requestFootprint(dims, 64, 64, 3, null, 'text');
+    const image = requestFootprint(dims, 64, 64, 3, null, 'image');
+    const inpaint = requestFootprint(dims, 64, 64, 3, null, 'inpaint');
+    const latent = 16 * 8 * 8 * 4;
+    expect(text.encode).toBeNull();
+    expect(image.stateBytes - text.stateBytes).toBe(3 * 64 * 64 * 4);
+    expect(inpaint.stateBytes - image.stateBytes).toBe(2 * latent + 8 * 8 * 4);
+    expect(peakBytes(image) - peakBytes(text)).toBe(3 * 64 * 64 * 4 + image.encode!.activationBytes);
+    const memoryBytes = info.weightBytes + RESERVE_BYTES + Math.round((peakBytes(text) + peakBytes(image)) / 2);
+    const tight = createNodeEngine();
+    try {
+      await tight.load({ kind: 'path', path: join(ROOT, 'sd3') }, undefined, { fit: { memoryBytes } });
+      const c = r.cases.find((x) => x.name === 'img2img-s0.6')!;
+      const err = await tight.generate(requestOf(r, c)).catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(TooLargeError);
+      expect((err as Error).message).toMatch(/64x64 with guidance needs ~.* the largest square size that fits is (48|32|16)x\1/);
+      const ok = await tight.generate({ ...requestOf(r, c), image: undefined, strength: undefined });
+      expect([ok.width, ok.height]).toEqual([64, 64]);
+    } finally {
+      await tight.unload();
+    }
+  });
+});
