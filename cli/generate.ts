@@ -3,6 +3,7 @@
 //   npm run generate -- --model <folder|url|hf:owner/repo[/subfolder][@revision]> --prompt "..." --seed 7 --steps 4 --size 64 --out out.png
 //   Hub repos: HF_TOKEN (or the token file `huggingface-cli login` writes) for gated repos, HF_ENDPOINT for a mirror.
 //   npm run generate -- --model <...> --prompts prompts.txt --concurrency 8 --out-dir out/
+//   npm run generate -- --model <...> --prompt "..." --image in.png [--strength 0.6] [--mask m.png [--padding-mask-crop N]] --out out.png
 //   npm run generate -- --model <...> --plan [--size N] [--guidance G] [--gpu-memory GB]   (memory plan as JSON, no weights downloaded)
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -20,10 +21,15 @@ import { engineFlags, engineFromFlags, flagError, loadWithLog, numberFlag, readF
 
 const USAGE = `usage: npm run generate -- --model <folder|url|hf:owner/repo[/subfolder][@revision]> (--prompt TEXT --out FILE.png | --prompts FILE.txt --out-dir DIR)
   [--negative TEXT] [--seed N] [--steps N] [--guidance G] [--size N | --width N --height N]
+  [--image FILE.png [--strength S] [--mask FILE.png [--padding-mask-crop N]]]
   [--backend auto|cpu|webgpu|cuda|dml|coreml|wasm] [--threads N]
   [--concurrency N] [--max-batch N] [--gpu-memory GB] [--max-buffer-mb MB] [--no-t5] [--cache-dir DIR | --no-cache]
   --backend auto (default) takes the first GPU provider of onnxruntime-node that runs here, else its CPU provider
   on every core (--threads N: N cores); the first line says which and why each faster one was not used.
+  --image: image to image from that PNG, resized to the request's size (without a size: the image's, rounded
+  down to the model's multiple); --strength in (0, 1] (default 0.6; 1 starts from noise). --mask: inpainting,
+  a PNG the image's size, white repainted and black kept; --padding-mask-crop N works on the mask's bounding
+  box grown by N pixels and pastes the result into the whole image (the output has the image's size).
   URL and Hub models are cached in --cache-dir (default $SD3_WEBGPU_CACHE or ~/.cache/sd3-webgpu/models).
   Gated Hub repos need a read token: HF_TOKEN, else the file huggingface-cli login writes ($HF_HOME/token);
   HF_ENDPOINT names a Hub mirror.
@@ -56,6 +62,10 @@ export async function main(argv: string[]): Promise<number> {
       'no-f16': { type: 'boolean', default: false },
       subgroups: { type: 'boolean', default: false },
       attention: { type: 'string' },
+      image: { type: 'string' },
+      mask: { type: 'string' },
+      strength: { type: 'string' },
+      'padding-mask-crop': { type: 'string' },
     },
     USAGE,
   );
@@ -74,6 +84,24 @@ export async function main(argv: string[]): Promise<number> {
   }
   const flags = engineFlags(args);
   if (flags === 2) return 2;
+  // the image flags mean something only with an image (and the crop only with a mask); their ranges are the engine's to check
+  for (const [flag, needs, what] of [['mask', 'image', 'image to image or inpainting'], ['strength', 'image', 'image to image or inpainting'], ['padding-mask-crop', 'image', 'inpainting'], ['padding-mask-crop', 'mask', 'inpainting']] as const) {
+    if (args[flag] !== undefined && args[needs] === undefined) {
+      console.error(`error: --${flag}: only with --${needs} (${what})`);
+      return 2;
+    }
+  }
+  const inputs: Pick<GenerateRequest, 'image' | 'mask'> = {};
+  for (const flag of ['image', 'mask'] as const) {
+    const file = args[flag];
+    if (file === undefined) continue;
+    try {
+      inputs[flag] = new Uint8Array(await readFile(file));
+    } catch (e) {
+      console.error(`error: --${flag}: cannot read ${file} (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
+      return 2;
+    }
+  }
 
   let prompts: string[];
   if (args.prompt !== undefined) prompts = [args.prompt];
@@ -89,11 +117,11 @@ export async function main(argv: string[]): Promise<number> {
       return 2;
     }
   }
-  const base: Omit<GenerateRequest, 'prompt'> = {};
+  const base: Omit<GenerateRequest, 'prompt'> = { ...inputs };
   if (args.negative !== undefined) base.negativePrompt = args.negative;
   const seed = num(args.seed);
   const size = num(args.size);
-  for (const [k, v] of [['steps', num(args.steps)], ['guidance', num(args.guidance)], ['width', num(args.width) ?? size], ['height', num(args.height) ?? size]] as const) {
+  for (const [k, v] of [['steps', num(args.steps)], ['guidance', num(args.guidance)], ['width', num(args.width) ?? size], ['height', num(args.height) ?? size], ['strength', num(args.strength)], ['paddingMaskCrop', num(args['padding-mask-crop'])]] as const) {
     if (v !== undefined) (base as Record<string, unknown>)[k] = v;
   }
 

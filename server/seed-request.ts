@@ -2,7 +2,10 @@
 // read into engine requests. Types are checked here, in FastAPI's 422 shape,
 // because the seed's clients parse it; ranges are left to the engine's own
 // validation (workers/engine/api/validate.ts), whose errors are renamed to the
-// fields the client sent.
+// fields the client sent. Image to image and inpainting take diffusers' own
+// argument names: `image` and `mask_image` (each a base64 PNG, a data URL, or
+// one of this server's image URLs), `strength` and `padding_mask_crop`; input
+// unusable there is a 400 in the same shape.
 import type { GenerateRequest } from '../workers/engine/api/types.ts';
 import { InvalidRequestError } from '../workers/engine/errors.ts';
 
@@ -39,7 +42,18 @@ const CLIENT_NAME: Record<string, string> = {
   seed: 'seed',
   width: 'width',
   height: 'height',
+  image: 'image',
+  mask: 'mask_image',
+  strength: 'strength',
+  paddingMaskCrop: 'padding_mask_crop',
 };
+
+/** Engine fields of image requests: their bad values are 400 (the input cannot be used), as the seed answers a request it cannot run. */
+const IMAGE_FIELDS = new Set(['image', 'mask', 'strength', 'paddingMaskCrop']);
+
+/** The client fields that carry an image, and where the engine takes it. */
+export const IMAGE_INPUTS = { image: 'image', mask_image: 'mask' } as const;
+export type ImageInputField = keyof typeof IMAGE_INPUTS;
 
 export interface SeedRequest {
   prompt: string;
@@ -48,6 +62,8 @@ export interface SeedRequest {
   /** The first image's seed when the client chose one; image i gets seed + i. */
   seed: number | undefined;
   images: number;
+  /** `image` and `mask_image` as sent: the server reads each into base.image / base.mask (readImageInput). */
+  inputs: Partial<Record<ImageInputField, string>>;
 }
 
 const isRecord = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
@@ -104,6 +120,12 @@ export function readSeedRequest(body: unknown): SeedRequest {
   const width = given('width') ? laxInt('width', body.width, issues) : undefined;
   const height = given('height') ? laxInt('height', body.height, issues) : undefined;
   const seed = given('seed') ? laxInt('seed', body.seed, issues) : undefined;
+  const inputs: SeedRequest['inputs'] = {};
+  for (const field of Object.keys(IMAGE_INPUTS) as ImageInputField[]) {
+    if (given(field)) inputs[field] = str(field, body[field], issues);
+  }
+  const strength = given('strength') ? laxFloat('strength', body.strength, issues) : undefined;
+  const paddingMaskCrop = given('padding_mask_crop') ? laxInt('padding_mask_crop', body.padding_mask_crop, issues) : undefined;
   if (issues.length) throw new HttpError(422, issues);
   if (!prompt!.trim()) throw new HttpError(400, 'No prompt provided');
   if (images! < 1 || images! > MAX_IMAGES_PER_PROMPT) {
@@ -114,14 +136,81 @@ export function readSeedRequest(body: unknown): SeedRequest {
   if (guidance !== undefined) base.guidance = guidance;
   if (width !== undefined) base.width = width;
   if (height !== undefined) base.height = height;
-  return { prompt: prompt!, base, seed, images: images! };
+  if (strength !== undefined) base.strength = strength;
+  if (paddingMaskCrop !== undefined) base.paddingMaskCrop = paddingMaskCrop;
+  return { prompt: prompt!, base, seed, images: images!, inputs };
 }
 
-/** The engine's InvalidRequestError as FastAPI's 422, naming the field as the client sent it. */
+/** An image field's value read: the PNG file's bytes (base64, plain or in a data URL), or the name of one of this server's images. */
+export type ImageInput = { bytes: Uint8Array } | { stored: string };
+
+/** What `image` and `mask_image` take, as their errors say. */
+export const IMAGE_INPUT_ALLOWED = "a PNG file as base64 (plain or a data:image/png;base64 URL), or the URL of an image this server made (its /images/<name>.png path, or the whole URL an inference answered with)";
+
+const BASE64 = /^(?:[A-Za-z0-9+/]+|[A-Za-z0-9_-]+)(={0,2})$/;
+const DATA_URL = /^data:([^,]*),/i;
+
+/**
+ * Reads `image` or `mask_image`: a data URL or plain base64 (the standard or the URL-safe alphabet, padded or
+ * not, line breaks allowed) gives the file's bytes, which the engine checks are a PNG; `/images/<name>` or an
+ * http(s) URL whose path is that gives the name, which the server looks up among the images it made. The URL's
+ * host is not checked (this server cannot know every name it is reached by); no other URL is fetched.
+ */
+export function readImageInput(field: ImageInputField, v: string): ImageInput {
+  const bad = (received: string) => inputError(field, IMAGE_INPUT_ALLOWED, received, v);
+  const trimmed = v.trim();
+  const data = DATA_URL.exec(trimmed);
+  if (data) {
+    if (!/;base64$/i.test(data[1])) throw bad('a data URL that is not base64');
+    return { bytes: base64(trimmed.slice(data[0].length), () => bad('a data URL whose base64 does not decode')) };
+  }
+  // a path names this server's image: base64 may start with "/" (a JPEG's "/9j/"), so only "/images/" is taken as one (a PNG's base64 starts "iVBORw0KGgo")
+  if (trimmed.startsWith('/images/') || /^https?:\/\//i.test(trimmed)) {
+    let path: string;
+    try {
+      path = new URL(trimmed, 'http://server.invalid').pathname;
+    } catch {
+      throw bad('a URL that does not parse');
+    }
+    if (!path.startsWith('/images/')) throw bad(`a URL that is not one of this server's images (it fetches no other)`);
+    let name: string;
+    try {
+      name = decodeURIComponent(path.slice('/images/'.length));
+    } catch {
+      name = '';
+    }
+    return { stored: name };
+  }
+  return { bytes: base64(trimmed, () => bad(trimmed === '' ? 'an empty string' : 'a string that is not base64')) };
+}
+
+/** Strict base64: Buffer.from() skips what it cannot read, which would turn a typo into another file. */
+function base64(text: string, bad: () => HttpError): Uint8Array {
+  const s = text.replace(/\s+/g, '');
+  const m = BASE64.exec(s);
+  if (!m || (m[1] ? s.length % 4 !== 0 : s.length % 4 === 1)) throw bad();
+  return new Uint8Array(Buffer.from(s, s.includes('-') || s.includes('_') ? 'base64url' : 'base64'));
+}
+
+/** An image field's value as an error echoes it: the whole value unless it is long (base64). */
+const echo = (v: unknown) => (typeof v === 'string' && v.length > 200 ? `a string of ${v.length} characters` : v);
+
+/** A request field the server itself cannot use (an image's encoding, an unknown image): 400, in the shape of the engine's errors. */
+export function inputError(field: string, allowed: string, received: string, input: unknown): HttpError {
+  return new HttpError(400, [{ type: 'value_error', loc: ['body', field], msg: `${field}: expected ${allowed}, got ${received}`, input: echo(input), ctx: { allowed } }]);
+}
+
+/**
+ * The engine's InvalidRequestError in FastAPI's shape, naming the field as the client sent it: 422 for a
+ * value out of range (the seed's fields, strength, padding_mask_crop), as pydantic's validators give; 400
+ * for an image or mask the engine cannot use.
+ */
 export function rangeError(e: InvalidRequestError, input: unknown): HttpError {
   const name = CLIENT_NAME[e.field] ?? e.field;
   const msg = `${name}: ${e.message.slice(e.message.indexOf(':') + 2)}`;
-  return new HttpError(422, [{ type: 'value_error', loc: ['body', name], msg, input, ctx: { allowed: e.allowed } }]);
+  const image = IMAGE_FIELDS.has(e.field);
+  const file = e.field === 'image' || e.field === 'mask';
+  return new HttpError(file ? 400 : 422, [{ type: 'value_error', loc: ['body', name], msg, input: image ? echo(input) : input, ctx: { allowed: e.allowed } }]);
 }
 
 /** The value the client sent under the engine's field name (for the error's `input`). */

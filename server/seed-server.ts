@@ -1,6 +1,8 @@
 // The seed's HTTP API (diffusers' examples/server-async) over one engine:
 //   GET  /                         {"message": "Welcome to the Diffusers Server"}
-//   POST /api/diffusers/inference  {"response": [absolute image URLs]}
+//   POST /api/diffusers/inference  {"response": [absolute image URLs]}; with `image` (and `mask_image`,
+//                                  `strength`, `padding_mask_crop`) image to image and inpainting, the
+//                                  images sent as base64 PNGs or as URLs of images this server made
 //   GET  /images/{filename}        the PNG, or 404 {"detail": "Image not found"}
 //   GET  /api/status               the seed's fields plus ours
 // Every image of every request is one engine request, so all of them share the
@@ -16,7 +18,7 @@ import { join } from 'node:path';
 import type { GenerateResult, ProgressEvent } from '../workers/engine/api/types.ts';
 import type { Engine } from '../workers/engine/engine.ts';
 import { CancelledError, EngineError, InvalidRequestError, TooLargeError } from '../workers/engine/errors.ts';
-import { clientInput, HttpError, rangeError, readSeedRequest } from './seed-request.ts';
+import { clientInput, HttpError, IMAGE_INPUT_ALLOWED, IMAGE_INPUTS, inputError, rangeError, readImageInput, readSeedRequest, type ImageInputField, type SeedRequest } from './seed-request.ts';
 
 export interface SeedServerOptions {
   engine: Engine;
@@ -24,7 +26,7 @@ export interface SeedServerOptions {
   modelName: string;
   /** Where PNGs are written (the seed: the system temp folder). */
   imagesDir: string;
-  /** Largest request body in bytes (default 1 MiB: a prompt is at most 20,000 characters). */
+  /** Largest request body in bytes (default 1 MiB: a prompt is at most 20,000 characters; base64 images count in it). */
   maxBodyBytes?: number;
   /** The server unloads the engine when it stops (the serve command's own engine). */
   ownsEngine?: boolean;
@@ -40,7 +42,8 @@ export interface InferenceEnd {
 
 const IMAGE_NAME = /^img[0-9a-f]{8}\.png$/;
 const HOST = /^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:\d{1,5})?$/;
-const DEFAULT_MAX_BODY = 1024 * 1024;
+// init images and masks come as base64 inside the JSON body
+const DEFAULT_MAX_BODY = 32 * 1024 * 1024;
 
 class ClientGone extends Error {}
 class ShuttingDown extends Error {}
@@ -191,6 +194,7 @@ export class SeedServer extends EventEmitter<{
   private async inference(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const body = parseJson(await readBody(req, this.maxBody));
     const seedReq = readSeedRequest(body);
+    await this.readInputs(seedReq);
     const engine = this.opts.engine;
     // the engine's own validation, once, before anything is queued
     try {
@@ -245,6 +249,35 @@ export class SeedServer extends EventEmitter<{
     }
   }
 
+  /** Reads `image` and `mask_image` into the engine request's PNG bytes: sent as base64, or an image this server made (400 when neither). */
+  private async readInputs(seedReq: SeedRequest): Promise<void> {
+    for (const [field, value] of Object.entries(seedReq.inputs) as [ImageInputField, string][]) {
+      const input = readImageInput(field, value);
+      if ('bytes' in input) {
+        seedReq.base[IMAGE_INPUTS[field]] = input.bytes;
+        continue;
+      }
+      const bytes = await this.readMade(input.stored);
+      const name = input.stored.length > 60 ? `a name of ${input.stored.length} characters` : JSON.stringify(input.stored);
+      if (!bytes) throw inputError(field, IMAGE_INPUT_ALLOWED, `an image this server did not make (or no longer has): ${name}`, value);
+      seedReq.base[IMAGE_INPUTS[field]] = bytes;
+    }
+  }
+
+  /** One of this server's images, as the file it serves; null when it made none of that name (or the file is gone). */
+  private async readMade(name: string): Promise<Uint8Array | null> {
+    if (!this.isMade(name)) return null;
+    return readFile(join(this.opts.imagesDir, name)).then(
+      (b) => new Uint8Array(b.buffer, b.byteOffset, b.byteLength),
+      () => null,
+    );
+  }
+
+  /** A name of an image this server made: never a path, so traversal and foreign files are not found. */
+  private isMade(name: string): boolean {
+    return IMAGE_NAME.test(name) && this.made.has(name);
+  }
+
   /** Writes a PNG (its settings chunks already inside) under a fresh random name. */
   private async save(png: Blob): Promise<string> {
     const bytes = new Uint8Array(await png.arrayBuffer());
@@ -268,13 +301,8 @@ export class SeedServer extends EventEmitter<{
       name = '';
     }
     // a name this server made, never a path: traversal and foreign files are simply not found
-    if (!IMAGE_NAME.test(name) || !this.made.has(name)) throw new HttpError(404, 'Image not found');
-    let bytes: Buffer;
-    try {
-      bytes = await readFile(join(this.opts.imagesDir, name));
-    } catch {
-      throw new HttpError(404, 'Image not found');
-    }
+    const bytes = await this.readMade(name);
+    if (!bytes) throw new HttpError(404, 'Image not found');
     res.writeHead(200, { 'Content-Type': 'image/png', 'Content-Length': bytes.length });
     res.end(bytes);
   }

@@ -24,7 +24,7 @@ export async function main(argv: string[], signals: NodeJS.Process = process): P
       port: { type: 'string', default: '8500' },
       host: { type: 'string', default: '127.0.0.1' },
       'images-dir': { type: 'string', default: join(tmpdir(), 'sd3-webgpu-images') },
-      'max-body-kb': { type: 'string', default: '1024' },
+      'max-body-kb': { type: 'string', default: '32768' },
       grace: { type: 'string', default: '30' },
     },
     USAGE,

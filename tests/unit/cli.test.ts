@@ -1,4 +1,7 @@
-// The CLI runs the same engine: one image, a prompts file at concurrency 8, bad flags.
+// The CLI runs the same engine: one image, a prompts file at concurrency 8, bad flags;
+// image to image and inpainting from PNG files, against diffusers' own pipelines.
+import { createHash } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -6,7 +9,30 @@ import { decode as decodePng } from 'fast-png';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { main } from '../../cli/generate.ts';
 import { main as serve } from '../../server/serve.ts';
+import { readPngSettings } from '../../workers/engine/png/settings-chunks.ts';
+import { diffToRgb, REAL_EXPORTS_DIR } from '../helpers/real-exports.ts';
 import { loadTinyEngine, maxPixelDiff, TINY_MODEL_DIR } from '../helpers/tiny-engine.ts';
+
+/** diffusers' StableDiffusion3Img2ImgPipeline / InpaintPipeline runs on the sd3 real-export fixture. */
+const IMAGE_REF_DIR = join(REAL_EXPORTS_DIR, 'reference', 'sd3', 'img2img');
+const INPUTS_DIR = join(REAL_EXPORTS_DIR, 'reference', 'inputs');
+interface ImageCase {
+  name: string;
+  kind: 'img2img' | 'inpaint';
+  strength: number;
+  image: string;
+  mask?: string;
+  paddingMaskCrop?: number;
+  outputSize: [number, number];
+  files: { rgb: { file: string }; rgbShiftDecode?: { file: string } };
+}
+const imageRef: { prompt: string; negativePrompt: string; seed: number; steps: number; guidance: number; width: number; height: number; cases: ImageCase[] } = JSON.parse(
+  readFileSync(join(IMAGE_REF_DIR, 'reference.json'), 'utf8'),
+);
+const imageCase = (name: string) => imageRef.cases.find((c) => c.name === name)!;
+/** diffusers' pixels for a case: its inpaint pipeline decodes without the VAE's shift (the engine with it), so inpainting is held to its latents decoded with it. */
+const expectedRgb = (c: ImageCase) => readFileSync(join(IMAGE_REF_DIR, (c.kind === 'inpaint' ? c.files.rgbShiftDecode! : c.files.rgb).file));
+const sha256 = (b: Uint8Array) => createHash('sha256').update(b).digest('hex');
 
 describe('npm run generate', () => {
   let dir: string;
@@ -75,5 +101,72 @@ describe('npm run generate', () => {
         expect(errors).toEqual([`error: ${message}`]);
       }
     }
+  });
+
+  describe('image to image and inpainting (--image, --strength, --mask, --padding-mask-crop)', () => {
+    /** The flags of a diffusers case on the sd3 fixture (native CPU, as diffusers' references are held to). */
+    const caseFlags = (c: ImageCase, out: string) => [
+      '--model', join(REAL_EXPORTS_DIR, 'sd3'), '--backend', 'cpu',
+      '--prompt', imageRef.prompt, '--negative', imageRef.negativePrompt, '--seed', String(imageRef.seed), '--steps', String(imageRef.steps),
+      '--guidance', String(imageRef.guidance), '--width', String(imageRef.width), '--height', String(imageRef.height),
+      '--image', join(INPUTS_DIR, c.image), '--strength', String(c.strength),
+      ...(c.mask ? ['--mask', join(INPUTS_DIR, c.mask)] : []),
+      ...(c.paddingMaskCrop !== undefined ? ['--padding-mask-crop', String(c.paddingMaskCrop)] : []),
+      '--out', out,
+    ];
+
+    it.each([['img2img-s0.3'], ['inpaint-crop-s0.6']])('%s: the PNG is within 2 levels of diffusers’ and records the strength and its inputs', async (name) => {
+      const c = imageCase(name);
+      const out = join(dir, `${name}.png`);
+      expect(await main(caseFlags(c, out))).toBe(0);
+      const bytes = new Uint8Array(await readFile(out));
+      const png = decodePng(bytes);
+      // padding_mask_crop pastes the 64x64 result back into the whole 96x72 image
+      expect([png.width, png.height]).toEqual(c.outputSize);
+      expect(diffToRgb(png.data, expectedRgb(c), png.channels)).toBeLessThanOrEqual(2);
+      const { settings, json } = readPngSettings(bytes);
+      expect(settings.strength).toBe(c.strength);
+      // the files the flags named, by their hashes
+      expect((json!.image as { sha256: string }).sha256).toBe(sha256(readFileSync(join(INPUTS_DIR, c.image))));
+      if (c.mask) expect(json).toMatchObject({ mask: { sha256: sha256(readFileSync(join(INPUTS_DIR, c.mask))) }, paddingMaskCrop: c.paddingMaskCrop });
+      else expect(json!.mask).toBeUndefined();
+    });
+
+    it('--help lists the image flags', async () => {
+      const lines: string[] = [];
+      vi.mocked(console.log).mockImplementation((m: string) => void lines.push(m));
+      expect(await main(['--help'])).toBe(0);
+      for (const flag of ['--image FILE.png', '--strength S', '--mask FILE.png', '--padding-mask-crop N']) expect(lines.join('\n')).toContain(flag);
+    });
+
+    it('bad image input exits non-zero naming the flag or the field', async () => {
+      const errors: string[] = [];
+      vi.mocked(console.error).mockImplementation((m: string) => void errors.push(m));
+      const notPng = join(dir, 'not-a.png');
+      await writeFile(notPng, 'GIF89a: not a PNG at all');
+      const init = join(INPUTS_DIR, 'init-64.png');
+      const mask = join(INPUTS_DIR, 'mask-64.png');
+      const missing = join(dir, 'nowhere.png');
+      const out = join(dir, 'bad.png');
+      const cases: [string[], number, RegExp][] = [
+        // refused by the engine once the model is loaded: the request's field, with what it takes
+        [['--image', notPng], 1, /^error: prompt 1: image: expected a PNG file .*, got "24 bytes that are not a PNG file"$/m],
+        [['--image', init, '--strength', '1.5'], 1, /^error: prompt 1: strength: expected a number in \(0, 1\] .*, got 1\.5$/m],
+        [['--image', init, '--mask', notPng], 1, /^error: prompt 1: mask: expected a PNG file/m],
+        // refused before anything loads: the flag
+        [['--image', missing], 2, new RegExp(`^error: --image: cannot read ${missing.replace(/[.\\]/g, '\\$&')} \\(ENOENT\\)$`, 'm')],
+        [['--image', init, '--mask', dir], 2, /^error: --mask: cannot read .* \(EISDIR\)$/m],
+        [['--mask', mask], 2, /^error: --mask: only with --image/m],
+        [['--strength', '0.5'], 2, /^error: --strength: only with --image/m],
+        [['--image', init, '--padding-mask-crop', '8'], 2, /^error: --padding-mask-crop: only with --mask/m],
+      ];
+      for (const [flags, code, message] of cases) {
+        errors.length = 0;
+        expect([flags, await main(['--model', TINY_MODEL_DIR, '--prompt', 'x', '--steps', '1', '--size', '64', ...flags, '--out', out])]).toEqual([flags, code]);
+        expect(errors.join('\n')).toMatch(message);
+      }
+      // nothing was written for any of them
+      expect((await readdir(dir)).includes('bad.png')).toBe(false);
+    });
   });
 });

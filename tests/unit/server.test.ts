@@ -1,9 +1,11 @@
 // npm run serve: the seed's HTTP API (diffusers' examples/server-async) over the
 // engine, driven by real HTTP clients (fetch and node:http) against a real
-// server on 127.0.0.1, with the tiny model.
+// server on 127.0.0.1, with the tiny model; image to image and inpainting on the
+// sd3 real-export fixture, against diffusers' own pipelines.
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { createHash } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { request as httpRequest, type IncomingMessage } from 'node:http';
 import { availableParallelism, tmpdir } from 'node:os';
@@ -16,6 +18,8 @@ import { readPngSettings } from '../../workers/engine/png/settings-chunks.ts';
 import { nodeRuntime } from '../../workers/engine/runtime/node-runtime.ts';
 import { SeedServer, type InferenceEnd } from '../../server/seed-server.ts';
 import { main } from '../../server/serve.ts';
+import { createNodeEngine } from '../../workers/engine/node.ts';
+import { diffToRgb, REAL_EXPORTS_DIR } from '../helpers/real-exports.ts';
 import { maxPixelDiff, newTinyEngine, TINY_MODEL_DIR } from '../helpers/tiny-engine.ts';
 
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
@@ -183,8 +187,9 @@ describe('npm run serve: the seed’s API', () => {
     expect(JSON.parse(badJson.body).detail).toMatchObject([{ type: 'json_invalid', msg: 'JSON decode error' }]);
     const empty = await raw(port, 'POST', INFERENCE, '');
     expect([empty.status, JSON.parse(empty.body).detail[0].loc]).toEqual([422, ['body']]);
-    const tooBig = await raw(port, 'POST', INFERENCE, JSON.stringify({ prompt: 'x'.repeat(2 * 1024 * 1024) }));
-    expect([tooBig.status, JSON.parse(tooBig.body).detail]).toEqual([413, 'Request body too large: at most 1048576 bytes']);
+    // the default limit leaves room for init images as base64 (32 MiB)
+    const tooBig = await raw(port, 'POST', INFERENCE, JSON.stringify({ prompt: 'x'.repeat(33 * 1024 * 1024) }));
+    expect([tooBig.status, JSON.parse(tooBig.body).detail]).toEqual([413, 'Request body too large: at most 33554432 bytes']);
     expect((await fetch(`${base}/nowhere`)).status).toBe(404);
     expect((await fetch(`${base}${INFERENCE}`)).status).toBe(405);
     const after = engine.status();
@@ -276,6 +281,144 @@ describe('npm run serve: the seed’s API', () => {
     expect([wasm.backend, wasm.status.runtime, wasm.status.threads]).toEqual(['wasm', 'onnxruntime-web', 1]);
     const cpu = await nodeRuntime('cpu', { threads: 1 });
     expect([cpu.backend, cpu.status.threads, cpu.native?.sessionOptions.intraOpNumThreads]).toEqual(['cpu', 1, 1]);
+  });
+});
+
+/** diffusers' StableDiffusion3Img2ImgPipeline / InpaintPipeline runs on the sd3 real-export fixture. */
+const IMAGE_REF_DIR = join(REAL_EXPORTS_DIR, 'reference', 'sd3', 'img2img');
+interface ImageCase {
+  name: string;
+  kind: 'img2img' | 'inpaint';
+  strength: number;
+  image: string;
+  mask?: string;
+  paddingMaskCrop?: number;
+  outputSize: [number, number];
+  files: { rgb: { file: string }; rgbShiftDecode?: { file: string } };
+}
+const imageRef: { prompt: string; negativePrompt: string; seed: number; steps: number; guidance: number; width: number; height: number; cases: ImageCase[] } = JSON.parse(
+  readFileSync(join(IMAGE_REF_DIR, 'reference.json'), 'utf8'),
+);
+const imageCase = (name: string) => imageRef.cases.find((c) => c.name === name)!;
+const inputPng = (name: string) => new Uint8Array(readFileSync(join(REAL_EXPORTS_DIR, 'reference', 'inputs', name)));
+/** diffusers' pixels for a case: its inpaint pipeline decodes without the VAE's shift (the engine with it), so inpainting is held to its latents decoded with it. */
+const expectedRgb = (c: ImageCase) => readFileSync(join(IMAGE_REF_DIR, (c.kind === 'inpaint' ? c.files.rgbShiftDecode! : c.files.rgb).file));
+const sha256 = (b: Uint8Array) => createHash('sha256').update(b).digest('hex');
+const b64 = (b: Uint8Array) => Buffer.from(b).toString('base64');
+
+describe('npm run serve: image to image and inpainting in diffusers’ argument names', () => {
+  let engine: Engine;
+  let server: SeedServer;
+  let dir: string;
+  let port: number;
+  let base: string;
+  const post = (body: unknown) => fetch(`${base}${INFERENCE}`, { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(body) });
+  /** diffusers' settings for every case, as a client sends them. */
+  const settings = { prompt: imageRef.prompt, negative_prompt: imageRef.negativePrompt, seed: imageRef.seed, num_inference_steps: imageRef.steps, guidance_scale: imageRef.guidance, width: imageRef.width, height: imageRef.height };
+  /** Posts a request that should succeed; its one image's URL and PNG bytes. */
+  const generate = async (body: Record<string, unknown>) => {
+    const r = await post(body);
+    const answer = await r.json();
+    expect([r.status, answer]).toEqual([200, { response: [expect.stringMatching(/\/images\/img[0-9a-f]{8}\.png$/)] }]);
+    const url = (answer as { response: string[] }).response[0];
+    return { url, png: new Uint8Array(await (await fetch(url)).arrayBuffer()) };
+  };
+  /** The first image made in this block, by the img2img test: the later tests send it back. */
+  let first: { url: string; png: Uint8Array };
+
+  beforeAll(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'sd3-serve-img-'));
+    // native CPU, as diffusers' references are held to (tests/unit/image-to-image.test.ts)
+    engine = createNodeEngine();
+    await engine.load({ kind: 'path', path: join(REAL_EXPORTS_DIR, 'sd3') });
+    server = new SeedServer({ engine, modelName: 'sd3', imagesDir: join(dir, 'images') });
+    port = (await server.listen(0, '127.0.0.1')).port;
+    base = `http://127.0.0.1:${port}`;
+  });
+  afterAll(async () => {
+    await server.stop(0);
+    await engine.unload();
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  it('img2img: image as plain base64 and strength give diffusers’ image within 2 levels, strength and the input’s hash recorded', async () => {
+    const c = imageCase('img2img-s0.3');
+    first = await generate({ ...settings, image: b64(inputPng(c.image)), strength: c.strength });
+    const png = decodePng(first.png);
+    expect([png.width, png.height]).toEqual(c.outputSize);
+    expect(diffToRgb(png.data, expectedRgb(c), png.channels)).toBeLessThanOrEqual(2);
+    const { settings: read, json } = readPngSettings(first.png);
+    expect(read.strength).toBe(c.strength);
+    expect(json).toMatchObject({ image: { sha256: sha256(inputPng(c.image)), width: 64, height: 64 } });
+    expect(json!.mask).toBeUndefined();
+  });
+
+  it('inpaint: image and mask_image as data URLs, padding_mask_crop, within 2 levels of diffusers’ at the whole image’s size', async () => {
+    const c = imageCase('inpaint-crop-s0.6');
+    const dataUrl = (name: string) => `data:image/png;base64,${b64(inputPng(name))}`;
+    const { png: bytes } = await generate({ ...settings, image: dataUrl(c.image), mask_image: dataUrl(c.mask!), strength: c.strength, padding_mask_crop: c.paddingMaskCrop });
+    const png = decodePng(bytes);
+    expect([png.width, png.height]).toEqual(c.outputSize); // 96x72: the crop's 64x64 pasted back
+    expect(diffToRgb(png.data, expectedRgb(c), png.channels)).toBeLessThanOrEqual(2);
+    const { settings: read, json } = readPngSettings(bytes);
+    expect(read.strength).toBe(c.strength);
+    expect(json).toMatchObject({ paddingMaskCrop: c.paddingMaskCrop, image: { sha256: sha256(inputPng(c.image)) }, mask: { sha256: sha256(inputPng(c.mask!)), width: 96, height: 72 } });
+  });
+
+  it('takes an image it made as `image`: the URL it answered with, or its /images/ path; the stored PNG is what runs', async () => {
+    // the whole URL, as the first inference answered it
+    const again = await generate({ ...settings, seed: 5, image: first.url, strength: 0.5 });
+    expect(readPngSettings(again.png).json).toMatchObject({ strength: 0.5, image: { sha256: sha256(first.png), width: 64, height: 64 } });
+    // the very image the engine makes from those bytes
+    const direct = await engine.generate({ prompt: imageRef.prompt, negativePrompt: imageRef.negativePrompt, seed: 5, steps: imageRef.steps, guidance: imageRef.guidance, width: 64, height: 64, image: first.png, strength: 0.5 });
+    expect(maxPixelDiff(Uint8ClampedArray.from(decodePng(again.png).data), direct.rgba)).toBe(0);
+    // the path, with a mask sent as base64: inpainting the stored image
+    const path = new URL(first.url).pathname;
+    const inpainted = await generate({ ...settings, image: path, mask_image: b64(inputPng('mask-64.png')), strength: 0.6 });
+    expect(readPngSettings(inpainted.png).json).toMatchObject({ image: { sha256: sha256(first.png) }, mask: { sha256: sha256(inputPng('mask-64.png')) } });
+  });
+
+  it('refuses an image it cannot use with 400 and a strength or padding out of range with 422 (as the seed\'s own ranges), naming diffusers’ field, queueing nothing', async () => {
+    const before = engine.status();
+    const init = b64(inputPng('init-64.png'));
+    await writeFile(join(dir, 'images', 'img00000000.png'), inputPng('init-64.png')); // a PNG there, not made by the server
+    const cases: [string, Record<string, unknown>, string, RegExp][] = [
+      ['not base64', { image: 'iVBORw0KGgo!!not*base64' }, 'image', /^image: expected a PNG file as base64 .*, got a string that is not base64$/],
+      ['base64 of a file that is not a PNG', { image: b64(new TextEncoder().encode('GIF89a: not a PNG at all')) }, 'image', /^image: expected a PNG file .*, got "24 bytes that are not a PNG file"$/],
+      ['a truncated PNG', { image: b64(inputPng('init-64.png').subarray(0, 200)) }, 'image', /^image: .*PNG/],
+      ['a data URL that is not base64', { image: 'data:image/png,rawbytes' }, 'image', /got a data URL that is not base64$/],
+      ['an unknown /images/ name', { image: '/images/imgdeadbeef.png' }, 'image', /got an image this server did not make \(or no longer has\): "imgdeadbeef\.png"$/],
+      ['a file in the images folder it did not make', { image: `${base}/images/img00000000.png` }, 'image', /did not make .*"img00000000\.png"$/],
+      ['a traversal', { image: '/images/..%2F..%2Fpackage.json' }, 'image', /did not make/],
+      ['a URL elsewhere', { image: 'https://elsewhere.example/cat.png' }, 'image', /got a URL that is not one of this server's images \(it fetches no other\)$/],
+      ['a mask of another size', { image: init, mask_image: b64(inputPng('mask-96x72.png')) }, 'mask_image', /^mask_image: expected a PNG the image's size, 64x64, got "a 96x72 PNG"$/],
+      ['a mask that is not base64', { image: init, mask_image: '%%%' }, 'mask_image', /^mask_image: expected a PNG file as base64/],
+      ['an unknown mask', { image: init, mask_image: '/images/imgdeadbeef.png' }, 'mask_image', /did not make/],
+      ['a mask without an image', { mask_image: b64(inputPng('mask-64.png')) }, 'mask_image', /^mask_image: expected only with an image/],
+      ['strength 1.5', { image: init, strength: 1.5 }, 'strength', /^strength: expected a number in \(0, 1\] .*, got 1\.5$/],
+      ['strength 0', { image: init, strength: 0 }, 'strength', /^strength: expected a number in \(0, 1\] .*, got 0$/],
+      ['strength without an image', { strength: 0.5 }, 'strength', /^strength: expected only with an image/],
+      ['padding_mask_crop without a mask', { image: init, padding_mask_crop: 8 }, 'padding_mask_crop', /^padding_mask_crop: expected only with a mask/],
+      ['padding_mask_crop out of range', { image: init, mask_image: b64(inputPng('mask-64.png')), padding_mask_crop: -1 }, 'padding_mask_crop', /^padding_mask_crop: expected an integer in 0\.\.8192, got -1$/],
+    ];
+    for (const [what, fields, field, msg] of cases) {
+      const r = await post({ ...settings, num_images_per_prompt: 2, ...fields });
+      const { detail } = (await r.json()) as { detail: { loc: string[]; msg: string; input: unknown }[] };
+      expect([what, r.status, detail[0].loc]).toEqual([what, field === 'image' || field === 'mask_image' ? 400 : 422, ['body', field]]);
+      expect(detail[0].msg, what).toMatch(msg);
+      // the base64 is not echoed back whole
+      expect(JSON.stringify(detail).length, what).toBeLessThan(2000);
+    }
+    // a field of the wrong type is pydantic's 422, as for the seed's own fields
+    const typed = await post({ ...settings, image: 5, strength: 'lots', padding_mask_crop: 1.5 });
+    expect(typed.status).toBe(422);
+    expect((await typed.json()).detail).toMatchObject([
+      { type: 'string_type', loc: ['body', 'image'] },
+      { type: 'float_parsing', loc: ['body', 'strength'] },
+      { type: 'int_from_float', loc: ['body', 'padding_mask_crop'] },
+    ]);
+    const after = engine.status();
+    expect([after.requestsServed, after.requestsFailed, after.requestsCancelled, after.requestsQueued, after.requestsActive]).toEqual([before.requestsServed, before.requestsFailed, before.requestsCancelled, 0, 0]);
   });
 });
 

@@ -21,7 +21,7 @@ const PNG_SIGNATURE = [0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a];
 
 /** A PNG file's size from its header (IHDR), checked cheaply here; its pixels are decoded when the request runs. */
 export function pngSize(field: string, v: unknown): { width: number; height: number } {
-  const what = `a PNG file of at most ${LIMITS.imageSide.max}x${LIMITS.imageSide.max} pixels (bytes: a Uint8Array)`;
+  const what = `a PNG file of at most ${LIMITS.imageSide.max}x${LIMITS.imageSide.max} pixels`;
   if (!(v instanceof Uint8Array)) throw new InvalidRequestError(field, what, v);
   const ihdr = v.length >= 24 && PNG_SIGNATURE.every((b, i) => v[i] === b) && String.fromCharCode(...v.subarray(12, 16)) === 'IHDR';
   if (!ihdr) throw new InvalidRequestError(field, what, `${v.length} bytes that are not a PNG file`);
