@@ -84,3 +84,44 @@ export async function serveRealRepos(token: string, extra: { repo: string; fixtu
     },
   };
 }
+
+/** One run of diffusers' StableDiffusion3Img2ImgPipeline or InpaintPipeline on a fixture (reference/<ref>/img2img/). */
+export interface ImageCase {
+  name: string;
+  kind: 'img2img' | 'inpaint';
+  strength: number;
+  image: string;
+  mask?: string;
+  paddingMaskCrop?: number;
+  encoded: string;
+  outputSize: [number, number];
+  stepsRun: number;
+  tStart: number;
+  firstSigma: number;
+  files: Record<'firstNoisedLatents' | 'finalLatents' | 'rgb' | 'timesteps', { file: string }> & { rgbShiftDecode?: { file: string }; maskLatents?: { file: string } };
+}
+
+/** The settings every case ran with, the encoder's outputs per input, and the cases. */
+export interface ImageReference {
+  prompt: string;
+  negativePrompt: string;
+  seed: number;
+  guidance: number;
+  steps: number;
+  width: number;
+  height: number;
+  encoded: Record<string, { initLatents: { file: string }; latentParameters: { file: string } }>;
+  cases: ImageCase[];
+}
+
+export const imageReferenceDir = (ref: string) => join(REAL_EXPORTS_DIR, 'reference', ref, 'img2img');
+export const imageReference = (ref: string): ImageReference => JSON.parse(readFileSync(join(imageReferenceDir(ref), 'reference.json'), 'utf8'));
+/** An input PNG of the cases (reference/inputs/), as bytes. */
+export const imageInput = (name: string) => new Uint8Array(readFileSync(join(REAL_EXPORTS_DIR, 'reference', 'inputs', name)));
+
+/**
+ * diffusers' pixels to hold a case to. Its inpaint pipeline decodes without the VAE's shift factor
+ * (diffusers #13611), unlike every other SD3 pipeline; the engine decodes with it, so inpainting is
+ * held to the same final latents decoded with the shift.
+ */
+export const expectedImageRgb = (ref: string, c: ImageCase) => readFileSync(join(imageReferenceDir(ref), (c.files.rgbShiftDecode ?? c.files.rgb).file));

@@ -22,37 +22,8 @@ import { parseA1111, readPngSettings } from '../../workers/engine/png/settings-c
 import { RequestRng } from '../../workers/engine/rng.ts';
 import { encodeImages, imageLatents, prepareImageInput, startLatents, strengthStart } from '../../workers/engine/sd3/image-to-image.ts';
 import { normalizeRequest } from '../../workers/engine/api/validate.ts';
-import { diffToRgb, REAL_EXPORTS_DIR as ROOT } from '../helpers/real-exports.ts';
+import { diffToRgb, expectedImageRgb, imageInput, imageReference, imageReferenceDir, REAL_EXPORTS_DIR as ROOT, type ImageCase, type ImageReference } from '../helpers/real-exports.ts';
 
-interface Case {
-  kind: 'img2img' | 'inpaint';
-  name: string;
-  strength: number;
-  image: string;
-  mask?: string;
-  paddingMaskCrop?: number;
-  encoded: string;
-  outputSize: [number, number];
-  stepsRun: number;
-  tStart: number;
-  firstSigma: number;
-  files: Record<'firstNoisedLatents' | 'finalLatents' | 'rgb' | 'timesteps', { file: string }> & { rgbShiftDecode?: { file: string }; maskLatents?: { file: string } };
-}
-interface ImageReference {
-  prompt: string;
-  negativePrompt: string;
-  seed: number;
-  guidance: number;
-  steps: number;
-  width: number;
-  height: number;
-  encoded: Record<string, { initLatents: { file: string }; latentParameters: { file: string } }>;
-  cases: Case[];
-}
-
-const dirOf = (ref: string) => join(ROOT, 'reference', ref, 'img2img');
-const load = (ref: string): ImageReference => JSON.parse(readFileSync(join(dirOf(ref), 'reference.json'), 'utf8'));
-const input = (name: string) => new Uint8Array(readFileSync(join(ROOT, 'reference', 'inputs', name)));
 const f32 = (file: string) => {
   const b = readFileSync(file);
   return new Float32Array(b.buffer.slice(b.byteOffset, b.byteOffset + b.byteLength));
@@ -65,7 +36,7 @@ const maxAbs = (a: Float32Array, b: Float32Array) => {
 };
 
 /** The request diffusers' case ran. */
-const requestOf = (r: ImageReference, c: Case): GenerateRequest => ({
+const requestOf = (r: ImageReference, c: ImageCase): GenerateRequest => ({
   prompt: r.prompt,
   negativePrompt: r.negativePrompt,
   seed: r.seed,
@@ -73,18 +44,11 @@ const requestOf = (r: ImageReference, c: Case): GenerateRequest => ({
   guidance: r.guidance,
   width: r.width,
   height: r.height,
-  image: input(c.image),
+  image: imageInput(c.image),
   strength: c.strength,
-  ...(c.mask ? { mask: input(c.mask) } : {}),
+  ...(c.mask ? { mask: imageInput(c.mask) } : {}),
   ...(c.paddingMaskCrop !== undefined ? { paddingMaskCrop: c.paddingMaskCrop } : {}),
 });
-
-/**
- * diffusers' pixels to hold a case to. Its inpaint pipeline decodes without the VAE's
- * shift factor (diffusers #13611), unlike every other SD3 pipeline; the engine decodes
- * with it, so inpainting is held to the same final latents decoded with the shift.
- */
-const expectedRgb = (ref: string, c: Case) => readFileSync(join(dirOf(ref), (c.files.rgbShiftDecode ?? c.files.rgb).file));
 
 const engines = new Map<string, Engine>();
 async function engineFor(fixture: string): Promise<Engine> {
@@ -105,13 +69,13 @@ describe.each([
   ['sd3-fused', 'sd3'],
   ['sd35', 'sd35'],
 ])('%s: every img2img and inpaint case of diffusers', (fixture, ref) => {
-  const r = load(ref);
+  const r = imageReference(ref);
   it.each(r.cases.map((c) => [c.name, c] as const))('%s within 2 levels', async (_, c) => {
     const engine = await engineFor(fixture);
     const result = await engine.generate(requestOf(r, c));
     // padding_mask_crop pastes the 64x64 crop back into the whole 96x72 image
     expect([result.width, result.height]).toEqual(c.outputSize);
-    expect(diffToRgb(result.rgba, expectedRgb(ref, c)), c.name).toBeLessThanOrEqual(2);
+    expect(diffToRgb(result.rgba, expectedImageRgb(ref, c)), c.name).toBeLessThanOrEqual(2);
     expect(result.metadata.strength).toBe(c.strength);
   });
 
@@ -120,13 +84,13 @@ describe.each([
     const byName = new Map(r.cases.map((c) => [c.name, c]));
     const low = await engine.generate(requestOf(r, byName.get('img2img-s0.3')!));
     // against the strength-1.0 picture: far apart, so "within 2" above is not two flat images
-    expect(diffToRgb(low.rgba, expectedRgb(ref, byName.get('img2img-s1')!))).toBeGreaterThan(20);
+    expect(diffToRgb(low.rgba, expectedImageRgb(ref, byName.get('img2img-s1')!))).toBeGreaterThan(20);
   });
 });
 
 describe('the intermediates, to float32 rounding', () => {
   it.each([['sd3'], ['sd35']])('%s: init latents from the encoder and the posterior, and the first noised latents', async (ref) => {
-    const r = load(ref);
+    const r = imageReference(ref);
     const engine = await engineFor(ref);
     const model = (engine as unknown as { loaded: LoadedModel }).loaded;
     const ort = (engine as unknown as { options: { ort: Parameters<typeof encodeImages>[1] } }).options.ort;
@@ -134,7 +98,7 @@ describe('the intermediates, to float32 rounding', () => {
       const req = normalizeRequest(requestOf(r, c), model.info, () => c.name, () => r.seed);
       const prepared = prepareImageInput(req, r.width / 8, r.height / 8)!;
       const [params] = await encodeImages(model, ort, [prepared.pixels!], r.height, r.width);
-      expect(maxAbs(params, f32(join(dirOf(ref), r.encoded[c.encoded].latentParameters.file))), `${c.name} latent_parameters`).toBeLessThan(1e-4);
+      expect(maxAbs(params, f32(join(imageReferenceDir(ref), r.encoded[c.encoded].latentParameters.file))), `${c.name} latent_parameters`).toBeLessThan(1e-4);
       // the schedule starts where get_timesteps says, and the first latents are scale_noise's at that sigma
       expect(strengthStart(r.steps, c.strength)).toBe(c.tStart);
       const rng = new RequestRng(r.seed);
@@ -145,10 +109,10 @@ describe('the intermediates, to float32 rounding', () => {
         g.normal(16 * 64);
         return g.normal(16 * 64);
       })();
-      expect(maxAbs(imageLatents(params, 16, 64, eps, model.vaeConfig.shiftFactor, model.vaeConfig.scalingFactor), f32(join(dirOf(ref), r.encoded[c.encoded].initLatents.file)))).toBeLessThan(1e-4);
-      expect(maxAbs(start.latents, f32(join(dirOf(ref), c.files.firstNoisedLatents.file))), `${c.name} first latents`).toBeLessThan(1e-4);
+      expect(maxAbs(imageLatents(params, 16, 64, eps, model.vaeConfig.shiftFactor, model.vaeConfig.scalingFactor), f32(join(imageReferenceDir(ref), r.encoded[c.encoded].initLatents.file)))).toBeLessThan(1e-4);
+      expect(maxAbs(start.latents, f32(join(imageReferenceDir(ref), c.files.firstNoisedLatents.file))), `${c.name} first latents`).toBeLessThan(1e-4);
       if (c.files.maskLatents) {
-        expect(Array.from(prepared.latentMask!)).toEqual(Array.from(f32(join(dirOf(ref), c.files.maskLatents.file))));
+        expect(Array.from(prepared.latentMask!)).toEqual(Array.from(f32(join(imageReferenceDir(ref), c.files.maskLatents.file))));
         expect(start.known!.noise).toEqual(noise);
       } else expect(start.known).toBeNull();
     }
@@ -157,7 +121,7 @@ describe('the intermediates, to float32 rounding', () => {
 
 describe('requests of every kind in one batch', () => {
   it('a text to image, an img2img and an inpaint request share transformer runs and each matches diffusers', async () => {
-    const r = load('sd3');
+    const r = imageReference('sd3');
     const byName = new Map(r.cases.map((c) => [c.name, c]));
     const engine = await engineFor('sd3');
     const runs = () => engine.status().stages?.stages.transformer?.runs ?? 0;
@@ -172,9 +136,9 @@ describe('requests of every kind in one batch', () => {
       engine.generate(requestOf(r, inp)),
     ]);
 
-    expect(diffToRgb(text.rgba, expectedRgb('sd3', byName.get('img2img-s1')!))).toBeLessThanOrEqual(2);
-    expect(diffToRgb(image.rgba, expectedRgb('sd3', img))).toBeLessThanOrEqual(2);
-    expect(diffToRgb(inpaint.rgba, expectedRgb('sd3', inp))).toBeLessThanOrEqual(2);
+    expect(diffToRgb(text.rgba, expectedImageRgb('sd3', byName.get('img2img-s1')!))).toBeLessThanOrEqual(2);
+    expect(diffToRgb(image.rgba, expectedImageRgb('sd3', img))).toBeLessThanOrEqual(2);
+    expect(diffToRgb(inpaint.rgba, expectedImageRgb('sd3', inp))).toBeLessThanOrEqual(2);
     // 4 + 3 + 2 guided steps, their rows in one run per step while they overlap: 4 runs, the first two of all 6 rows
     expect(runs() - before.runs).toBe(4);
     expect(engine.status().maxRowsPerRun).toBe(6);
@@ -186,12 +150,12 @@ describe('requests of every kind in one batch', () => {
 
 describe('what the image records', () => {
   it('strength and the input images by SHA-256 in the JSON, "Denoising strength" in the A1111 parameters, read back', async () => {
-    const r = load('sd3');
+    const r = imageReference('sd3');
     const c = r.cases.find((x) => x.name === 'inpaint-s0.6')!;
     const engine = await engineFor('sd3');
     const result: GenerateResult = await engine.generate(requestOf(r, c));
-    expect(result.metadata.image).toEqual({ sha256: await sha256Hex(input(c.image)), width: 64, height: 64 });
-    expect(result.metadata.mask).toEqual({ sha256: await sha256Hex(input(c.mask!)), width: 64, height: 64 });
+    expect(result.metadata.image).toEqual({ sha256: await sha256Hex(imageInput(c.image)), width: 64, height: 64 });
+    expect(result.metadata.mask).toEqual({ sha256: await sha256Hex(imageInput(c.mask!)), width: 64, height: 64 });
     const png = new Uint8Array(await result.png.arrayBuffer());
     const read = readPngSettings(png);
     expect(read.settings.strength).toBe(0.6);
@@ -220,25 +184,25 @@ describe('refusals that name the field', () => {
   it('a model without vae_encoder refuses image requests by name, and still does text to image', async () => {
     const info = await engine.load({ kind: 'path', path: bare });
     expect(info.imageInput).toBe(false);
-    const r = load('sd3');
+    const r = imageReference('sd3');
     const err = await engine.generate(requestOf(r, r.cases[0])).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(InvalidRequestError);
     expect(err).toMatchObject({ field: 'image' });
     expect((err as Error).message).toContain('vae_encoder/model.onnx');
     const text = await engine.generate({ prompt: r.prompt, negativePrompt: r.negativePrompt, seed: r.seed, steps: r.steps, guidance: r.guidance, width: 64, height: 64 });
-    expect(diffToRgb(text.rgba, expectedRgb('sd3', r.cases.find((c) => c.name === 'img2img-s1')!))).toBeLessThanOrEqual(2);
+    expect(diffToRgb(text.rgba, expectedImageRgb('sd3', r.cases.find((c) => c.name === 'img2img-s1')!))).toBeLessThanOrEqual(2);
   });
 
   it.each([
     ['a file that is not a PNG', { image: new TextEncoder().encode('GIF89a not a png at all, really') }, 'image', /PNG/],
-    ['a truncated PNG', { image: input('init-64.png').subarray(0, 200) }, 'image', /PNG/],
-    ['a mask of another size', { image: input('init-64.png'), mask: input('mask-96x72.png') }, 'mask', /64x64/],
-    ['strength 0', { image: input('init-64.png'), strength: 0 }, 'strength', /\(0, 1\]/],
-    ['strength 1.5', { image: input('init-64.png'), strength: 1.5 }, 'strength', /\(0, 1\]/],
-    ['a mask without an image', { mask: input('mask-64.png') }, 'mask', /only with an image/],
+    ['a truncated PNG', { image: imageInput('init-64.png').subarray(0, 200) }, 'image', /PNG/],
+    ['a mask of another size', { image: imageInput('init-64.png'), mask: imageInput('mask-96x72.png') }, 'mask', /64x64/],
+    ['strength 0', { image: imageInput('init-64.png'), strength: 0 }, 'strength', /\(0, 1\]/],
+    ['strength 1.5', { image: imageInput('init-64.png'), strength: 1.5 }, 'strength', /\(0, 1\]/],
+    ['a mask without an image', { mask: imageInput('mask-64.png') }, 'mask', /only with an image/],
     ['strength without an image', { strength: 0.5 }, 'strength', /only with an image/],
-    ['paddingMaskCrop without a mask', { image: input('init-64.png'), paddingMaskCrop: 8 }, 'paddingMaskCrop', /only with a mask/],
-    ['an all-black mask to crop around', { image: input('init-64.png'), mask: blackMask(), paddingMaskCrop: 8 }, 'mask', /non-black/],
+    ['paddingMaskCrop without a mask', { image: imageInput('init-64.png'), paddingMaskCrop: 8 }, 'paddingMaskCrop', /only with a mask/],
+    ['an all-black mask to crop around', { image: imageInput('init-64.png'), mask: blackMask(), paddingMaskCrop: 8 }, 'mask', /non-black/],
   ])('%s', async (_, fields, field, message) => {
     const e = await engineFor('sd3');
     const before = e.status().requestsServed;
@@ -259,7 +223,7 @@ function blackMask(): Uint8Array {
 
 describe('the memory budget counts the encoder and the image state', () => {
   it('an image request needs its pixels, its encode and (to inpaint) the kept latents beside text to image; at a budget between the two, text to image runs and the image request is refused naming the size that fits', async () => {
-    const r = load('sd3');
+    const r = imageReference('sd3');
     const probe = await engineFor('sd3');
     const { dims, info } = (probe as unknown as { loaded: LoadedModel }).loaded;
     const text = requestFootprint(dims, 64, 64, 3, null, 'text');

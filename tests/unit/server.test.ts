@@ -19,7 +19,7 @@ import { nodeRuntime } from '../../workers/engine/runtime/node-runtime.ts';
 import { SeedServer, type InferenceEnd } from '../../server/seed-server.ts';
 import { main } from '../../server/serve.ts';
 import { createNodeEngine } from '../../workers/engine/node.ts';
-import { diffToRgb, REAL_EXPORTS_DIR } from '../helpers/real-exports.ts';
+import { diffToRgb, expectedImageRgb, imageInput, imageReference, REAL_EXPORTS_DIR, type ImageCase } from '../helpers/real-exports.ts';
 import { maxPixelDiff, newTinyEngine, TINY_MODEL_DIR } from '../helpers/tiny-engine.ts';
 
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
@@ -285,24 +285,10 @@ describe('npm run serve: the seed’s API', () => {
 });
 
 /** diffusers' StableDiffusion3Img2ImgPipeline / InpaintPipeline runs on the sd3 real-export fixture. */
-const IMAGE_REF_DIR = join(REAL_EXPORTS_DIR, 'reference', 'sd3', 'img2img');
-interface ImageCase {
-  name: string;
-  kind: 'img2img' | 'inpaint';
-  strength: number;
-  image: string;
-  mask?: string;
-  paddingMaskCrop?: number;
-  outputSize: [number, number];
-  files: { rgb: { file: string }; rgbShiftDecode?: { file: string } };
-}
-const imageRef: { prompt: string; negativePrompt: string; seed: number; steps: number; guidance: number; width: number; height: number; cases: ImageCase[] } = JSON.parse(
-  readFileSync(join(IMAGE_REF_DIR, 'reference.json'), 'utf8'),
-);
+const imageRef = imageReference('sd3');
 const imageCase = (name: string) => imageRef.cases.find((c) => c.name === name)!;
-const inputPng = (name: string) => new Uint8Array(readFileSync(join(REAL_EXPORTS_DIR, 'reference', 'inputs', name)));
-/** diffusers' pixels for a case: its inpaint pipeline decodes without the VAE's shift (the engine with it), so inpainting is held to its latents decoded with it. */
-const expectedRgb = (c: ImageCase) => readFileSync(join(IMAGE_REF_DIR, (c.kind === 'inpaint' ? c.files.rgbShiftDecode! : c.files.rgb).file));
+const inputPng = imageInput;
+const expectedRgb = (c: ImageCase) => expectedImageRgb('sd3', c);
 const sha256 = (b: Uint8Array) => createHash('sha256').update(b).digest('hex');
 const b64 = (b: Uint8Array) => Buffer.from(b).toString('base64');
 
