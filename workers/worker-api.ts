@@ -13,7 +13,7 @@ import { checkTransformerOnBackends, type BackendCheck } from './backend-check.t
 import { createBrowserEngine, gpuDeviceLost, gpuMemory, type GpuInfo } from './browser-engine.ts';
 import { deviceQueue } from './engine/model/run-queue.ts';
 import { resetGpuPeak, type GpuMemory } from './gpu-memory.ts';
-import { ImageStore, StorageError, type ImageQuery, type QueuedRequest, type StoredImage, type StoredLoadOptions } from './store/image-store.ts';
+import { ImageStore, StorageError, type ImageQuery, type InputFile, type QueuedRequest, type StoredImage, type StoredLoadOptions } from './store/image-store.ts';
 
 export interface WorkerStatus extends EngineStatus {
   /** Images made but not yet stored (storage full): they are stored when room returns. */
@@ -183,7 +183,8 @@ export class WorkerApi {
   private readonly registry = new Map<string, RegistryEntry>();
 
   /** Images made but not stored (storage full): kept here, in the reply, and stored when room returns. */
-  private readonly unsaved = new Map<string, StoredImage>();
+  /** Images storage refused (full), with their input files: stored when room returns. */
+  private readonly unsaved = new Map<string, { image: StoredImage; inputs: InputFile[] }>();
   private storeRetry: ReturnType<typeof setTimeout> | null = null;
 
   /** Test builds crash the worker here for chosen requests (a request that takes the engine down each time). */
@@ -283,15 +284,16 @@ export class WorkerApi {
     }
     entry.state = 'saving';
     const image = { id: result.id, png: result.png, metadata: result.metadata };
+    const inputs = inputFiles(req, result.metadata);
     try {
-      await store.complete(image);
+      await store.complete(image, inputs);
     } catch (e) {
       if (!(e instanceof StorageError)) {
         this.registry.delete(entry.id);
         throw e;
       }
       // never dropped: the page shows it and offers it for download; it is stored when room returns
-      this.unsaved.set(image.id, image);
+      this.unsaved.set(image.id, { image, inputs });
       this.retryStoring();
       return { ...image, stored: false, storageError: e.message };
     }
@@ -312,9 +314,9 @@ export class WorkerApi {
   /** Stores what storage refused before; true when none is left. */
   private async storeUnsaved(): Promise<boolean> {
     const store = await this.store;
-    for (const [id, image] of this.unsaved) {
+    for (const [id, { image, inputs }] of this.unsaved) {
       try {
-        await store.complete(image);
+        await store.complete(image, inputs);
       } catch {
         return false;
       }
@@ -352,6 +354,14 @@ export class WorkerApi {
 
   async getImage(id: string): Promise<StoredImage> {
     return guard(async () => (await this.store).get(id));
+  }
+
+  /** An image request's input file (init image or mask) by the SHA-256 its image's metadata names: to make it again, or use it again. */
+  async getInputImage(sha256: string): Promise<Blob> {
+    return guard(async () => {
+      for (const { inputs } of this.unsaved.values()) for (const f of inputs) if (f.sha256 === sha256) return f.png;
+      return (await this.store).input(sha256);
+    });
   }
 
   /** The settings in a dropped, pasted or opened PNG: read here, off the page's thread, each text chunk capped at 1 MB. */
@@ -416,4 +426,12 @@ function emptyStatus(): EngineStatus {
     deviceLost: null,
     denoise: null,
   };
+}
+
+/** A finished request's input files, by the hashes its metadata records. */
+function inputFiles(req: NormalizedRequest, m: ImageMetadata): InputFile[] {
+  const files: InputFile[] = [];
+  if (req.image && m.image) files.push({ sha256: m.image.sha256, png: new Blob([req.image as Uint8Array<ArrayBuffer>], { type: 'image/png' }) });
+  if (req.mask && m.mask) files.push({ sha256: m.mask.sha256, png: new Blob([req.mask as Uint8Array<ArrayBuffer>], { type: 'image/png' }) });
+  return files;
 }

@@ -59,7 +59,7 @@ export const FIRST_CALL_SILENCE_MS = 15 * 60_000;
 /** During a call it has made before: a few times as long as the last one took, and never under a minute. */
 export const callSilenceMs = (expectedMs: number) => Math.max(60_000, 4 * expectedMs + 30_000);
 
-const FORM_FIELDS = new Set(['prompt', 'negativePrompt', 'seed', 'steps', 'guidance', 'width', 'height', 'request']);
+const FORM_FIELDS = new Set(['prompt', 'negativePrompt', 'seed', 'steps', 'guidance', 'width', 'height', 'request', 'image', 'mask', 'strength']);
 
 export function spawnEngineWorker(): Worker {
   return new Worker(new URL('../../workers/engine.worker.ts', import.meta.url), { type: 'module', name: 'sd3-engine' });
@@ -510,8 +510,24 @@ export class EngineClient {
     for (const j of this.jobs) if (gone.has(j.id)) j.deleted = true;
   }
 
-  reproduce(m: ImageMetadata): void {
-    this.submit([{ prompt: m.prompt, negativePrompt: m.negativePrompt, seed: m.seed, steps: m.steps, guidance: m.guidance, width: m.width, height: m.height }]);
+  /** Runs an image's settings again; an image request's input image and mask come from the store, where they are kept beside it. */
+  async reproduce(m: ImageMetadata): Promise<void> {
+    const request: GenerateRequest = { prompt: m.prompt, negativePrompt: m.negativePrompt, seed: m.seed, steps: m.steps, guidance: m.guidance, width: m.width, height: m.height };
+    try {
+      const inputs = await this.inputsOf(m);
+      if (inputs) Object.assign(request, { ...inputs, strength: m.strength, ...(m.paddingMaskCrop !== undefined ? { paddingMaskCrop: m.paddingMaskCrop } : {}) });
+    } catch (e) {
+      this.banner = `Reproduce: ${describeError(e).message} (its input image is no longer stored; put it in the Image slot and use its settings)`;
+      return;
+    }
+    this.submit([request]);
+  }
+
+  /** The input image and mask an image was made from, as PNG bytes (null for text to image). */
+  async inputsOf(m: ImageMetadata): Promise<{ image: Uint8Array; mask?: Uint8Array } | null> {
+    if (!m.image) return null;
+    const bytes = async (sha: string) => new Uint8Array(await (await this.api.getInputImage(sha)).arrayBuffer());
+    return { image: await bytes(m.image.sha256), ...(m.mask ? { mask: await bytes(m.mask.sha256) } : {}) };
   }
 
   /** Cancels running work and clears every stored image, queued request and downloaded model. */

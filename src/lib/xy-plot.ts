@@ -1,11 +1,11 @@
-// The X/Y plot: up to two axes over prompt lines, seed, guidance, steps and
-// size, their values typed as lists ("4.5, 7"), ranges ("1-4", "1-2 (+0.5)",
+// The X/Y plot: up to two axes over prompt lines, seed, guidance, steps,
+// size and (with an input image) strength, their values typed as lists ("4.5, 7"), ranges ("1-4", "1-2 (+0.5)",
 // "1-10 [4]") or, for seeds, steps from the form's seed ("+1 ×4"). Every cell
 // is an ordinary request; the engine runs them all together. Pure: the sheet's
 // drawing lives in sheet.ts.
 import type { GenerateRequest } from '../../workers/engine/api/types.ts';
 
-export type AxisKind = 'prompt' | 'seed' | 'guidance' | 'steps' | 'size';
+export type AxisKind = 'prompt' | 'seed' | 'guidance' | 'steps' | 'size' | 'strength';
 
 export const AXES: { kind: AxisKind; label: string; hint: string }[] = [
   { kind: 'prompt', label: 'Prompt lines', hint: 'each line of the prompt box' },
@@ -13,6 +13,7 @@ export const AXES: { kind: AxisKind; label: string; hint: string }[] = [
   { kind: 'guidance', label: 'CFG scale', hint: '4.5, 7 · 2-8 (+2)' },
   { kind: 'steps', label: 'Steps', hint: '4, 8, 16 · 10-40 [4]' },
   { kind: 'size', label: 'Size', hint: '512x512, 768x512 · 512, 1024' },
+  { kind: 'strength', label: 'Strength', hint: '0.3, 0.6, 0.9 · 0.2-1 [5] (needs an input image)' },
 ];
 
 /** At most this many cells in one plot: each is a request held in memory. */
@@ -56,7 +57,7 @@ function numbers(text: string, integer: boolean, fail: (m: string) => never): nu
 }
 
 /** The values of one axis, or an AxisError naming the axis and what is wrong. */
-export function parseAxis(axis: 'x' | 'y', kind: AxisKind, text: string, ctx: { prompts: string[]; seed: number }): AxisValue[] {
+export function parseAxis(axis: 'x' | 'y', kind: AxisKind, text: string, ctx: { prompts: string[]; seed: number; hasImage?: boolean }): AxisValue[] {
   const fail = (m: string): never => {
     throw new AxisError(axis, `${axis.toUpperCase()} axis (${label(kind)}): ${m}`);
   };
@@ -88,6 +89,14 @@ export function parseAxis(axis: 'x' | 'y', kind: AxisKind, text: string, ctx: { 
           const [w, h] = [Number(m![1]), Number(m![2] ?? m![1])];
           return { label: `${w}×${h}`, apply: (r: GenerateRequest) => void ((r.width = w), (r.height = h)) };
         });
+      break;
+    case 'strength':
+      // how much of the image each cell reworks: only an image request has one
+      if (!ctx.hasImage) fail('strength needs an input image: put one in the prompt form’s Image slot');
+      values = numbers(text, false, fail).map((v) => {
+        if (!(v > 0 && v <= 1)) fail(`${v} is not a strength; each is in (0, 1]`);
+        return { label: String(v), apply: (r: GenerateRequest) => void (r.strength = v) };
+      });
       break;
   }
   if (!values.length) fail(kind === 'prompt' ? 'the prompt box has no lines' : 'no values; for example ' + AXES.find((a) => a.kind === kind)!.hint);

@@ -34,6 +34,17 @@ export async function diffFromNode(png: number[], s: Pick<GenerateRequest, 'prom
   return { diff: maxPixelDiff(new Uint8ClampedArray(img.data.buffer, img.data.byteOffset, img.data.byteLength), ref.rgba), channels: img.channels };
 }
 
+/** diffFromNode for an image request: the same settings with the very image (and mask) files the page sent, and its strength. */
+export async function diffFromNodeImage(
+  png: number[],
+  s: Pick<GenerateRequest, 'prompt' | 'negativePrompt' | 'seed' | 'steps' | 'guidance' | 'width' | 'height' | 'strength'> & { image: Uint8Array; mask?: Uint8Array },
+): Promise<{ diff: number; channels: number }> {
+  const img = decode(Uint8Array.from(png));
+  const { prompt, negativePrompt, seed, steps, guidance, width, height, image, mask, strength } = s;
+  const ref = await (await loadTinyWasmEngine()).generate({ prompt, negativePrompt, seed, steps, guidance, width, height, image, strength, ...(mask ? { mask } : {}) });
+  return { diff: maxPixelDiff(new Uint8ClampedArray(img.data.buffer, img.data.byteOffset, img.data.byteLength), ref.rgba), channels: img.channels };
+}
+
 // The soak in the page (soak.test.ts, and its 100-request WebGPU form in
 // tests/scale/soak-webgpu.test.ts): a mix sent all at once through the worker,
 // each request cancelled as it asks, every outcome checked against its request.

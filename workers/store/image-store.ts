@@ -1,4 +1,6 @@
-// IndexedDB through idb: finished images (PNG Blob + full metadata) and the
+// IndexedDB through idb: finished images (PNG Blob + full metadata), the
+// input images and masks they were made from (by SHA-256, once however many
+// images share one; gone with the last image that names it) and the
 // durable queue of accepted requests. A request is written to the queue before
 // it runs and leaves it in the same transaction that stores its image, so a
 // reload or a crash loses nothing: unfinished entries are replayed from their
@@ -13,6 +15,12 @@ export interface StoredImage {
   id: string;
   png: Blob;
   metadata: ImageMetadata;
+}
+
+/** An image request's input file (init image or mask), kept so the image can be made again. */
+export interface InputFile {
+  sha256: string;
+  png: Blob;
 }
 
 export interface QueuedRequest {
@@ -47,8 +55,10 @@ export interface ImagePage {
 }
 
 interface Schema extends DBSchema {
-  images: { key: string; value: StoredImage & { createdAt: string }; indexes: { createdAt: string } };
+  /** `inputs`: the SHA-256 of the image's input files (absent for text to image). */
+  images: { key: string; value: StoredImage & { createdAt: string; inputs?: string[] }; indexes: { createdAt: string; inputs: string } };
   queue: { key: string; value: QueuedRequest; indexes: { acceptedAt: string } };
+  inputs: { key: string; value: InputFile };
 }
 
 export const DB_NAME = 'sd3-webgpu';
@@ -79,10 +89,17 @@ export class ImageStore {
   private constructor(private readonly db: IDBPDatabase<Schema>) {}
 
   static async open(name = DB_NAME): Promise<ImageStore> {
-    const db = await openDB<Schema>(name, 1, {
-      upgrade(db) {
-        db.createObjectStore('images', { keyPath: 'id' }).createIndex('createdAt', 'createdAt');
-        db.createObjectStore('queue', { keyPath: 'id' }).createIndex('acceptedAt', 'acceptedAt');
+    const db = await openDB<Schema>(name, 2, {
+      upgrade(db, oldVersion, _newVersion, tx) {
+        if (oldVersion < 1) {
+          db.createObjectStore('images', { keyPath: 'id' }).createIndex('createdAt', 'createdAt');
+          db.createObjectStore('queue', { keyPath: 'id' }).createIndex('acceptedAt', 'acceptedAt');
+        }
+        // version 2: input images, and which images use each (images stored before have none)
+        if (oldVersion < 2) {
+          db.createObjectStore('inputs', { keyPath: 'sha256' });
+          tx.objectStore('images').createIndex('inputs', 'inputs', { multiEntry: true });
+        }
       },
     });
     return new ImageStore(db);
@@ -102,14 +119,22 @@ export class ImageStore {
     return this.db.getAllFromIndex('queue', 'acceptedAt');
   }
 
-  /** Stores the image and removes its queue entry atomically. */
-  async complete(image: StoredImage): Promise<void> {
+  /** Stores the image with its input files and removes its queue entry, atomically. */
+  async complete(image: StoredImage, inputs: readonly InputFile[] = []): Promise<void> {
     try {
-      const tx = this.db.transaction(['images', 'queue'], 'readwrite');
-      await Promise.all([tx.objectStore('images').put({ ...image, createdAt: image.metadata.createdAt }), tx.objectStore('queue').delete(image.id), tx.done]);
+      const tx = this.db.transaction(['images', 'queue', 'inputs'], 'readwrite');
+      const record = { ...image, createdAt: image.metadata.createdAt, ...(inputs.length ? { inputs: inputs.map((f) => f.sha256) } : {}) };
+      await Promise.all([tx.objectStore('images').put(record), ...inputs.map((f) => tx.objectStore('inputs').put(f)), tx.objectStore('queue').delete(image.id), tx.done]);
     } catch (e) {
       storageError(e);
     }
+  }
+
+  /** An input file (init image or mask) by its SHA-256, while an image made from it is stored. */
+  async input(sha256: string): Promise<Blob> {
+    const v = await this.db.get('inputs', sha256);
+    if (!v) throw new NotFoundError('input image', sha256);
+    return v.png;
   }
 
   async get(id: string): Promise<StoredImage> {
@@ -145,15 +170,21 @@ export class ImageStore {
     return { items, more: false };
   }
 
+  /** Deletes an image, and each of its input files no other image uses. */
   async delete(id: string): Promise<void> {
-    if (!(await this.db.getKey('images', id))) throw new NotFoundError('image', id);
-    await this.db.delete('images', id);
+    const tx = this.db.transaction(['images', 'inputs'], 'readwrite');
+    const images = tx.objectStore('images');
+    const record = await images.get(id);
+    if (!record) throw new NotFoundError('image', id);
+    await images.delete(id);
+    for (const sha of record.inputs ?? []) if ((await images.index('inputs').count(sha)) === 0) await tx.objectStore('inputs').delete(sha);
+    await tx.done;
   }
 
-  /** Every image and queued request: the "delete all data" action. */
+  /** Every image, input file and queued request: the "delete all data" action. */
   async clear(): Promise<void> {
-    const tx = this.db.transaction(['images', 'queue'], 'readwrite');
-    await Promise.all([tx.objectStore('images').clear(), tx.objectStore('queue').clear(), tx.done]);
+    const tx = this.db.transaction(['images', 'queue', 'inputs'], 'readwrite');
+    await Promise.all([tx.objectStore('images').clear(), tx.objectStore('queue').clear(), tx.objectStore('inputs').clear(), tx.done]);
   }
 
   close(): void {
