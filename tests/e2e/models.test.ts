@@ -18,7 +18,7 @@ const BROKEN = 'acme/broken-sd3';
 const GATED = 'acme/gated-sd3';
 const TOKEN = 'hf_PageTokenThatMustNeverBeStored42';
 const SUB = 'onnx';
-const WEIGHT_FILES = ['text_encoder/model.onnx', 'text_encoder_2/model.onnx', 'text_encoder_2/model.onnx.data', 'text_encoder_3/model.onnx', 'transformer/model.onnx', 'transformer/model.onnx_data', 'vae_decoder/model.onnx'];
+const WEIGHT_FILES = ['text_encoder/model.onnx', 'text_encoder_2/model.onnx', 'text_encoder_2/model.onnx.data', 'text_encoder_3/model.onnx', 'transformer/model.onnx', 'transformer/model.onnx_data', 'vae_decoder/model.onnx', 'vae_encoder/model.onnx'];
 
 describe('loading real-checkpoint style models in the page', () => {
   let b: BrowserSession;
@@ -52,9 +52,9 @@ describe('loading real-checkpoint style models in the page', () => {
     root = await mkdtemp(join(tmpdir(), 'sd3-e2e-hub-'));
     await cp(TINY_MODEL_EXTERNAL_DIR, join(root, 'repo', SUB), { recursive: true });
     for (const f of WEIGHT_FILES) weightBytes += (await stat(join(root, 'repo', SUB, f))).size;
-    // the cache keeps every file the load reads: weights, configs and tokenizers (not the unused VAE encoder)
+    // the cache keeps every file the load reads: weights (the VAE encoder's too), configs and tokenizers
     for (const e of await readdir(join(root, 'repo', SUB), { withFileTypes: true, recursive: true })) {
-      if (e.isFile() && !e.parentPath.includes('vae_encoder')) cachedBytes += (await stat(join(e.parentPath, e.name))).size;
+      if (e.isFile()) cachedBytes += (await stat(join(e.parentPath, e.name))).size;
     }
     server = await startModelServer({ repos: [{ repo: REPO, folder: join(root, 'repo') }, { repo: BROKEN, folder: join(root, 'repo') }, { repo: GATED, folder: join(root, 'repo'), gatedToken: TOKEN }] });
     b = await openApp(inject('baseUrl'));
