@@ -1,8 +1,9 @@
 // Model shapes the builder can make. `tiny` is the built-in model (toy widths,
-// the real contract); `sd3-medium` and `sd3.5-medium` follow the published
-// configs (transformer/config.json of stabilityai/stable-diffusion-3-medium-
-// diffusers and -3.5-medium; CLIP-L, OpenCLIP bigG and T5 v1.1 XXL; the SD3
-// VAE), so their tensors, files and memory are the size real exports have.
+// the real contract); `sd3-medium`, `sd3.5-medium`, `sd3.5-large` and
+// `sd3.5-large-turbo` follow the published configs (transformer/config.json of
+// stabilityai/stable-diffusion-3-medium-diffusers, -3.5-medium, -3.5-large and
+// -3.5-large-turbo; CLIP-L, OpenCLIP bigG and T5 v1.1 XXL; the SD3 VAE), so
+// their tensors, files and memory are the size real exports have.
 
 export interface ClipShape {
   folder: 'text_encoder' | 'text_encoder_2';
@@ -67,6 +68,12 @@ export interface ModelPreset {
   scheduler: { shift: number };
   /** Written into model_index.json for models whose family the app cannot recognise (tiny). */
   defaults?: { steps: number; guidance: number };
+  /**
+   * The family's own defaults (its model card), for families the app tells
+   * apart by depth (Large: 38 blocks). withDepth writes them as `defaults`
+   * when it cuts the blocks, so a reduced-depth build keeps its family.
+   */
+  familyDefaults?: { steps: number; guidance: number };
 }
 
 // Tiny widths, real contract: 16 latent channels, patch 2, VAE factor 8, CLIP
@@ -105,6 +112,12 @@ const clipG: ClipShape = { folder: 'text_encoder_2', tokenizer: 'tokenizer_2', h
 const t5xxl: T5Shape = { dModel: 4096, dKv: 64, heads: 64, ff: 10240, layers: 24, maxLength: 512, vocabSize: 32128 };
 const sd3Vae: VaeShape = { latentChannels: 16, blockOutChannels: [128, 256, 512, 512], layersPerBlock: 2, groups: 32, scalingFactor: 1.5305, shiftFactor: 0.0609 };
 const mmdit = { sampleSize: 128, patchSize: 2, inChannels: 16, outChannels: 16, layers: 24, heads: 24, headDim: 64, jointAttentionDim: 4096, captionProjectionDim: 1536, pooledProjectionDim: 2048, timestepChannels: 256 };
+// SD3.5 Large (8 B): 38 blocks of 38 heads x 64 (hidden and caption projection
+// 2432), QK RMSNorm, no dual-attention blocks, positional table 192² (diffusers'
+// scripts/convert_sd3_to_diffusers.py: heads = depth, caption_projection_dim
+// from context_embedder, pos_embed_max_size 192 for "sd3.0 and sd3.5 8b").
+// Turbo is the same transformer, timestep-distilled: 4 steps, no guidance.
+const mmditLarge: TransformerShape = { ...mmdit, layers: 38, heads: 38, captionProjectionDim: 2432, posEmbedMaxSize: 192, dualAttentionLayers: [], qkNorm: 'rms_norm' };
 
 export const PRESETS: Record<string, ModelPreset> = {
   tiny,
@@ -124,6 +137,24 @@ export const PRESETS: Record<string, ModelPreset> = {
     vae: sd3Vae,
     scheduler: { shift: 3.0 },
   },
+  'sd3.5-large': {
+    name: 'sd3.5-large',
+    textEncoders: [clipL, clipG],
+    t5: t5xxl,
+    transformer: mmditLarge,
+    vae: sd3Vae,
+    scheduler: { shift: 3.0 },
+    familyDefaults: { steps: 28, guidance: 3.5 },
+  },
+  'sd3.5-large-turbo': {
+    name: 'sd3.5-large-turbo',
+    textEncoders: [clipL, clipG],
+    t5: t5xxl,
+    transformer: mmditLarge,
+    vae: sd3Vae,
+    scheduler: { shift: 3.0 },
+    familyDefaults: { steps: 4, guidance: 0 },
+  },
 };
 
 export interface DepthOverrides {
@@ -135,12 +166,17 @@ export interface DepthOverrides {
   vaeLayers?: number;
 }
 
-/** A preset at reduced depth: widths untouched, so tensors keep their real sizes. */
+/**
+ * A preset at reduced depth: widths untouched, so tensors keep their real sizes.
+ * A family the app recognises by depth (familyDefaults) states its defaults in
+ * model_index.json once its blocks are cut (the family is then the model's id).
+ */
 export function withDepth(p: ModelPreset, d: DepthOverrides): ModelPreset {
   const enc = (n: number) => (d.encoderLayers ? Math.min(n, d.encoderLayers) : n);
   const layers = d.layers ?? p.transformer.layers;
   return {
     ...p,
+    ...(p.familyDefaults && layers < p.transformer.layers ? { defaults: p.familyDefaults } : {}),
     textEncoders: p.textEncoders.map((t) => ({ ...t, layers: enc(t.layers) })) as [ClipShape, ClipShape],
     t5: { ...p.t5, layers: enc(p.t5.layers) },
     transformer: { ...p.transformer, layers, dualAttentionLayers: p.transformer.dualAttentionLayers.filter((i) => i < layers) },
