@@ -170,6 +170,8 @@ describe('input images in IndexedDB, beside the images made from them', () => {
           }),
       );
       await fresh.page.goto(inject('baseUrl'));
+      // the worker's API is on window once the app has started its engine (as openApp waits for it)
+      await fresh.page.getByTestId('model-label').filter({ hasText: /tiny-sd3/ }).waitFor({ timeout: 120_000 });
       const ids = await fresh.page.evaluate(() => (window as unknown as { __engine: Api }).__engine.listImages({}));
       expect(ids.map((m) => m.id)).toEqual(['old-image']);
       const version = await fresh.page.evaluate(async () => (await indexedDB.databases()).find((d) => d.name === 'sd3-webgpu')?.version);
