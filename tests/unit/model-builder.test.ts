@@ -82,7 +82,7 @@ describe('model builder presets', () => {
   });
 
   it('the command line names a bad flag and the allowed values', () => {
-    expect(() => specFromArgs(['--preset', 'sd4', '--out', 'x'])).toThrow(/--preset: expected one of tiny, sd3-medium, sd3\.5-medium, got sd4/);
+    expect(() => specFromArgs(['--preset', 'sd4', '--out', 'x'])).toThrow(/--preset: expected one of tiny, sd3-medium, sd3\.5-medium, sd3\.5-large, sd3\.5-large-turbo, got sd4/);
     expect(() => specFromArgs(['--preset', 'tiny', '--out', 'x', '--weights', 'int8'])).toThrow(/--weights: expected fp32 or fp16, got int8/);
     expect(() => specFromArgs(['--preset', 'tiny', '--out', 'x', '--layers', '0'])).toThrow(/--layers: expected an integer >= 1, got 0/);
     expect(() => specFromArgs(['--preset', 'tiny'])).toThrow(/--out/);
