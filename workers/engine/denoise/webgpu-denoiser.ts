@@ -257,6 +257,7 @@ export class WebGpuDenoiser implements Denoiser {
     const flags = this.buffer(4 * scopes.length);
     const read = this.buffer(head + 4 * scopes.length, MAP_READ | COPY_DST);
     const params: GPUBuffer[] = [];
+    let uniformBytes = 0;
     const enc = this.device.createCommandEncoder();
     // one pass, a dispatch per request: each writes only its own latents and flag
     const pass = enc.beginComputePass(timer ? { timestampWrites: timer.timestampWrites } : {});
@@ -271,6 +272,7 @@ export class WebGpuDenoiser implements Denoiser {
       const u = this.buffer(32, UNIFORM | COPY_DST);
       this.device.queue.writeBuffer(u, 0, p);
       params.push(u);
+      uniformBytes += 32;
       s.transfers.stepUploadBytes += 32;
       s.transfers.stepDownloadBytes += 4; // its finite flag
       pass.setBindGroup(
@@ -290,6 +292,7 @@ export class WebGpuDenoiser implements Denoiser {
         const ub = this.buffer(16, UNIFORM | COPY_DST);
         this.device.queue.writeBuffer(ub, 0, b);
         params.push(ub);
+        uniformBytes += 16;
         s.transfers.stepUploadBytes += 16;
         pass.setPipeline(blend);
         pass.setBindGroup(0, this.device.createBindGroup({ layout: blend.getBindGroupLayout(0), entries: [t.latents, t.known.init, t.known.noise, t.known.mask, ub].map((buffer, binding) => ({ binding, resource: { buffer } })) }));
@@ -302,7 +305,7 @@ export class WebGpuDenoiser implements Denoiser {
     enc.copyBufferToBuffer(flags, 0, read, head, 4 * scopes.length);
     timer?.resolve(enc, read, 0);
     this.device.queue.submit([enc.finish()]);
-    this.transfers.uploadBytes += 32 * scopes.length + 16 * scopes.filter((s) => tensorsOf(s).known).length;
+    this.transfers.uploadBytes += uniformBytes;
     this.transfers.downloadBytes += head + 4 * scopes.length;
     try {
       await read.mapAsync(MODE_READ);

@@ -386,9 +386,7 @@ export class Interleaver {
   /** Image requests' init images through the VAE encoder, same-size ones in shared runs; a failed run ends its requests. */
   private async encodeImages(scopes: RequestScope[]): Promise<Map<RequestScope, { params: Float32Array; ms: number }>> {
     const out = new Map<RequestScope, { params: Float32Array; ms: number }>();
-    const groups = new Map<string, RequestScope[]>();
-    for (const s of scopes) groups.set(s.sizeKey, [...(groups.get(s.sizeKey) ?? []), s]);
-    for (const group of groups.values()) {
+    for (const group of groupBySize(scopes)) {
       for (const planned of this.pack(group.map((scope) => ({ scope })), this.runCapacity(group[0].footprint.encode!, 'encode'))) {
         const batch = planned.map((r) => r.scope).filter((s) => !isFinal(s.phase) && s.input?.pixels);
         if (!batch.length) continue;
@@ -411,14 +409,7 @@ export class Interleaver {
 
   /** Active requests in one phase, grouped by image size, in arrival order. */
   private bySize(phase: 'denoising' | 'decoding'): RequestScope[][] {
-    const groups = new Map<string, RequestScope[]>();
-    for (const s of this.active) {
-      if (s.phase !== phase) continue;
-      const group = groups.get(s.sizeKey) ?? [];
-      group.push(s);
-      groups.set(s.sizeKey, group);
-    }
-    return [...groups.values()];
+    return groupBySize(this.active.filter((s) => s.phase === phase));
   }
 
   /** Cuts items into runs of at most `capacity` items from at most maxBatch requests. */
@@ -600,6 +591,17 @@ function admitted(scopes: readonly RequestScope[]): number {
     for (const k of RUN_KINDS) largest[k] = Math.max(largest[k], runOf(s, k)?.activationBytes ?? 0);
   }
   return state + largest.row + largest.decode + largest.encode;
+}
+
+/** Requests grouped by image size (sizes never share a run), in arrival order. */
+function groupBySize(scopes: readonly RequestScope[]): RequestScope[][] {
+  const groups = new Map<string, RequestScope[]>();
+  for (const s of scopes) {
+    const group = groups.get(s.sizeKey) ?? [];
+    group.push(s);
+    groups.set(s.sizeKey, group);
+  }
+  return [...groups.values()];
 }
 
 /** The three kinds of run: a transformer row, a VAE decode, and (image requests) a VAE encode. */
