@@ -118,6 +118,7 @@ const mmdit = { sampleSize: 128, patchSize: 2, inChannels: 16, outChannels: 16, 
 // from context_embedder, pos_embed_max_size 192 for "sd3.0 and sd3.5 8b").
 // Turbo is the same transformer, timestep-distilled: 4 steps, no guidance.
 const mmditLarge: TransformerShape = { ...mmdit, layers: 38, heads: 38, captionProjectionDim: 2432, posEmbedMaxSize: 192, dualAttentionLayers: [], qkNorm: 'rms_norm' };
+const large: ModelPreset = { name: 'sd3.5-large', textEncoders: [clipL, clipG], t5: t5xxl, transformer: mmditLarge, vae: sd3Vae, scheduler: { shift: 3.0 }, familyDefaults: { steps: 28, guidance: 3.5 } };
 
 export const PRESETS: Record<string, ModelPreset> = {
   tiny,
@@ -137,24 +138,9 @@ export const PRESETS: Record<string, ModelPreset> = {
     vae: sd3Vae,
     scheduler: { shift: 3.0 },
   },
-  'sd3.5-large': {
-    name: 'sd3.5-large',
-    textEncoders: [clipL, clipG],
-    t5: t5xxl,
-    transformer: mmditLarge,
-    vae: sd3Vae,
-    scheduler: { shift: 3.0 },
-    familyDefaults: { steps: 28, guidance: 3.5 },
-  },
-  'sd3.5-large-turbo': {
-    name: 'sd3.5-large-turbo',
-    textEncoders: [clipL, clipG],
-    t5: t5xxl,
-    transformer: mmditLarge,
-    vae: sd3Vae,
-    scheduler: { shift: 3.0 },
-    familyDefaults: { steps: 4, guidance: 0 },
-  },
+  'sd3.5-large': large,
+  // the same model, timestep-distilled: only its defaults differ
+  'sd3.5-large-turbo': { ...large, name: 'sd3.5-large-turbo', familyDefaults: { steps: 4, guidance: 0 } },
 };
 
 export interface DepthOverrides {

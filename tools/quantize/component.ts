@@ -10,8 +10,8 @@ import { existsSync, statSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { staysInFolder } from '../../workers/engine/model/confine.ts';
 import { fromHalf } from '../../workers/engine/model/float16.ts';
-import { ATTRIBUTE, GRAPH, MODEL, NODE, onnxNode, ONNX_DTYPE, TENSOR, type AttributeValue } from '../../workers/engine/model/graph-info.ts';
-import { Reader, readInt64, readString, WIRE, Writer } from '../../workers/engine/model/protobuf.ts';
+import { ATTRIBUTE, GRAPH, MODEL, NODE, nodeInfo, onnxNode, ONNX_DTYPE, TENSOR, type AttributeValue, type NodeInfo } from '../../workers/engine/model/graph-info.ts';
+import { Reader, readString, WIRE, Writer } from '../../workers/engine/model/protobuf.ts';
 import { quantizeBlockwise, transpose, type Bits, type BlockwiseQuantized } from './blockwise.ts';
 import { InputFile, OutputFile, Parts, walkFields, type FileField, type FileRange } from './onnx-file.ts';
 
@@ -25,8 +25,6 @@ const UINT8 = 2;
 /** TensorProto fields holding element data other than raw_data: float_data, int32_data, string_data, int64_data, double_data, uint64_data. */
 const TYPED_PAYLOAD = new Set([4, 5, 6, 7, 10, 11]);
 const FLOAT_DATA = 4;
-/** AttributeProto fields holding graphs (g, graphs): a node with a subgraph. */
-const ATTR_GRAPH = new Set([6, 11]);
 const ENTRY = { key: 1, value: 2 } as const;
 const DATA_LOCATION_EXTERNAL = 1;
 
@@ -83,18 +81,8 @@ export interface ComponentReport {
   inputDataFiles: string[];
 }
 
-interface NodeRec {
-  field: FileField;
-  bytes?: Uint8Array;
-  name: string;
-  opType: string;
-  domain: string;
-  inputs: string[];
-  outputs: string[];
-  ints: Record<string, number>;
-  floats: Record<string, number>;
-  subgraph: boolean;
-}
+/** graph-info's NodeInfo, its field's positions in the file, and its bytes where it was small enough to read. */
+type NodeRec = Omit<NodeInfo, 'field'> & { field: FileField; bytes?: Uint8Array };
 
 interface TensorRec {
   field: FileField;
@@ -132,26 +120,9 @@ function readNode(file: InputFile, f: FileField): NodeRec {
     node.bytes = file.read(f.start, f.end - f.start);
     const buf = node.bytes;
     const body = f.dataStart - f.start;
-    new Reader(buf, body, buf.length).fields((n) => {
-      if (n.field === NODE.input) node.inputs.push(readString(buf, n));
-      else if (n.field === NODE.output) node.outputs.push(readString(buf, n));
-      else if (n.field === NODE.name) node.name = readString(buf, n);
-      else if (n.field === NODE.opType) node.opType = readString(buf, n);
-      else if (n.field === NODE.domain) node.domain = readString(buf, n);
-      else if (n.field === NODE.attribute) {
-        let name = '';
-        let i: number | undefined;
-        let fl: number | undefined;
-        new Reader(buf, n.dataStart, n.dataEnd).fields((a) => {
-          if (a.field === ATTRIBUTE.name) name = readString(buf, a);
-          else if (a.field === ATTRIBUTE.i && a.wire === WIRE.VARINT) i = readInt64(buf, a);
-          else if (a.field === ATTRIBUTE.f && a.wire === WIRE.I32) fl = new DataView(buf.buffer, buf.byteOffset + a.end - 4, 4).getFloat32(0, true);
-          else if (ATTR_GRAPH.has(a.field)) node.subgraph = true;
-        });
-        if (i !== undefined) node.ints[name] = i;
-        if (fl !== undefined) node.floats[name] = fl;
-      }
-    });
+    // graph-info's reader, on the field's own bytes: positions relative to them
+    const { field: _, ...info } = nodeInfo(buf, { ...f, start: 0, end: buf.length, dataStart: body, dataEnd: buf.length });
+    Object.assign(node, info);
     return node;
   }
   // a large node (a Constant holding a folded buffer): its names, and whether it has a subgraph
@@ -162,7 +133,7 @@ function readNode(file: InputFile, f: FileField): NodeRec {
     else if (n.field === NODE.name) node.name = str(n);
     else if (n.field === NODE.opType) node.opType = str(n);
     else if (n.field === NODE.domain) node.domain = str(n);
-    else if (n.field === NODE.attribute) walkFields(file, n.dataStart, n.dataEnd, (a) => void (ATTR_GRAPH.has(a.field) && (node.subgraph = true)));
+    else if (n.field === NODE.attribute) walkFields(file, n.dataStart, n.dataEnd, (a) => void ((a.field === ATTRIBUTE.g || a.field === ATTRIBUTE.graphs) && (node.subgraph = true)));
   });
   return node;
 }

@@ -8,19 +8,10 @@
 // whose lengths are known before anything is written, so a message's length
 // prefix is written ahead of content that is still on disk.
 import { closeSync, fstatSync, openSync, readSync, writeSync } from 'node:fs';
-import { Reader, WIRE } from '../../workers/engine/model/protobuf.ts';
+import { Reader, WIRE, type Field } from '../../workers/engine/model/protobuf.ts';
 
-/** A field of a message in a file: the same shape as protobuf.ts' Field, positions in the file. */
-export interface FileField {
-  field: number;
-  wire: number;
-  /** VARINT: the value; LEN: the payload's length. */
-  value: number;
-  start: number;
-  end: number;
-  dataStart: number;
-  dataEnd: number;
-}
+/** A field of a message in a file: protobuf.ts' Field, its positions offsets in the file. */
+export type FileField = Field;
 
 const WINDOW = 1 << 20;
 

@@ -13,7 +13,7 @@ export const ONNX_DTYPE = { FLOAT: 1, INT64: 7, FLOAT16: 10, BFLOAT16: 16 } as c
 export const MODEL = { graph: 7, opsetImport: 8 } as const;
 export const GRAPH = { node: 1, initializer: 5 } as const;
 export const NODE = { input: 1, output: 2, name: 3, opType: 4, attribute: 5, domain: 7 } as const;
-export const ATTRIBUTE = { name: 1, f: 2, i: 3, t: 5, floats: 7, ints: 8, type: 20 } as const;
+export const ATTRIBUTE = { name: 1, f: 2, i: 3, t: 5, g: 6, graphs: 11, floats: 7, ints: 8, type: 20 } as const;
 /** AttributeProto.AttributeType values written here. */
 export const ATTRIBUTE_TYPE = { FLOAT: 1, INT: 2, INTS: 7 } as const;
 export const TENSOR = { dims: 1, dataType: 2, name: 8, rawData: 9, externalData: 13, dataLocation: 14 } as const;
@@ -104,6 +104,7 @@ export function graphInitializers(model: Uint8Array): InitializerInfo[] {
 }
 
 export interface NodeInfo {
+  name: string;
   opType: string;
   domain: string;
   inputs: string[];
@@ -111,15 +112,19 @@ export interface NodeInfo {
   /** Integer and float attributes by name (what the rewrites read). */
   ints: Record<string, number>;
   floats: Record<string, number>;
+  /** An attribute holds a graph (If, Loop, Scan): what a rewrite of the main graph must leave alone. */
+  subgraph: boolean;
   /** The NodeProto field in the model's buffer, to copy it unchanged. */
   field: Field;
 }
 
-function nodeInfo(buf: Uint8Array, f: Field): NodeInfo {
-  const node: NodeInfo = { opType: '', domain: '', inputs: [], outputs: [], ints: {}, floats: {}, field: f };
+/** A NodeProto field of `buf`: its names, wiring and scalar attributes. */
+export function nodeInfo(buf: Uint8Array, f: Field): NodeInfo {
+  const node: NodeInfo = { name: '', opType: '', domain: '', inputs: [], outputs: [], ints: {}, floats: {}, subgraph: false, field: f };
   new Reader(buf, f.dataStart, f.dataEnd).fields((n) => {
     if (n.field === NODE.input) node.inputs.push(readString(buf, n));
     else if (n.field === NODE.output) node.outputs.push(readString(buf, n));
+    else if (n.field === NODE.name) node.name = readString(buf, n);
     else if (n.field === NODE.opType) node.opType = readString(buf, n);
     else if (n.field === NODE.domain) node.domain = readString(buf, n);
     else if (n.field === NODE.attribute) {
@@ -130,6 +135,7 @@ function nodeInfo(buf: Uint8Array, f: Field): NodeInfo {
         if (a.field === ATTRIBUTE.name) name = readString(buf, a);
         else if (a.field === ATTRIBUTE.i && a.wire === WIRE.VARINT) i = readInt64(buf, a);
         else if (a.field === ATTRIBUTE.f && a.wire === WIRE.I32) fl = new DataView(buf.buffer, buf.byteOffset + a.start + 1, 4).getFloat32(0, true);
+        else if (a.field === ATTRIBUTE.g || a.field === ATTRIBUTE.graphs) node.subgraph = true;
       });
       if (i !== undefined) node.ints[name] = i;
       if (fl !== undefined) node.floats[name] = fl;
